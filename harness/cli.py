@@ -1,0 +1,157 @@
+"""The `harness` command line (typer).
+
+Bad input is one line on stderr and exit status 2, with no traceback; a run that
+started and failed writes a `failed` row and exits 1.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+try:  # typer >= 0.24 carries its own copy of click; older releases use click itself
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_exceptions
+
+from harness.errors import HarnessError
+
+app = typer.Typer(
+    name="harness",
+    help="Benchmark parameter-efficient fine-tuning and compression methods: accuracy and cost together.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _err(message: str) -> None:
+    print(f"harness: error: {message}", file=sys.stderr)
+
+
+@app.command()
+def run(
+    suite: str = typer.Option(..., "--suite", "-s", help="Suite name (see `harness list suites`)."),
+    method: str = typer.Option(..., "--method", "-m", help="Method or pipeline, e.g. lora, lora:r=16,alpha=32, bitfit."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task of the suite (see `harness list tasks`)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model alias, local directory or hub id; default: the suite's."),
+    seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling and dropout."),
+    max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Train on a fixed subset of this size."),
+    max_eval_samples: Optional[int] = typer.Option(None, "--max-eval-samples", help="Evaluate on the first N examples."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs (suite default if omitted)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps; overrides --epochs."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (method default if omitted)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size."),
+    eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", help="Evaluation and latency batch size."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate inputs to this many tokens."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Local mirror root laid out as <root>/<hub id>/<config>/<split>-*.parquet [env: HARNESS_DATA_DIR]."),
+    results: str = typer.Option("results", "--results", help="Result store folder."),
+    latency_repeats: int = typer.Option(20, "--latency-repeats", help="Timed repeats per latency percentile."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Run one job: train a method on a task, evaluate it, measure its costs, write one result row."""
+    from harness.config import RunSpec
+    from harness.job import run_job
+
+    spec = RunSpec.build(
+        suite=suite, method=method, task=task, model=model, seed=seed, max_train_samples=max_train_samples,
+        max_eval_samples=max_eval_samples, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
+        eval_batch_size=eval_batch_size, max_length=max_length, precision=precision, device=device,
+        data_dir=data_dir, results_dir=results, latency_repeats=latency_repeats,
+    )
+    result = run_job(spec, show_progress=not quiet)
+    row = result.row
+    if not result.ok:
+        _err(f"run failed: {row['error']} (row with traceback: {result.path})")
+        raise typer.Exit(1)
+    print(
+        f"{row['suite']}/{row['task']} {row['method']} seed={row['seed']}: {row['metric']}={row['score']:.4f} | "
+        f"trainable={row['trainable_params']:,} train={row['train_seconds']:.1f}s "
+        f"peak_mem={row['peak_memory_bytes'] / 2**20:.0f}MiB latency_bs1_p50={row['latency_bs1_p50_ms']:.1f}ms\n"
+        f"wrote {result.path}"
+    )
+
+
+class ListWhat(str, Enum):
+    methods = "methods"
+    suites = "suites"
+    tasks = "tasks"
+
+
+@app.command("list")
+def list_(what: ListWhat = typer.Argument(..., help="methods, suites or tasks")) -> None:
+    """List registered methods, suites or tasks with a one-line summary."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.method import METHODS
+    from harness.suite import SUITES
+
+    table = Table(box=None, pad_edge=False)
+    if what is ListWhat.methods:
+        for col in ("method", "category", "summary", "paper"):
+            table.add_column(col, overflow="fold")
+        for name, cls in METHODS:
+            table.add_row(name, cls.category, cls.summary(), cls.paper)
+    elif what is ListWhat.suites:
+        for col in ("suite", "tasks", "default model", "summary"):
+            table.add_column(col, overflow="fold")
+        for name, cls in SUITES:
+            table.add_row(name, str(len(cls.tasks)), cls.default_model, cls.summary())
+    else:
+        for col in ("suite", "task", "dataset", "metric", "summary"):
+            table.add_column(col, overflow="fold")
+        for name, cls in SUITES:
+            for task in cls.tasks.values():
+                table.add_row(name, task.name, f"{task.dataset}/{task.config or ''}", task.primary_metric, task.summary)
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+@app.command()
+def report(
+    results: str = typer.Option("results", "--results", help="Result store folder to read."),
+    out: str = typer.Option("reports", "--out", help="Folder to write index.html into."),
+) -> None:
+    """Write a self-contained static HTML report (leaderboards and Pareto plots) from a result store."""
+    from harness.report import write_report
+
+    if not Path(results).is_dir():
+        raise HarnessError(f"results folder {results!r} does not exist; run `harness run ...` first or pass --results")
+    path, n = write_report(results, out)
+    print(f"wrote {path} ({n} runs)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGPIPE"):  # `harness list methods | head` ends quietly, like other CLIs
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        # Without standalone mode, click returns the code of a typer.Exit instead of exiting.
+        code = app(args=argv, standalone_mode=False, prog_name="harness")
+    except HarnessError as exc:
+        _err(str(exc))
+        return 2
+    except click_exceptions.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else "usage: harness --help")
+        return 0
+    except click_exceptions.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        _err(f"{exc.format_message()}{hint}".replace("\n", " "))
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        _err("interrupted")
+        return 130
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

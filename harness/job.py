@@ -1,0 +1,208 @@
+"""One job, end to end: resolve -> load -> apply method -> train -> evaluate -> measure -> store.
+
+Bad input raises `HarnessError` before anything is written. Once the job starts, any
+other exception (a crash, an out-of-memory error) becomes a `failed` row with the
+error and its traceback, so one broken run is one row, not a lost sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import environment
+from harness.config import DATA_SEED, ResolvedRun, RunSpec, resolve
+from harness.errors import HarnessError
+from harness.method import MethodContext
+from harness.meters import count_parameters, measure_latency, model_bytes
+from harness.resolve import model_load_error
+from harness.schema import SCHEMA_VERSION
+from harness.store import write_row
+from harness.train import predict, to_device, total_steps, train
+
+
+@dataclass
+class JobResult:
+    row: dict[str, Any]
+    path: Path
+
+    @property
+    def ok(self) -> bool:
+        return self.row["status"] == "ok"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise HarnessError(f"--device {name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HarnessError(f"--device {name!r} asked for CUDA, but torch sees no GPU; use --device cpu")
+    return device
+
+
+def run_job(spec: RunSpec, show_progress: bool = True) -> JobResult:
+    run, suite, task, pipeline, sources = resolve(spec)
+    device = pick_device(run.device)
+    row = _identity_row(run, device)
+    try:
+        row.update(_execute(run, suite, task, pipeline, sources, device, show_progress))
+        row["status"] = "ok"
+    except (HarnessError, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure of a started run is recorded
+        row.update(status="failed", error=_describe_error(exc), traceback=traceback.format_exc())
+    row["created_at"] = datetime.now(timezone.utc)
+    return JobResult(row, write_row(row, run.results_dir))
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return f"out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _identity_row(run: ResolvedRun, device: torch.device) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "job_hash": run.job_hash,
+        "run_id": uuid.uuid4().hex[:12],
+        "suite": run.suite,
+        "task": run.task,
+        "method": run.method,
+        "method_params": json.dumps(run.method_params, sort_keys=True),
+        "model": run.model,
+        "model_hub_id": run.model_hub_id,
+        "seed": run.seed,
+        "config": run.model_dump_json(),
+        "status": "failed",
+    }
+    env = environment.describe(device)
+    row.update({k: v for k, v in env.items() if k not in ("pid", "cpu_model")})
+    return row
+
+
+def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.device, show_progress: bool) -> dict[str, Any]:
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the harness reports what matters; silence "newly initialized" chatter
+    logging.getLogger("datasets").setLevel(logging.ERROR)
+    if not show_progress:
+        import datasets
+
+        datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()
+
+    train_ds = suite.load(sources[task.train_split])
+    if run.max_train_samples and run.max_train_samples < len(train_ds):
+        train_ds = train_ds.shuffle(seed=DATA_SEED).select(range(run.max_train_samples))
+    eval_sets = []
+    for split, suffix in task.eval_splits:
+        ds = suite.load(sources[split])
+        if run.max_eval_samples and run.max_eval_samples < len(ds):
+            ds = ds.select(range(run.max_eval_samples))  # the first N: the same examples for every run
+        eval_sets.append((split, suffix, ds))
+
+    set_seed(run.seed)
+    try:
+        model, processor = suite.build_model(run.model_location, task, train_ds)
+    except HarnessError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise model_load_error_for(run, exc) from None
+
+    train_data = suite.prepare(train_ds, processor, task, run.max_length)
+    steps = total_steps(len(train_data.dataset), run.batch_size, run.epochs, run.max_steps)
+    ctx = MethodContext(
+        task_type=suite.task_type, head_modules=suite.head_modules(model), total_steps=steps,
+        lr=run.lr, weight_decay=run.weight_decay, seed=run.seed,
+    )
+    model = pipeline.apply(model, ctx).to(device)
+    trainable, total = count_parameters(model)
+
+    stats = train(
+        model, train_data, pipeline, ctx, batch_size=run.batch_size, steps=steps, warmup_ratio=run.warmup_ratio,
+        max_grad_norm=run.max_grad_norm, precision=run.precision, device=device, seed=run.seed,
+        show_progress=show_progress,
+    )
+    model = pipeline.finalize(model).to(device)
+
+    metrics: dict[str, float] = {}
+    eval_seconds = 0.0
+    eval_data = []
+    for split, suffix, ds in eval_sets:
+        data = suite.prepare(ds, processor, task, run.max_length)
+        predictions, seconds = predict(
+            model, data, suite, task, batch_size=run.eval_batch_size, precision=run.precision, device=device,
+            label=f"eval {split}", show_progress=show_progress,
+        )
+        eval_seconds += seconds
+        metrics.update({f"{k}{suffix}": v for k, v in suite.compute_metrics(task, predictions, data.references).items()})
+        eval_data.append(data)
+
+    latency = _latency(model, eval_data[0], run, device)
+    return {
+        "metric": task.primary_metric,
+        "score": metrics[task.primary_metric],
+        "metrics": json.dumps(metrics, sort_keys=True),
+        "eval_split": ",".join(split for split, _, _ in eval_sets),
+        "eval_samples": len(eval_data[0].dataset),
+        "eval_seconds": eval_seconds,
+        "train_samples": len(train_data.dataset),
+        "train_steps": stats.steps,
+        "train_seconds": stats.seconds,
+        "train_samples_per_s": stats.samples / stats.seconds if stats.seconds else None,
+        "train_tokens_per_s": stats.tokens / stats.seconds if stats.seconds else None,
+        "final_train_loss": stats.final_loss,
+        "trainable_params": trainable,
+        "total_params": total,
+        "model_bytes": model_bytes(model),
+        "peak_memory_bytes": stats.peak_memory_bytes,
+        "peak_memory_reserved_bytes": stats.peak_memory_reserved_bytes,
+        "peak_memory_kind": stats.peak_memory_kind or None,
+        **latency,
+    }
+
+
+def model_load_error_for(run: ResolvedRun, exc: Exception) -> HarnessError:
+    from harness.resolve import ResolvedModel
+
+    return model_load_error(ResolvedModel(run.model, run.model_hub_id, run.model_location, run.model_source), exc)
+
+
+def _latency(model: torch.nn.Module, data, run: ResolvedRun, device: torch.device) -> dict[str, Any]:
+    """Inference forward latency at batch size 1 and at the eval batch size, on fixed eval inputs."""
+    from harness.train import autocast
+
+    n = min(run.eval_batch_size, len(data.dataset))
+    examples = [data.dataset[i] for i in range(n)]
+    result: dict[str, Any] = {
+        "latency_batch_size": n, "latency_repeats": run.latency_repeats,
+        "latency_timer": "cuda_events" if device.type == "cuda" else "perf_counter",
+    }
+    model.eval()
+    for key, batch_examples in (("bs1", examples[:1]), ("batch", examples)):
+        batch = to_device(data.collate(batch_examples), device)
+        batch.pop("labels", None)
+
+        @torch.inference_mode()
+        def forward():
+            with autocast(device, run.precision):
+                return model(**batch)
+
+        lat = measure_latency(forward, device, run.latency_warmup, run.latency_repeats)
+        result[f"latency_{key}_p50_ms"] = lat.p50_ms
+        result[f"latency_{key}_p90_ms"] = lat.p90_ms
+    return result

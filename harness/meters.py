@@ -1,0 +1,175 @@
+"""Meters: wall time, peak memory and latency, each honest about how it measured.
+
+- Time on GPU is taken with CUDA events (or a synchronize around the timed region),
+  never a bare wall clock around asynchronous kernel launches; on CPU,
+  `time.perf_counter`.
+- Peak memory on GPU is `max_memory_allocated` / `max_memory_reserved` after a reset.
+  On CPU it is the process's peak resident set size; on Linux the peak is reset first
+  (writing 5 to /proc/self/clear_refs resets VmHWM), elsewhere it is the peak since the
+  process started. `kind` records which, so such numbers are never mixed unknowingly.
+- Latency is a percentile over repeats after warm-up, never a single number.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Stopwatch:
+    """Context manager measuring seconds of (device) work; pause() excludes a region."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = 0.0
+        self._start: float | None = None
+
+    def __enter__(self) -> "Stopwatch":
+        synchronize(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - self._start
+        self._start = None
+
+    def pause(self) -> "_Paused":
+        return _Paused(self)
+
+
+class _Paused:
+    def __init__(self, watch: Stopwatch):
+        self.watch = watch
+
+    def __enter__(self):
+        synchronize(self.watch.device)
+        self.watch.seconds += time.perf_counter() - self.watch._start
+
+    def __exit__(self, *exc):
+        synchronize(self.watch.device)
+        self.watch._start = time.perf_counter()
+
+
+def _read_vm_hwm() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_vm_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _ru_maxrss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # bytes on macOS, KiB on Linux
+
+
+class PeakMemory:
+    """Context manager: peak memory of the enclosed region (see module doc for `kind`)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_bytes: int | None = None
+        self.reserved_bytes: int | None = None
+        self.kind = ""
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.kind = "cuda_max_allocated"
+        elif _reset_vm_hwm() and _read_vm_hwm() is not None:
+            self.kind = "cpu_peak_rss_reset"
+        else:
+            self.kind = "cpu_peak_rss_process"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+            self.reserved_bytes = int(torch.cuda.max_memory_reserved(self.device))
+        elif self.kind == "cpu_peak_rss_reset":
+            self.peak_bytes = _read_vm_hwm()
+        else:
+            self.peak_bytes = _ru_maxrss_bytes()
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    repeats: int
+
+
+def measure_latency(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> Latency:
+    """Call `fn` `warmup` times untimed, then time `repeats` calls one by one."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times_ms = []
+    if device.type == "cuda":
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times_ms.append(start.elapsed_time(end))
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times_ms.append((time.perf_counter() - t0) * 1e3)
+    arr = np.asarray(times_ms)
+    return Latency(float(np.percentile(arr, 50)), float(np.percentile(arr, 90)), float(arr.mean()), repeats)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters; shared tensors are counted once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        if param.requires_grad:
+            trainable += param.numel()
+    return trainable, total
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers as they sit in memory (shared tensors once)."""
+    seen: set[int] = set()
+    size = 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        size += tensor.numel() * tensor.element_size()
+    return size

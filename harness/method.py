@@ -1,0 +1,172 @@
+"""The method contract: a small object with optional hooks.
+
+A method (adaptation or compression) is a subclass of `Method` registered by name in
+`METHODS`. Its parameters are a pydantic model (`Params`) whose defaults come from the
+method's paper; a wrong name or value is a `HarnessError`. The training loop calls the
+hooks in this order:
+
+    model = apply(model, ctx)            wrap, freeze, quantize, prune
+    opt   = optimizer(trainable, ctx)    None -> the loop's AdamW
+    each step: backward, optimizer.step(), on_step(step, model), zero_grad()
+    model = finalize(model)              merge, prune ranks, export
+
+`on_step` runs while gradients are still present (AdaLoRA's rank allocation needs them).
+Several methods compose into a `Pipeline`, applied left to right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from harness.errors import HarnessError
+from harness.methodspec import MethodStep, parse_pipeline
+from harness.registry import Registry
+
+METHODS: Registry[type["Method"]] = Registry("method", package="methods", entry_point_group="harness.methods")
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MethodParams(BaseModel):
+    """Base for method parameters: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class MethodContext:
+    """What a method may need to know about the job it is applied in."""
+
+    task_type: str  # "seq_cls" (sequence classification / regression), later "causal_lm", "image_cls"
+    head_modules: tuple[str, ...] = ()  # freshly initialised task head: always trained
+    total_steps: int = 0
+    lr: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def peft_task_type(self) -> str | None:
+        return {"seq_cls": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}.get(self.task_type)
+
+
+class Method:
+    """Base class; subclasses set the class attributes and override the hooks they need."""
+
+    name: ClassVar[str] = ""
+    category: ClassVar[str] = ""  # e.g. "full", "selective", "low-rank", "scaling", "quantization"
+    paper: ClassVar[str] = ""  # short citation: authors, title, venue year
+    Params: ClassVar[type[BaseModel]] = NoParams
+    # Default learning rate when the user gives none: the paper's value for GLUE-size encoders.
+    default_lr: ClassVar[float] = 5e-4
+
+    def __init__(self, params: BaseModel | None = None):
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def from_step(cls, step: MethodStep) -> "Method":
+        try:
+            params = cls.Params(**step.params)
+        except ValidationError as exc:
+            raise HarnessError(_one_line_validation_error(cls, exc)) from None
+        return cls(params)
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def spec(self) -> str:
+        """Canonical string for this method and its non-default parameters."""
+        changed = self.params.model_dump(exclude_defaults=True)
+        return str(MethodStep(self.name, changed))
+
+    def resolved_params(self) -> dict[str, Any]:
+        return self.params.model_dump(mode="json")
+
+    # Hooks -----------------------------------------------------------------
+    def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        return model
+
+    def optimizer(self, params: list[torch.nn.Parameter], ctx: MethodContext) -> torch.optim.Optimizer | None:
+        return None
+
+    def on_step(self, step: int, model: torch.nn.Module) -> None:
+        pass
+
+    def finalize(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+
+def _one_line_validation_error(cls: type[Method], exc: ValidationError) -> str:
+    problems = []
+    valid = ", ".join(cls.Params.model_fields) or "none"
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "?"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown parameter {loc!r} (valid: {valid})")
+        else:
+            problems.append(f"{loc}={err.get('input')!r}: {err['msg']}")
+    return f"method {cls.name!r}: " + "; ".join(problems)
+
+
+class Pipeline:
+    """Methods applied in order; the hooks of each run in turn."""
+
+    def __init__(self, methods: list[Method]):
+        if not methods:
+            raise HarnessError("empty method pipeline")
+        self.methods = methods
+
+    @classmethod
+    def parse(cls, text: str) -> "Pipeline":
+        return cls([METHODS.get(step.name).from_step(step) for step in parse_pipeline(text)])
+
+    def spec(self) -> str:
+        return "+".join(m.spec() for m in self.methods)
+
+    @property
+    def name(self) -> str:
+        return "+".join(m.name for m in self.methods)
+
+    @property
+    def default_lr(self) -> float:
+        # The adaptation step is the one being trained: the last method's rate.
+        return self.methods[-1].default_lr
+
+    def resolved_params(self) -> list[dict[str, Any]]:
+        return [{"method": m.name, "params": m.resolved_params()} for m in self.methods]
+
+    def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        for method in self.methods:
+            model = method.apply(model, ctx)
+        return model
+
+    def optimizer(self, params: list[torch.nn.Parameter], ctx: MethodContext) -> torch.optim.Optimizer | None:
+        made = [(m.name, opt) for m in self.methods if (opt := m.optimizer(params, ctx)) is not None]
+        if len(made) > 1:
+            raise HarnessError(f"methods {', '.join(n for n, _ in made)} each bring an optimizer; a pipeline may have one")
+        return made[0][1] if made else None
+
+    def on_step(self, step: int, model: torch.nn.Module) -> None:
+        for method in self.methods:
+            method.on_step(step, model)
+
+    def finalize(self, model: torch.nn.Module) -> torch.nn.Module:
+        for method in self.methods:
+            model = method.finalize(model)
+        return model
+
+
+def freeze_all_but(model: torch.nn.Module, keep: Iterable[str] = (), predicate=None) -> None:
+    """Freeze every parameter except those under a module named in `keep` or matching `predicate(name, param)`."""
+    keep = tuple(keep)
+    for name, param in model.named_parameters():
+        under_kept = any(name == k or name.startswith(k + ".") or f".{k}." in f".{name}" for k in keep)
+        param.requires_grad = under_kept or bool(predicate and predicate(name, param))

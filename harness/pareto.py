@@ -1,0 +1,33 @@
+"""Pareto fronts of quality against cost.
+
+Written here because it is a dozen lines: a run is Pareto-optimal when no other run
+is at least as good on both axes and strictly better on one (higher score, lower cost).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def pareto_mask(costs, scores) -> np.ndarray:
+    """Boolean mask of the Pareto-optimal points (minimise cost, maximise score).
+
+    Points with a NaN cost or score are never optimal. Exact duplicates of an optimal
+    point are optimal too (neither dominates the other).
+    """
+    costs = np.asarray(costs, dtype=float)
+    scores = np.asarray(scores, dtype=float)
+    mask = np.zeros(len(costs), dtype=bool)
+    valid = np.flatnonzero(~(np.isnan(costs) | np.isnan(scores)))
+    # Cheapest first; among equal costs the best score first.
+    order = valid[np.lexsort((-scores[valid], costs[valid]))]
+    best = -np.inf
+    last = (np.nan, np.nan)
+    for i in order:
+        if scores[i] > best:
+            mask[i] = True
+            best = scores[i]
+            last = (costs[i], scores[i])
+        elif costs[i] == last[0] and scores[i] == last[1]:
+            mask[i] = True
+    return mask

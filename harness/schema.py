@@ -1,0 +1,100 @@
+"""The result row: one flat, typed record per run, and its Parquet schema.
+
+Bump SCHEMA_VERSION when a column changes meaning or type; adding a nullable column
+at the end is backward compatible (readers fill it with nulls for old files).
+Units are in the column names: *_bytes, *_seconds, *_ms, *_per_s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    doc: str
+
+
+COLUMNS: tuple[Column, ...] = (
+    # identity
+    Column("schema_version", pa.int32(), "version of this schema"),
+    Column("job_hash", pa.string(), "content hash of the resolved config and harness version: same hash, same experiment"),
+    Column("run_id", pa.string(), "unique id of this execution (a job re-run gets a new one)"),
+    Column("created_at", pa.timestamp("us", tz="UTC"), "when the row was written"),
+    Column("suite", pa.string(), "suite name, e.g. glue"),
+    Column("task", pa.string(), "task name, e.g. sst2"),
+    Column("method", pa.string(), "canonical method pipeline, non-default parameters only, e.g. lora:r=16"),
+    Column("method_params", pa.string(), "JSON list of {method, params} with every parameter resolved"),
+    Column("model", pa.string(), "model as the user named it (alias, path or hub id)"),
+    Column("model_hub_id", pa.string(), "hub identity of the weights"),
+    Column("seed", pa.int64(), "run seed (initialisation, shuffling, dropout)"),
+    Column("config", pa.string(), "JSON of the full resolved run configuration"),
+    # outcome
+    Column("status", pa.string(), "ok or failed"),
+    Column("error", pa.string(), "one-line error of a failed run"),
+    Column("traceback", pa.string(), "traceback of a failed run"),
+    # quality
+    Column("metric", pa.string(), "name of the task's primary metric"),
+    Column("score", pa.float64(), "value of the primary metric on the evaluation split (higher is better)"),
+    Column("metrics", pa.string(), "JSON object of every metric computed"),
+    Column("eval_split", pa.string(), "split(s) evaluated"),
+    Column("eval_samples", pa.int64(), "examples evaluated (first split)"),
+    Column("eval_seconds", pa.float64(), "wall seconds of evaluation (not part of train_seconds)"),
+    # training cost
+    Column("train_samples", pa.int64(), "examples in the training subset"),
+    Column("train_steps", pa.int64(), "optimizer steps taken"),
+    Column("train_seconds", pa.float64(), "seconds of the training loop only: data, forward, backward, optimizer; no eval"),
+    Column("train_samples_per_s", pa.float64(), "training examples processed per second"),
+    Column("train_tokens_per_s", pa.float64(), "non-padding training tokens processed per second"),
+    Column("final_train_loss", pa.float64(), "mean loss over the last 10% of training steps"),
+    Column("trainable_params", pa.int64(), "parameters updated by the optimizer"),
+    Column("total_params", pa.int64(), "all parameters of the model as trained (adapters included)"),
+    Column("model_bytes", pa.int64(), "bytes of parameters and buffers of the final model"),
+    Column("peak_memory_bytes", pa.int64(), "peak memory during training (see peak_memory_kind)"),
+    Column("peak_memory_reserved_bytes", pa.int64(), "CUDA: peak reserved by the caching allocator; CPU: null"),
+    Column("peak_memory_kind", pa.string(), "cuda_max_allocated, cpu_peak_rss_reset or cpu_peak_rss_process"),
+    # inference cost
+    Column("latency_bs1_p50_ms", pa.float64(), "inference forward latency at batch size 1, median"),
+    Column("latency_bs1_p90_ms", pa.float64(), "inference forward latency at batch size 1, 90th percentile"),
+    Column("latency_batch_p50_ms", pa.float64(), "inference forward latency at the eval batch size, median"),
+    Column("latency_batch_p90_ms", pa.float64(), "inference forward latency at the eval batch size, 90th percentile"),
+    Column("latency_batch_size", pa.int64(), "batch size of the latency_batch_* columns"),
+    Column("latency_repeats", pa.int64(), "timed repeats behind each latency percentile (after warm-up)"),
+    Column("latency_timer", pa.string(), "cuda_events or perf_counter"),
+    # environment
+    Column("device", pa.string(), "torch device, e.g. cuda:0 or cpu"),
+    Column("device_name", pa.string(), "GPU name or CPU model"),
+    Column("cuda_version", pa.string(), "CUDA version torch was built with"),
+    Column("cpu_threads", pa.int64(), "torch intra-op threads"),
+    Column("torch_version", pa.string(), ""),
+    Column("transformers_version", pa.string(), ""),
+    Column("peft_version", pa.string(), ""),
+    Column("datasets_version", pa.string(), ""),
+    Column("python_version", pa.string(), ""),
+    Column("harness_version", pa.string(), ""),
+    Column("git_commit", pa.string(), "harness commit, '-dirty' if the tree had uncommitted changes"),
+    Column("host", pa.string(), "host name"),
+)
+
+SCHEMA = pa.schema(
+    [pa.field(c.name, c.type, nullable=True, metadata={"doc": c.doc}) for c in COLUMNS],
+    metadata={"harness_schema_version": str(SCHEMA_VERSION)},
+)
+COLUMN_NAMES = tuple(c.name for c in COLUMNS)
+
+
+def to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows -> a table with exactly the schema's columns; an unknown key is a bug."""
+    for row in rows:
+        unknown = set(row) - set(COLUMN_NAMES)
+        if unknown:
+            raise KeyError(f"result row has columns not in the schema: {sorted(unknown)}")
+    columns = {c.name: [row.get(c.name) for row in rows] for c in COLUMNS}
+    return pa.Table.from_pydict(columns, schema=SCHEMA)

@@ -1,0 +1,150 @@
+"""A plain training loop (no Trainer) with meters, and evaluation.
+
+Written by hand rather than with transformers' Trainer so that exactly the training
+steps are timed (no evaluation, logging or checkpointing inside the timed region),
+method hooks run at a known point, and the loop stays small enough to audit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from harness.method import MethodContext, Pipeline
+from harness.meters import PeakMemory, Stopwatch
+from harness.progress import bar
+from harness.suite import Prepared, Suite, Task
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+@dataclass
+class TrainStats:
+    steps: int = 0
+    samples: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    final_loss: float | None = None
+    peak_memory_bytes: int | None = None
+    peak_memory_reserved_bytes: int | None = None
+    peak_memory_kind: str = ""
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def total_steps(num_examples: int, batch_size: int, epochs: float, max_steps: int | None) -> int:
+    if max_steps:
+        return max_steps
+    return max(1, math.ceil(epochs * math.ceil(num_examples / batch_size)))
+
+
+def default_optimizer(params: list[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases and normalisation weights (as transformers' Trainer)."""
+    decay = [p for n, p in params if not n.endswith(NO_DECAY)]
+    no_decay = [p for n, p in params if n.endswith(NO_DECAY)]
+    groups = [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def train(
+    model: torch.nn.Module,
+    data: Prepared,
+    pipeline: Pipeline,
+    ctx: MethodContext,
+    *,
+    batch_size: int,
+    steps: int,
+    warmup_ratio: float,
+    max_grad_norm: float,
+    precision: str,
+    device: torch.device,
+    seed: int,
+    show_progress: bool = True,
+) -> TrainStats:
+    from transformers import get_linear_schedule_with_warmup
+
+    stats = TrainStats()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named or steps == 0:
+        return stats  # nothing to train (e.g. a compression-only method)
+    params = [p for _, p in named]
+    optimizer = pipeline.optimizer(params, ctx) or default_optimizer(named, ctx.lr, ctx.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
+    loader = DataLoader(
+        data.dataset, batch_size=batch_size, shuffle=True, collate_fn=data.collate,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
+    # Loss stays on the device and is read once at the end, so logging never forces a sync.
+    tail_from = max(0, steps - max(1, steps // 10))
+    tail_loss = torch.zeros((), device=device)
+    model.train()
+    with bar("train", steps, show_progress) as progress, Stopwatch(device) as watch, PeakMemory(device) as memory:
+        while stats.steps < steps:
+            for batch in loader:
+                mask = batch.get("attention_mask")
+                stats.tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel()) if "input_ids" in batch else 0
+                stats.samples += len(next(iter(batch.values())))
+                batch = to_device(batch, device)
+                with autocast(device, precision):
+                    loss = model(**batch).loss
+                (scaler.scale(loss) if scaler else loss).backward()
+                if scaler:
+                    scaler.unscale_(optimizer)
+                if max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                pipeline.on_step(stats.steps, model)
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if stats.steps >= tail_from:
+                    tail_loss += loss.detach().float()
+                stats.steps += 1
+                progress.advance()
+                if stats.steps >= steps:
+                    break
+    stats.seconds = watch.seconds
+    stats.final_loss = float(tail_loss) / (steps - tail_from)
+    stats.peak_memory_bytes = memory.peak_bytes
+    stats.peak_memory_reserved_bytes = memory.reserved_bytes
+    stats.peak_memory_kind = memory.kind
+    return stats
+
+
+@torch.inference_mode()
+def predict(
+    model: torch.nn.Module, data: Prepared, suite: Suite, task: Task, *, batch_size: int, precision: str,
+    device: torch.device, label: str = "eval", show_progress: bool = True,
+) -> tuple[list, float]:
+    """Predictions over a prepared split, in order, and the seconds it took."""
+    model.eval()
+    loader = DataLoader(data.dataset, batch_size=batch_size, shuffle=False, collate_fn=data.collate)
+    predictions: list = []
+    start = time.perf_counter()
+    with bar(label, len(loader), show_progress) as progress:
+        for batch in loader:
+            batch = to_device(batch, device)
+            batch.pop("labels", None)
+            with autocast(device, precision):
+                outputs = model(**batch)
+            predictions.extend(suite.predictions(outputs, task))
+            progress.advance()
+    return predictions, time.perf_counter() - start

@@ -1,0 +1,94 @@
+"""Offline fixtures made by the tests themselves: a tiny random BERT with its own
+WordPiece vocabulary, and a tiny GLUE mirror laid out like the hub's Parquet files."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HARNESS_NO_PROGRESS", "1")
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "sad"]
+FILLER = ["the", "movie", "film", "plot", "was", "is", "a", "very", "and", "story", "acting", "cast"]
+WORDS = POSITIVE + NEGATIVE + FILLER
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48)
+
+
+def make_tiny_bert(directory: Path, **overrides) -> Path:
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(vocab_size=len(vocab), max_position_embeddings=64, **{**TINY, **overrides})
+    import torch
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _sentence(rng: random.Random, positive: bool) -> str:
+    words = rng.sample(FILLER, 4) + [rng.choice(POSITIVE if positive else NEGATIVE)]
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def write_split(root: Path, config: str, split: str, columns: dict, features) -> None:
+    from datasets import Dataset
+
+    folder = root / "nyu-mll" / "glue" / config
+    folder.mkdir(parents=True, exist_ok=True)
+    Dataset.from_dict(columns, features=features).to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+
+
+def make_tiny_glue(root: Path, n_train: int = 96, n_eval: int = 48) -> Path:
+    from datasets import ClassLabel, Features, Value
+
+    rng = random.Random(0)
+    single = Features({"sentence": Value("string"), "label": ClassLabel(names=["negative", "positive"]), "idx": Value("int32")})
+    pair = Features({"sentence1": Value("string"), "sentence2": Value("string"), "label": ClassLabel(names=["not_equivalent", "equivalent"]), "idx": Value("int32")})
+    for split, n in (("train", n_train), ("validation", n_eval)):
+        labels = [i % 2 for i in range(n)]
+        write_split(root, "sst2", split, {"sentence": [_sentence(rng, bool(y)) for y in labels], "label": labels, "idx": list(range(n))}, single)
+        write_split(root, "cola", split, {"sentence": [_sentence(rng, bool(y)) for y in labels], "label": labels, "idx": list(range(n))}, single)
+        s1 = [_sentence(rng, bool(y)) for y in labels]
+        write_split(root, "mrpc", split, {"sentence1": s1, "sentence2": [_sentence(rng, bool(y)) for y in labels], "label": labels, "idx": list(range(n))}, pair)
+        stsb = Features({"sentence1": Value("string"), "sentence2": Value("string"), "label": Value("float32"), "idx": Value("int32")})
+        write_split(root, "stsb", split, {"sentence1": s1, "sentence2": s1, "label": [float(rng.uniform(0, 5)) for _ in labels], "idx": list(range(n))}, stsb)
+    mnli = Features({"premise": Value("string"), "hypothesis": Value("string"), "label": ClassLabel(names=["entailment", "neutral", "contradiction"]), "idx": Value("int32")})
+    for split, n in (("train", n_train), ("validation_matched", n_eval), ("validation_mismatched", n_eval)):
+        labels = [i % 3 for i in range(n)]
+        write_split(root, "mnli", split, {"premise": [_sentence(rng, True) for _ in labels], "hypothesis": [_sentence(rng, y == 0) for y in labels], "label": labels, "idx": list(range(n))}, mnli)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_glue(tmp_path_factory) -> Path:
+    return make_tiny_glue(tmp_path_factory.mktemp("mirror"))
+
+
+@pytest.fixture()
+def results_dir(tmp_path) -> Path:
+    return tmp_path / "results"
+
+
+def tiny_run_args(model: Path, mirror: Path, results: Path, *extra: str) -> list[str]:
+    return [
+        "run", "--suite", "glue", "--task", "sst2", "--model", str(model), "--data-dir", str(mirror),
+        "--results", str(results), "--max-steps", "4", "--batch-size", "16", "--latency-repeats", "2", "--quiet", *extra,
+    ]
