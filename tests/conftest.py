@@ -18,7 +18,9 @@ NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "sad"]
 FILLER = ["the", "movie", "film", "plot", "was", "is", "a", "very", "and", "story", "acting", "cast"]
 WORDS = POSITIVE + NEGATIVE + FILLER
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48)
+# A wide initialisation makes the random features informative, so that adapters on a frozen
+# random base can still lower the loss in a few steps.
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, initializer_range=0.5)
 
 
 def make_tiny_bert(directory: Path, **overrides) -> Path:
@@ -27,7 +29,12 @@ def make_tiny_bert(directory: Path, **overrides) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    import inspect
+
+    # transformers 5 takes the vocabulary as `vocab`; 4.x as `vocab_file`.
+    key = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
+    tokenizer = BertTokenizerFast(**{key: str(directory / "vocab.txt")}, do_lower_case=True)
+    assert tokenizer.unk_token_id not in tokenizer(" ".join(WORDS))["input_ids"], "test vocabulary not applied"
     config = BertConfig(vocab_size=len(vocab), max_position_embeddings=64, **{**TINY, **overrides})
     import torch
 
