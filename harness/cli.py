@@ -84,11 +84,12 @@ class ListWhat(str, Enum):
     methods = "methods"
     suites = "suites"
     tasks = "tasks"
+    models = "models"
 
 
 @app.command("list")
-def list_(what: ListWhat = typer.Argument(..., help="methods, suites or tasks")) -> None:
-    """List registered methods, suites or tasks with a one-line summary."""
+def list_(what: ListWhat = typer.Argument(..., help="methods, suites, tasks or models")) -> None:
+    """List registered methods, suites, tasks or model aliases with a one-line summary."""
     from rich.console import Console
     from rich.table import Table
 
@@ -106,6 +107,14 @@ def list_(what: ListWhat = typer.Argument(..., help="methods, suites or tasks"))
             table.add_column(col, overflow="fold")
         for name, cls in SUITES:
             table.add_row(name, str(len(cls.tasks)), cls.default_model, cls.summary())
+    elif what is ListWhat.models:
+        from harness.resolve import MODEL_ALIASES, resolve_model
+
+        for col in ("alias", "hub id", "resolves to", "note"):
+            table.add_column(col, overflow="fold")
+        for alias, info in MODEL_ALIASES.items():
+            ref = resolve_model(alias)
+            table.add_row(alias, info.hub_id, ref.location if ref.source == "package" else "hub", info.note)
     else:
         for col in ("suite", "task", "dataset", "metric", "summary"):
             table.add_column(col, overflow="fold")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from harness import __version__
 from harness.errors import HarnessError
 from harness.method import Pipeline
-from harness.resolve import DataSource, ResolvedModel, mirror_root, resolve_model
+from harness.resolve import DataSource, ResolvedModel, mirror_root, preflight_model, resolve_model
 from harness.suite import SUITES, Suite, Task
 
 # Subsets of a training split are drawn with this seed, not the run's seed, so that
@@ -107,6 +107,9 @@ class ResolvedRun(BaseModel):
         )
         return {k: getattr(self, k) for k in keys}
 
+    def model_ref(self) -> ResolvedModel:
+        return ResolvedModel(self.model, self.model_hub_id, self.model_location, self.model_source)
+
     @property
     def job_hash(self) -> str:
         canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=str)
@@ -118,9 +121,10 @@ def resolve(spec: RunSpec) -> tuple[ResolvedRun, Suite, Task, Pipeline, dict[str
     suite = suite_cls()
     task = suite_cls.get_task(spec.task)
     pipeline = Pipeline.parse(spec.method)
-    model: ResolvedModel = resolve_model(spec.model or suite_cls.default_model)
     root = mirror_root(spec.data_dir)
     sources = suite.locate(task, root)
+    model: ResolvedModel = resolve_model(spec.model or suite_cls.default_model)
+    preflight_model(model)
     if Path(spec.results_dir).exists() and not Path(spec.results_dir).is_dir():
         raise HarnessError(f"--results {spec.results_dir!r} exists and is not a directory")
     d = suite_cls.defaults

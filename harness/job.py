@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import traceback
+import warnings
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -99,6 +100,9 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
 
     hf_logging.set_verbosity_error()  # the harness reports what matters; silence "newly initialized" chatter
     logging.getLogger("datasets").setLevel(logging.ERROR)
+    # Libraries' deprecation notices are for their developers, not for someone reading a run.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     if not show_progress:
         import datasets
 
@@ -120,8 +124,8 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         model, processor = suite.build_model(run.model_location, task, train_ds)
     except HarnessError:
         raise
-    except (OSError, ValueError) as exc:
-        raise model_load_error_for(run, exc) from None
+    except (OSError, ValueError) as exc:  # missing files, no network, not a checkpoint
+        raise model_load_error(run.model_ref(), exc) from None
 
     train_data = suite.prepare(train_ds, processor, task, run.max_length)
     steps = total_steps(len(train_data.dataset), run.batch_size, run.epochs, run.max_steps)
@@ -174,12 +178,6 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         "peak_memory_kind": stats.peak_memory_kind or None,
         **latency,
     }
-
-
-def model_load_error_for(run: ResolvedRun, exc: Exception) -> HarnessError:
-    from harness.resolve import ResolvedModel
-
-    return model_load_error(ResolvedModel(run.model, run.model_hub_id, run.model_location, run.model_source), exc)
 
 
 def _latency(model: torch.nn.Module, data, run: ResolvedRun, device: torch.device) -> dict[str, Any]:

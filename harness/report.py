@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import __version__
+from harness.atomic import atomic_write
 from harness.pareto import pareto_mask
 from harness.store import read_results
 
@@ -93,7 +93,7 @@ def _figure(ok: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict:
     fig.update_layout(
         title=title, xaxis_title=axis.title + (" (log)" if axis.log else ""), yaxis_title=metric,
         xaxis_type="log" if axis.log else "linear", template="plotly_white", height=420,
-        margin=dict(l=60, r=20, t=50, b=50), legend=dict(title="method"),
+        margin=dict(l=60, r=20, t=70, b=50), legend=dict(title="method"),
     )
     return json.loads(fig.to_json())
 
@@ -129,7 +129,7 @@ def build_sections(df: pd.DataFrame) -> list[TaskSection]:
                 break
             groups = ok.groupby(["device_name", "peak_memory_kind"], dropna=False) if axis.hardware else [(None, ok)]
             for key, part in groups:
-                where = f" on {key[0]}" if key else ""
+                where = f"<br><sup>on {key[0]}</sup>" if key else ""
                 section.figures.append(_figure(part.reset_index(drop=True), axis, metric, f"{suite}/{task}: {metric} vs {axis.title}{where}"))
         sections.append(section)
     return sections
@@ -167,11 +167,7 @@ def _fmt(value, column: str = "") -> str:
 def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, int]:
     df = read_results(results_dir)
     html = render(df, str(results_dir))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "index.html"
-    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".tmp", dir=out)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    path = Path(out_dir) / "index.html"
+    with atomic_write(path, "w") as f:
         f.write(html)
-    os.replace(tmp, path)
     return path, len(df)

@@ -162,6 +162,19 @@ def resolve_model(name: str) -> ResolvedModel:
     return ResolvedModel(name, name, name, "hub")
 
 
+def preflight_model(model: ResolvedModel) -> None:
+    """Read the model's config now, so an unreachable or wrong model fails before any work."""
+    import logging
+
+    from transformers import AutoConfig
+
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no retry chatter; the error says it all
+    try:
+        AutoConfig.from_pretrained(model.location)
+    except (OSError, ValueError) as exc:
+        raise model_load_error(model, exc) from None
+
+
 def model_load_error(model: ResolvedModel, exc: Exception) -> HarnessError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     hint = ""

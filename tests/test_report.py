@@ -1,0 +1,72 @@
+"""`harness report`: a self-contained page with leaderboards and marked Pareto fronts."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from harness.cli import main
+from harness.report import build_sections
+from harness.store import read_results, write_row
+from tests.conftest import tiny_run_args
+from tests.test_store_and_schema import full_row
+
+
+def _row(method, score, trainable, memory, seconds, run_id, status="ok", device="cpu-x"):
+    return full_row(
+        method=method, score=score, trainable_params=trainable, total_params=10**6, peak_memory_bytes=memory,
+        train_seconds=seconds, run_id=run_id, job_hash=f"h{run_id}", status=status, device_name=device,
+        peak_memory_kind="cpu_peak_rss_reset", metric="accuracy", error=None if status == "ok" else "RuntimeError: x",
+    )
+
+
+def test_sections_mark_the_pareto_front_per_cost_axis(tmp_path):
+    rows = [
+        _row("full", 0.90, 10**6, 900 * 2**20, 100.0, "a"),
+        _row("lora", 0.88, 10**4, 500 * 2**20, 40.0, "b"),
+        _row("bitfit", 0.80, 10**5, 400 * 2**20, 30.0, "c"),  # dominated by lora on parameters only
+        _row("dora", 0.10, 10**4, 1, 1.0, "d", status="failed"),
+    ]
+    for row in rows:
+        write_row(row, tmp_path)
+    [section] = build_sections(read_results(tmp_path))
+    assert [r["method"] for r in section.rows] == ["full", "lora", "bitfit"]
+    assert [r["method"] for r in section.failed] == ["dora"]
+    params, memory, time = section.figures
+    stars = lambda fig: {t["name"] for t in fig["data"] if t["name"] != "Pareto front" and "star" in t["marker"]["symbol"]}
+    assert stars(params) == {"full", "lora"}
+    assert stars(memory) == stars(time) == {"full", "lora", "bitfit"}
+    assert params["layout"]["xaxis"]["type"] == "log"
+    hover = next(t for t in params["data"] if t["name"] == "lora")["hovertext"][0]
+    assert "lora" in hover and "job hb" in hover and "Pareto-optimal" in hover
+
+
+def test_hardware_costs_are_split_by_device(tmp_path):
+    write_row(_row("lora", 0.88, 10**4, 500, 40.0, "a", device="cpu-x"), tmp_path)
+    write_row(_row("full", 0.90, 10**6, 900, 100.0, "b", device="gpu-y"), tmp_path)
+    [section] = build_sections(read_results(tmp_path))
+    titles = [f["layout"]["title"]["text"] for f in section.figures]
+    assert len(titles) == 5  # parameters once; memory and time once per device
+    assert sum("on gpu-y" in t for t in titles) == 2
+
+
+def test_report_command_on_real_runs_is_self_contained(tiny_model, tiny_glue, tmp_path, capsys):
+    results = tmp_path / "results"
+    for method in ("lora:r=4", "bitfit", "full"):
+        assert main(tiny_run_args(tiny_model, tiny_glue, results, "--method", method)) == 0
+    out = tmp_path / "site"
+    assert main(["report", "--results", str(results), "--out", str(out)]) == 0
+    assert "(3 runs)" in capsys.readouterr().out
+    html = (out / "index.html").read_text()
+    assert not re.search(r"<script[^>]+src=", html) and "<link" not in html  # nothing fetched from a CDN
+    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js is inlined
+    figures = json.loads(re.search(r"const FIGURES = (\{.*?\});\n", html, re.S).group(1))
+    assert len(figures) == 3
+    for method in ("lora:r=4", "bitfit", "full"):
+        assert f">{method}<" in html
+    assert [p.name for p in out.iterdir()] == ["index.html"]
+
+
+def test_report_on_missing_folder_is_bad_input(tmp_path, capsys):
+    assert main(["report", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
