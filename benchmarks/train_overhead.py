@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--train-samples", type=int, default=4000)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--out", default="benchmarks/results/train_overhead.parquet")
     args = parser.parse_args()
 
@@ -83,17 +83,27 @@ def main() -> None:
     initial = pipeline.apply(base, ctx)
     device = torch.device("cpu")
 
+    def time_harness() -> float:
+        model = copy.deepcopy(initial)
+        return train(model, data, pipeline, ctx, batch_size=args.batch_size, steps=args.steps,
+                     warmup_ratio=run.warmup_ratio, max_grad_norm=run.max_grad_norm, precision="fp32",
+                     device=device, seed=0, show_progress=True).seconds
+
+    def time_plain() -> float:
+        model = copy.deepcopy(initial)
+        return plain_loop(model, data, steps=args.steps, batch_size=args.batch_size, lr=run.lr,
+                          weight_decay=run.weight_decay, warmup_ratio=run.warmup_ratio,
+                          max_grad_norm=run.max_grad_norm, seed=0)
+
     harness_s, plain_s = [], []
     for i in range(args.repeats):
-        model = copy.deepcopy(initial)
-        stats = train(model, data, pipeline, ctx, batch_size=args.batch_size, steps=args.steps,
-                      warmup_ratio=run.warmup_ratio, max_grad_norm=run.max_grad_norm, precision="fp32",
-                      device=device, seed=0, show_progress=True)
-        harness_s.append(stats.seconds)
-        model = copy.deepcopy(initial)
-        plain_s.append(plain_loop(model, data, steps=args.steps, batch_size=args.batch_size, lr=run.lr,
-                                  weight_decay=run.weight_decay, warmup_ratio=run.warmup_ratio,
-                                  max_grad_norm=run.max_grad_norm, seed=0))
+        # Alternate which loop goes first, so warm-up and drift do not favour either.
+        if i % 2 == 0:
+            harness_s.append(time_harness())
+            plain_s.append(time_plain())
+        else:
+            plain_s.append(time_plain())
+            harness_s.append(time_harness())
         print(f"repeat {i + 1}: harness {harness_s[-1]:.2f}s, plain {plain_s[-1]:.2f}s")
     ratio = statistics.median(harness_s) / statistics.median(plain_s)
     print(f"median training time over {args.steps} steps: harness {statistics.median(harness_s):.2f}s, "
