@@ -23,11 +23,11 @@ from harness import environment
 from harness.config import DATA_SEED, ResolvedRun, RunSpec, resolve
 from harness.errors import HarnessError
 from harness.method import MethodContext
-from harness.meters import count_parameters, measure_latency, model_bytes
+from harness.meters import count_parameters, measure_latency, model_bytes, trainable_bytes
 from harness.resolve import model_load_error
 from harness.schema import SCHEMA_VERSION
 from harness.store import write_row
-from harness.train import predict, to_device, total_steps, train
+from harness.train import predict, sample_batches, to_device, total_steps, train
 
 
 @dataclass
@@ -132,6 +132,7 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
     ctx = MethodContext(
         task_type=suite.task_type, head_modules=suite.head_modules(model), total_steps=steps,
         lr=run.lr, weight_decay=run.weight_decay, seed=run.seed,
+        sample_batches=lambda n: sample_batches(train_data, run.batch_size, n, run.seed),
     )
     model = pipeline.apply(model, ctx).to(device)
     trainable, total = count_parameters(model)
@@ -173,6 +174,8 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         "trainable_params": trainable,
         "total_params": total,
         "model_bytes": model_bytes(model),
+        "adapter_bytes": trainable_bytes(model),
+        "optimizer_state_bytes": stats.optimizer_state_bytes,
         "peak_memory_bytes": stats.peak_memory_bytes,
         "peak_memory_reserved_bytes": stats.peak_memory_reserved_bytes,
         "peak_memory_kind": stats.peak_memory_kind or None,

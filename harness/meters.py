@@ -173,3 +173,31 @@ def model_bytes(model: torch.nn.Module) -> int:
         seen.add(tensor.data_ptr())
         size += tensor.numel() * tensor.element_size()
     return size
+
+
+def trainable_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of every tensor the optimizer keeps per parameter, found in nested state too
+    (e.g. a low-rank projector object holding its projection matrix)."""
+    seen: set[int] = set()
+
+    def walk(obj, depth: int = 0) -> int:
+        if depth > 4:
+            return 0
+        if torch.is_tensor(obj):
+            if obj.dim() == 0 or obj.data_ptr() in seen:  # scalars are bookkeeping (step counts)
+                return 0
+            seen.add(obj.data_ptr())
+            return obj.numel() * obj.element_size()
+        if isinstance(obj, dict):
+            return sum(walk(v, depth + 1) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return sum(walk(v, depth + 1) for v in obj)
+        if hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)):
+            return sum(walk(v, depth + 1) for v in vars(obj).values())
+        return 0
+
+    return sum(walk(state) for state in optimizer.state.values())

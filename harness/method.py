@@ -17,7 +17,7 @@ Several methods compose into a `Pipeline`, applied left to right.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -49,7 +49,15 @@ class MethodContext:
     lr: float = 0.0
     weight_decay: float = 0.0
     seed: int = 0
+    # Batches of the training split for methods that calibrate or initialise from data
+    # (EVA, CorDA, LoRA-GA, Wanda, ...): sample_batches(n) yields n collated batches.
+    sample_batches: Callable[[int], Iterator[dict[str, torch.Tensor]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def batches(self, n: int) -> Iterator[dict[str, torch.Tensor]]:
+        if self.sample_batches is None:
+            raise HarnessError("this method needs training batches, but the job provided none")
+        return self.sample_batches(n)
 
     @property
     def peft_task_type(self) -> str | None:

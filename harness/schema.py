@@ -57,6 +57,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("trainable_params", pa.int64(), "parameters updated by the optimizer"),
     Column("total_params", pa.int64(), "all parameters of the model as trained (adapters included)"),
     Column("model_bytes", pa.int64(), "bytes of parameters and buffers of the final model"),
+    Column("adapter_bytes", pa.int64(), "bytes of the parameters still trainable in the final model: what an adapter checkpoint stores (after a merge, only the task head)"),
+    Column("optimizer_state_bytes", pa.int64(), "bytes of the optimizer's state tensors at the end of training (Adam: two per parameter)"),
     Column("peak_memory_bytes", pa.int64(), "peak memory during training (see peak_memory_kind)"),
     Column("peak_memory_reserved_bytes", pa.int64(), "CUDA: peak reserved by the caching allocator; CPU: null"),
     Column("peak_memory_kind", pa.string(), "cuda_max_allocated, cpu_peak_rss_reset or cpu_peak_rss_process"),

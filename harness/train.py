@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.method import MethodContext, Pipeline
-from harness.meters import PeakMemory, Stopwatch
+from harness.meters import PeakMemory, Stopwatch, optimizer_state_bytes
 from harness.progress import bar
 from harness.suite import Prepared, Suite, Task
 
@@ -33,6 +33,7 @@ class TrainStats:
     peak_memory_bytes: int | None = None
     peak_memory_reserved_bytes: int | None = None
     peak_memory_kind: str = ""
+    optimizer_state_bytes: int | None = None
 
 
 def autocast(device: torch.device, precision: str):
@@ -50,6 +51,16 @@ def total_steps(num_examples: int, batch_size: int, epochs: float, max_steps: in
     if max_steps:
         return max_steps
     return max(1, math.ceil(epochs * math.ceil(num_examples / batch_size)))
+
+
+def sample_batches(data: Prepared, batch_size: int, n: int, seed: int):
+    """n shuffled training batches (on CPU) for methods that calibrate or initialise from data."""
+    loader = DataLoader(data.dataset, batch_size=batch_size, shuffle=True, collate_fn=data.collate,
+                        generator=torch.Generator().manual_seed(seed + 1))
+    for i, batch in enumerate(loader):
+        if i >= n:
+            return
+        yield batch
 
 
 def default_optimizer(params: list[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -122,6 +133,7 @@ def train(
                 if stats.steps >= steps:
                     break
     stats.seconds = watch.seconds
+    stats.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     stats.final_loss = float(tail_loss) / (steps - tail_from)
     stats.peak_memory_bytes = memory.peak_bytes
     stats.peak_memory_reserved_bytes = memory.reserved_bytes

@@ -10,6 +10,7 @@ import torch
 
 from harness.method import METHODS, MethodContext, Pipeline
 from harness.meters import count_parameters
+from harness.train import train
 from tests.conftest import TINY
 
 H, L, I = TINY["hidden_size"], TINY["num_hidden_layers"], TINY["intermediate_size"]
@@ -23,6 +24,19 @@ def model(tiny_model):
 
     torch.manual_seed(0)
     return AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=C).eval()
+
+
+@pytest.fixture(scope="module")
+def train_data(tiny_model, tiny_glue):
+    """The tiny SST-2 training split, tokenized, as the training loop takes it."""
+    from transformers import AutoTokenizer
+
+    from harness.resolve import load_split, locate_split
+    from harness.suite import SUITES
+
+    suite = SUITES.get("glue")()
+    split = load_split(locate_split("nyu-mll/glue", "sst2", "train", tiny_glue))
+    return suite.prepare(split, AutoTokenizer.from_pretrained(tiny_model), suite.get_task("sst2"), 32)
 
 
 def ctx(steps: int = 100) -> MethodContext:
@@ -92,15 +106,8 @@ def test_merging_gives_the_same_outputs(spec, model):
 
 
 @pytest.mark.parametrize("spec", ["full", "bitfit", "lora:r=4", "dora:r=4", "adalora:init_r=4,target_r=2", "vera:r=8", "ia3"])
-def test_a_few_steps_lower_the_loss(spec, model, tiny_model, tiny_glue):
-    from harness.resolve import locate_split, load_split
-    from harness.suite import SUITES
-    from harness.train import train
-    from transformers import AutoTokenizer
-
-    suite = SUITES.get("glue")()
-    task = suite.get_task("sst2")
-    data = suite.prepare(load_split(locate_split("nyu-mll/glue", "sst2", "train", tiny_glue)), AutoTokenizer.from_pretrained(tiny_model), task, 32)
+def test_a_few_steps_lower_the_loss(spec, model, train_data):
+    data = train_data
     batch = data.collate([data.dataset[i] for i in range(32)])
     steps = 30
     pipeline = Pipeline.parse(spec)
@@ -117,16 +124,9 @@ def test_a_few_steps_lower_the_loss(spec, model, tiny_model, tiny_glue):
     assert after < before * 0.9, (before, after)
 
 
-def test_adalora_reallocates_rank_during_training(model, tiny_model, tiny_glue):
+def test_adalora_reallocates_rank_during_training(model, train_data):
     """After the pruning phase, AdaLoRA's budget shrinks from init_r towards target_r."""
-    from harness.resolve import locate_split, load_split
-    from harness.suite import SUITES
-    from harness.train import train
-    from transformers import AutoTokenizer
-
-    suite = SUITES.get("glue")()
-    task = suite.get_task("sst2")
-    data = suite.prepare(load_split(locate_split("nyu-mll/glue", "sst2", "train", tiny_glue)), AutoTokenizer.from_pretrained(tiny_model), task, 32)
+    data = train_data
     pipeline = Pipeline.parse("adalora:init_r=4,target_r=1,delta_t=1")
     context = ctx(24)
     wrapped = pipeline.apply(model, context)

@@ -1,0 +1,52 @@
+"""Meters measure what they claim: parameter and byte counts, optimizer state, peak memory, latency."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.meters import (
+    PeakMemory, count_parameters, measure_latency, model_bytes, optimizer_state_bytes, trainable_bytes,
+)
+
+
+def test_counts_and_bytes_of_a_known_model():
+    model = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.LayerNorm(20), torch.nn.Linear(20, 3))
+    model[0].weight.requires_grad = False
+    total = 10 * 20 + 20 + 20 + 20 + 20 * 3 + 3
+    assert count_parameters(model) == (total - 200, total)
+    assert model_bytes(model) == total * 4
+    assert trainable_bytes(model) == (total - 200) * 4
+
+
+def test_tied_parameters_are_counted_once():
+    emb = torch.nn.Embedding(50, 8)
+    head = torch.nn.Linear(8, 50, bias=False)
+    head.weight = emb.weight
+    model = torch.nn.ModuleDict({"emb": emb, "head": head})
+    assert count_parameters(model) == (400, 400) and model_bytes(model) == 1600
+
+
+def test_adam_state_is_two_tensors_per_trained_parameter():
+    model = torch.nn.Linear(16, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 16)).sum().backward()
+    opt.step()
+    assert optimizer_state_bytes(opt) == 2 * (16 * 4 + 4) * 4  # exp_avg and exp_avg_sq; the step scalar is not state
+
+
+def test_cpu_peak_memory_sees_a_large_allocation():
+    with PeakMemory(torch.device("cpu")) as before:
+        pass
+    with PeakMemory(torch.device("cpu")) as during:
+        block = torch.ones(64 * 2**20 // 4 * 4)  # 256 MiB, touched
+        del block
+    assert during.kind.startswith("cpu_peak_rss")
+    if during.kind == "cpu_peak_rss_reset":  # Linux: the peak was reset first, so it reflects the block
+        assert during.peak_bytes - before.peak_bytes > 200 * 2**20
+
+
+def test_latency_percentiles_over_repeats():
+    calls = []
+    lat = measure_latency(lambda: calls.append(1), torch.device("cpu"), warmup=3, repeats=7)
+    assert len(calls) == 10 and lat.repeats == 7
+    assert 0 <= lat.p50_ms <= lat.p90_ms
