@@ -32,13 +32,37 @@ def check_target_modules(model: torch.nn.Module, targets: list[str] | None, meth
             raise HarnessError(f"method {method!r}: target module {target!r} is not in the model; {hint}")
 
 
+def check_rank_fits(model: torch.nn.Module, rank: int, method: str) -> None:
+    """A rank above min(in, out) of an adapted linear layer adds nothing but cost: bad input."""
+    for name, module in model.named_modules():
+        base = module.get_base_layer() if hasattr(module, "get_base_layer") and hasattr(module, "base_layer") else None
+        if isinstance(base, torch.nn.Linear) and base is not module:
+            limit = min(base.in_features, base.out_features)
+            if rank > limit:
+                raise HarnessError(
+                    f"method {method!r}: rank {rank} exceeds layer {name!r} ({base.in_features}x{base.out_features}, at most {limit})"
+                )
+
+
 class PeftMethod(Method):
-    """Base for methods that peft implements: subclasses return their `PeftConfig`."""
+    """Base for methods that peft implements: subclasses return their `PeftConfig`.
+
+    `rank_param` names the parameter that is a rank bounded by the adapted layers' size.
+    `prepare` runs on the bare model before wrapping (CorDA, LoRA-GA read activations or
+    gradients there); `initialise` on the wrapped model (EVA's data-driven init).
+    """
 
     mergeable = False
+    rank_param: str | None = None
 
     def peft_config(self, ctx: MethodContext, model: torch.nn.Module):
         raise NotImplementedError
+
+    def prepare(self, model: torch.nn.Module, config, ctx: MethodContext) -> None:
+        pass
+
+    def initialise(self, model: torch.nn.Module, ctx: MethodContext) -> None:
+        pass
 
     def common_kwargs(self, ctx: MethodContext) -> dict[str, Any]:
         return {"task_type": ctx.peft_task_type}
@@ -50,10 +74,15 @@ class PeftMethod(Method):
         config = self.peft_config(ctx, model)
         if ctx.peft_task_type is None and ctx.head_modules:
             config.modules_to_save = list(ctx.head_modules)
+        self.prepare(model, config, ctx)
         try:
-            return get_peft_model(model, config)
+            wrapped = get_peft_model(model, config)
         except ValueError as exc:  # peft's own checks on the config against this model
             raise HarnessError(f"method {self.name!r}: {str(exc).splitlines()[0]}") from None
+        if self.rank_param:
+            check_rank_fits(wrapped, getattr(self.params, self.rank_param), self.name)
+        self.initialise(wrapped, ctx)
+        return wrapped
 
     def finalize(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.mergeable and getattr(self.params, "merge", False):

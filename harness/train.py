@@ -92,8 +92,9 @@ def train(
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named or steps == 0:
         return stats  # nothing to train (e.g. a compression-only method)
-    params = [p for _, p in named]
-    optimizer = pipeline.optimizer(params, ctx) or default_optimizer(named, ctx.lr, ctx.weight_decay)
+    optimizer = pipeline.optimizer([p for _, p in named], ctx) or default_optimizer(named, ctx.lr, ctx.weight_decay)
+    # Clip over what the optimizer updates: a method may train parameters frozen at the start (LISA).
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
     loader = DataLoader(
         data.dataset, batch_size=batch_size, shuffle=True, collate_fn=data.collate,

@@ -48,6 +48,7 @@ class AdaLoRA(PeftMethod):
     paper = "Zhang et al., Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning, ICLR 2023"
     Params = AdaLoraParams
     default_lr = 2e-3
+    rank_param = "init_r"
 
     def peft_config(self, ctx, model):
         from peft import AdaLoraConfig

@@ -1,11 +1,14 @@
-"""LoRA and DoRA through peft.
+"""LoRA and its variants that differ only in configuration, through peft.
 
 LoRA (Hu et al., ICLR 2022) adds a trainable low-rank update B A, scaled by alpha / r,
-to frozen weights; DoRA (Liu et al., ICML 2024) splits each weight into magnitude and
-direction and applies LoRA to the direction.
+to frozen weights. The variants here change the scale (rsLoRA), the decomposition
+(DoRA) or the initialisation from the weights themselves (PiSSA, OLoRA). Variants that
+initialise from data live in `lora_data_init.py`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import Field
 
@@ -22,27 +25,42 @@ class LoraParams(MethodParams):
     merge: bool = Field(False, description="merge the update into the weights after training (measured inference then has no adapter)")
 
 
-class _LoraFamily(PeftMethod):
+class LoraFamily(PeftMethod):
+    """Shared by every LoRA-shaped method: the LoraConfig, with `extra_config` per variant."""
+
     Params = LoraParams
     category = "low-rank"
     mergeable = True
+    rank_param = "r"
     # The LoRA paper trains RoBERTa-base 30-80 epochs at 4e-4..5e-4. At the 3-epoch default
     # budget a 4x rate is needed to converge (measured: MiniLM-L6, SST-2, 4000 examples).
     default_lr = 2e-3
-    use_dora = False
+
+    def extra_config(self, ctx, model) -> dict[str, Any]:
+        return {}
 
     def peft_config(self, ctx, model):
         from peft import LoraConfig
 
         p = self.params
         return LoraConfig(
-            r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=p.target_modules,
-            use_dora=self.use_dora, **self.common_kwargs(ctx),
+            r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=p.target_modules or default_targets(model),
+            **self.extra_config(ctx, model), **self.common_kwargs(ctx),
         )
 
 
+def default_targets(model) -> list[str] | None:
+    """peft's per-architecture LoRA targets (query and value for BERT/RoBERTa), made explicit
+    because the data-driven initialisers read them before peft would fill them in."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    return list(targets) if targets else None
+
+
 @METHODS.register("lora")
-class LoRA(_LoraFamily):
+class LoRA(LoraFamily):
     """LoRA: trainable low-rank update B A on frozen weights (peft)."""
 
     name = "lora"
@@ -50,9 +68,46 @@ class LoRA(_LoraFamily):
 
 
 @METHODS.register("dora")
-class DoRA(_LoraFamily):
+class DoRA(LoraFamily):
     """DoRA: weight-decomposed LoRA, a trained magnitude plus a LoRA-updated direction (peft)."""
 
     name = "dora"
     paper = "Liu et al., DoRA: Weight-Decomposed Low-Rank Adaptation, ICML 2024"
-    use_dora = True
+
+    def extra_config(self, ctx, model):
+        return {"use_dora": True}
+
+
+@METHODS.register("rslora")
+class RsLoRA(LoraFamily):
+    """rsLoRA: LoRA scaled by alpha / sqrt(r), stable as the rank grows (peft)."""
+
+    name = "rslora"
+    paper = "Kalajdzievski, A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA, arXiv 2023"
+
+    def extra_config(self, ctx, model):
+        return {"use_rslora": True}
+
+
+@METHODS.register("pissa")
+class PiSSA(LoraFamily):
+    """PiSSA: LoRA initialised from the top singular vectors; the residual stays frozen (peft)."""
+
+    name = "pissa"
+    paper = "Meng et al., PiSSA: Principal Singular Values and Singular Vectors Adaptation, NeurIPS 2024"
+    # PiSSA adapts the principal components directly; the paper uses the LoRA rate or lower.
+    default_lr = 1e-3
+
+    def extra_config(self, ctx, model):
+        return {"init_lora_weights": "pissa"}
+
+
+@METHODS.register("olora")
+class OLoRA(LoraFamily):
+    """OLoRA: LoRA initialised from a QR decomposition of the weights; the residual stays frozen (peft)."""
+
+    name = "olora"
+    paper = "Büyükakyüz, OLoRA: Orthonormal Low-Rank Adaptation of Large Language Models, arXiv 2024"
+
+    def extra_config(self, ctx, model):
+        return {"init_lora_weights": "olora"}

@@ -114,6 +114,7 @@ def test_a_few_steps_lower_the_loss(spec, model, train_data):
     context = ctx(steps)
     context.lr = 1e-2 if spec != "full" else 1e-3
     wrapped = pipeline.apply(model, context)
+    wrapped.eval()  # dropout off for both measurements (some initialisers leave train mode on)
     with torch.no_grad():
         before = wrapped(**batch).loss.item()
     train(wrapped, data, pipeline, context, batch_size=16, steps=steps, warmup_ratio=0.0, max_grad_norm=1.0,

@@ -1,0 +1,33 @@
+"""LN tuning (Qi et al., 2022) through peft: train only the LayerNorm weights and biases."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from harness.method import METHODS, MethodParams
+from harness.peft_method import PeftMethod
+
+
+class LNTuningParams(MethodParams):
+    target_modules: list[str] | None = Field(None, description="default: every LayerNorm of the model")
+
+
+def layer_norm_names(model: torch.nn.Module) -> list[str]:
+    return sorted({name.split(".")[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)})
+
+
+@METHODS.register("ln-tuning")
+class LNTuning(PeftMethod):
+    """LN tuning: train only the LayerNorm gains and biases (plus the task head) (peft)."""
+
+    name = "ln-tuning"
+    category = "selective"
+    paper = "Qi et al., Parameter-Efficient Tuning on Layer Normalization for Pre-trained Language Models, arXiv 2022"
+    Params = LNTuningParams
+    default_lr = 1e-2  # the paper's LN-tuning rates are 1e-2 and above
+
+    def peft_config(self, ctx, model):
+        from peft import LNTuningConfig
+
+        return LNTuningConfig(target_modules=self.params.target_modules or layer_norm_names(model), **self.common_kwargs(ctx))
