@@ -20,6 +20,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -164,7 +165,8 @@ def main() -> None:
                    lora_vs_peft_step_ratio=harness_ms / peft_ms if row["method"] == "lora" else None)
     out = Path(args.results) / "_benchmarks" / "method_step.parquet"
     with atomic_write(out) as f:
-        pq.write_table(pa.Table.from_pylist(rows), f)
+        # from a DataFrame, so every row's keys become columns (the "none" row has no step time)
+        pq.write_table(pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False), f)
     print(f"wrote {out}")
 
 

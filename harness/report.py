@@ -135,6 +135,43 @@ def build_sections(df: pd.DataFrame) -> list[TaskSection]:
     return sections
 
 
+@dataclass
+class BenchmarkSection:
+    name: str
+    anchor: str
+    columns: list[str]
+    rows: list[dict]
+    figure: dict | None
+
+
+def benchmark_sections(results_dir: str | os.PathLike) -> list[BenchmarkSection]:
+    """Tables written by benchmarks/ under <results>/_benchmarks/: a table and a bar chart of
+    every *_ms_p50 column per method (latest run of each file)."""
+    import plotly.graph_objects as go
+    import pyarrow.parquet as pq
+
+    sections = []
+    for path in sorted((Path(results_dir) / "_benchmarks").glob("*.parquet")):
+        df = pq.read_table(path).to_pandas()
+        if "created_at" in df and len(df):
+            df = df[df["created_at"] == df["created_at"].max()]
+        timed = [c for c in df.columns if c.endswith("_ms_p50")]
+        figure = None
+        if timed and "method" in df:
+            fig = go.Figure([go.Bar(name=c.removesuffix("_ms_p50"), x=df["method"], y=df[c]) for c in timed])
+            fig.update_layout(barmode="group", yaxis_title="ms (median)", template="plotly_white", height=420,
+                              title=f"{path.stem}: time per method", margin=dict(l=60, r=20, t=60, b=120))
+            figure = json.loads(fig.to_json())
+        shown = [c for c in df.columns if c not in ("created_at", "git_commit", "torch_version", "peft_version")]
+        rows = [{c: _plain(v) for c, v in r.items()} for r in df[shown].to_dict("records")]
+        sections.append(BenchmarkSection(path.stem, f"bench-{path.stem}", shown, rows, figure))
+    return sections
+
+
+def _plain(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
 def render(df: pd.DataFrame, source: str) -> str:
     import jinja2
     from plotly.offline import get_plotlyjs
@@ -144,11 +181,14 @@ def render(df: pd.DataFrame, source: str) -> str:
     )
     env.filters["fmt"] = _fmt
     sections = build_sections(df)
+    benchmarks = benchmark_sections(source)
+    figures = {f"fig-{i}-{j}": fig for i, s in enumerate(sections) for j, fig in enumerate(s.figures)}
+    figures.update({f"bench-fig-{i}": b.figure for i, b in enumerate(benchmarks) if b.figure})
     return env.get_template("report.html.j2").render(
-        sections=sections, columns=TABLE_COLUMNS, plotly_js=get_plotlyjs(), source=source,
+        sections=sections, benchmarks=benchmarks, columns=TABLE_COLUMNS, plotly_js=get_plotlyjs(), source=source,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), version=__version__,
         n_runs=len(df), n_failed=int((df["status"] != "ok").sum()) if len(df) else 0,
-        figures_json=json.dumps({f"fig-{i}-{j}": fig for i, s in enumerate(sections) for j, fig in enumerate(s.figures)}),
+        figures_json=json.dumps(figures),
     )
 
 

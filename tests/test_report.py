@@ -70,3 +70,21 @@ def test_report_command_on_real_runs_is_self_contained(tiny_model, tiny_glue, tm
 def test_report_on_missing_folder_is_bad_input(tmp_path, capsys):
     assert main(["report", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_benchmark_tables_appear_in_the_report(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "_benchmarks").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([
+        {"method": "none", "forward_ms_p50": 1.0, "step_ms_p50": None},
+        {"method": "lora", "forward_ms_p50": 1.5, "step_ms_p50": 9.0},
+    ]), tmp_path / "_benchmarks" / "method_step.parquet")
+    assert main(["report", "--results", str(tmp_path), "--out", str(tmp_path / "site")]) == 0
+    assert "(0 runs)" in capsys.readouterr().out  # benchmark tables are not result rows
+    html = (tmp_path / "site" / "index.html").read_text()
+    figures = json.loads(re.search(r"const FIGURES = (\{.*?\});\n", html, re.S).group(1))
+    [bars] = figures.values()
+    assert {t["name"] for t in bars["data"]} == {"forward", "step"}
+    assert "benchmark: method_step" in html and ">lora<" in html
