@@ -6,6 +6,7 @@ started and failed writes a `failed` row and exits 1.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from enum import Enum
@@ -141,6 +142,8 @@ def report(
 def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGPIPE"):  # `harness list methods | head` ends quietly, like other CLIs
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # bitsandbytes (pulled in by peft and galore-torch) warns at import about optional CPU kernels.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         # Without standalone mode, click returns the code of a typer.Exit instead of exiting.
         code = app(args=argv, standalone_mode=False, prog_name="harness")

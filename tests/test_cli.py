@@ -86,6 +86,8 @@ def test_a_run_that_raises_writes_a_failed_row(tiny_model, tiny_glue, results_di
         (["--suite", "glue", "--task", "sst2", "--method", "lora", "--lr", "fast"], "Invalid value for '--lr'"),
         (["--suite", "glue", "--task", "qqp", "--method", "lora"], "split 'train' of nyu-mll/glue/qqp is not in the data dir"),
         (["--suite", "glue", "--task", "sst2", "--method", "lora:target_modules=[qery]"], "target module 'qery' is not in the model; did you mean query"),
+        (["--suite", "glue", "--task", "sst2", "--method", "lora:r=64"], "rank 64 exceeds layer"),
+        (["--suite", "glue", "--task", "sst2", "--method", "lisa:n_layers=9"], "n_layers=9"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_model, tiny_glue, results_dir, capsys, args, message):
