@@ -19,7 +19,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.method import Method, MethodContext, MethodParams, freeze_all_but
-from harness.peft_method import check_target_modules, linear_module_names
+from harness.peft_method import check_rank, check_target_modules, default_lora_targets, linear_module_names
 
 
 class AdapterParams(MethodParams):
@@ -36,12 +36,11 @@ def _under(name: str, heads: tuple[str, ...]) -> bool:
 
 def default_targets(model: nn.Module, method: str) -> list[str]:
     """peft's per-architecture LoRA targets, so these methods adapt what `lora` adapts."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
-
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in DEFAULTS:
+    targets = default_lora_targets(model)
+    if targets is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
         raise HarnessError(f"method {method!r}: no default target modules for model type {model_type!r}; give target_modules=...")
-    return list(DEFAULTS[model_type])
+    return targets
 
 
 def find_linears(model: nn.Module, targets: list[str], heads: tuple[str, ...], method: str) -> list[tuple[str, nn.Linear]]:
@@ -62,15 +61,6 @@ def find_linears(model: nn.Module, targets: list[str], heads: tuple[str, ...], m
                 f"linear layers: {', '.join(linear_module_names(model))}"
             )
     return found
-
-
-def check_rank(layers: list[tuple[str, nn.Linear]], r: int, method: str) -> None:
-    for name, layer in layers:
-        limit = min(layer.in_features, layer.out_features)
-        if r > limit:
-            raise HarnessError(
-                f"method {method!r}: rank {r} exceeds layer {name!r} ({layer.in_features}x{layer.out_features}, at most {limit})"
-            )
 
 
 class AdapterLinear(nn.Module):

@@ -32,16 +32,34 @@ def check_target_modules(model: torch.nn.Module, targets: list[str] | None, meth
             raise HarnessError(f"method {method!r}: target module {target!r} is not in the model; {hint}")
 
 
-def check_rank_fits(model: torch.nn.Module, rank: int, method: str) -> None:
+def default_lora_targets(model: torch.nn.Module) -> list[str] | None:
+    """peft's per-architecture LoRA targets (query and value for BERT/RoBERTa), or None."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    return list(targets) if targets else None
+
+
+def check_rank(layers: list[tuple[str, torch.nn.Linear]], rank: int, method: str) -> None:
     """A rank above min(in, out) of an adapted linear layer adds nothing but cost: bad input."""
+    for name, layer in layers:
+        limit = min(layer.in_features, layer.out_features)
+        if rank > limit:
+            raise HarnessError(
+                f"method {method!r}: rank {rank} exceeds layer {name!r} ({layer.in_features}x{layer.out_features}, at most {limit})"
+            )
+
+
+def peft_adapted_linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
+    """(name, base layer) of every linear layer that peft wrapped."""
+    found = []
     for name, module in model.named_modules():
-        base = module.get_base_layer() if hasattr(module, "get_base_layer") and hasattr(module, "base_layer") else None
-        if isinstance(base, torch.nn.Linear) and base is not module:
-            limit = min(base.in_features, base.out_features)
-            if rank > limit:
-                raise HarnessError(
-                    f"method {method!r}: rank {rank} exceeds layer {name!r} ({base.in_features}x{base.out_features}, at most {limit})"
-                )
+        if hasattr(module, "base_layer") and hasattr(module, "get_base_layer"):
+            base = module.get_base_layer()
+            if isinstance(base, torch.nn.Linear) and base is not module:
+                found.append((name, base))
+    return found
 
 
 class PeftMethod(Method):
@@ -80,7 +98,7 @@ class PeftMethod(Method):
         except ValueError as exc:  # peft's own checks on the config against this model
             raise HarnessError(f"method {self.name!r}: {str(exc).splitlines()[0]}") from None
         if self.rank_param:
-            check_rank_fits(wrapped, getattr(self.params, self.rank_param), self.name)
+            check_rank(peft_adapted_linears(wrapped), getattr(self.params, self.rank_param), self.name)
         self.initialise(wrapped, ctx)
         return wrapped
 

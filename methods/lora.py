@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import Field
 
 from harness.method import METHODS, MethodParams
-from harness.peft_method import PeftMethod
+from harness.peft_method import PeftMethod, default_lora_targets
 
 
 class LoraParams(MethodParams):
@@ -44,19 +44,11 @@ class LoraFamily(PeftMethod):
 
         p = self.params
         return LoraConfig(
-            r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=p.target_modules or default_targets(model),
+            # Explicit targets: the data-driven initialisers read them before peft would fill them in.
+            r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=p.target_modules or default_lora_targets(model),
             **self.extra_config(ctx, model), **self.common_kwargs(ctx),
         )
 
-
-def default_targets(model) -> list[str] | None:
-    """peft's per-architecture LoRA targets (query and value for BERT/RoBERTa), made explicit
-    because the data-driven initialisers read them before peft would fill them in."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
-    return list(targets) if targets else None
 
 
 @METHODS.register("lora")
