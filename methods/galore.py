@@ -24,7 +24,7 @@ from pydantic import Field
 
 from harness.errors import HarnessError
 from harness.method import METHODS, Method, MethodParams
-from harness.peft_method import check_target_modules
+from harness.peft_method import check_rank, check_target_modules
 from methods.lisa import transformer_layers
 
 
@@ -87,9 +87,7 @@ class GaLore(Method):
         }
         if not targets:
             raise HarnessError("method 'galore': no linear layer matches the target modules")
-        smallest = min(min(m.weight.shape) for m in targets.values())
-        if p.rank > smallest:
-            raise HarnessError(f"method 'galore': rank {p.rank} exceeds the smallest targeted weight dimension ({smallest})")
+        check_rank(list(targets.items()), p.rank, self.name)
         self.projected = {id(m.weight) for m in targets.values()}
         self.names = {id(param): name for name, param in model.named_parameters()}
         for param in model.parameters():

@@ -86,10 +86,8 @@ class LISA(Method):
     def optimizer(self, params, ctx):
         from harness.train import default_optimizer  # lazy: harness.train imports harness.method
 
-        # The loop clips gradients over this same list; add the layers frozen now so that
-        # they are clipped too when sampled later (their grad is None while frozen).
-        present = {id(p) for p in params}
-        params.extend(p for _, p in self.named if id(p) not in present)
+        # Over every candidate, frozen ones included: the loop clips over the optimizer's own
+        # parameters, so layers sampled later are clipped too (their grad is None while frozen).
         self._optimizer = default_optimizer(self.named, ctx.lr, ctx.weight_decay)
         return self._optimizer
 

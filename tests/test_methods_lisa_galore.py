@@ -121,13 +121,15 @@ def test_lisa_resamples_every_interval_steps_reproducibly_from_the_seed(model):
     assert schedule(0) != schedule(1)
 
 
-def test_lisa_puts_every_candidate_in_its_optimizer_and_the_clipped_list(model):
+def test_lisa_puts_every_candidate_in_its_optimizer(model):
+    """The loop clips over the optimizer's parameters, so layers sampled later are clipped too."""
     pipeline = Pipeline.parse("lisa:n_layers=1")
     wrapped = pipeline.apply(model, ctx())
     params = [p for p in wrapped.parameters() if p.requires_grad]
     optimizer = pipeline.optimizer(params, ctx())
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    assert in_optimizer == {id(p) for p in wrapped.parameters()} == {id(p) for p in params}
+    assert in_optimizer == {id(p) for p in wrapped.parameters()}
+    assert len(params) < len(in_optimizer)  # one of the two layers starts frozen
 
 
 # GaLore ----------------------------------------------------------------------------
@@ -195,7 +197,7 @@ def test_a_few_steps_lower_the_loss(spec, model, train_data):
     ("lisa:n_layers=99", "2 layers"),
     ("lisa:n_layers=0", "2 layers"),
     ("lisa:interval=0", "interval"),
-    ("galore:rank=33", "smallest targeted weight dimension (32)"),
+    ("galore:rank=33", "rank 33 exceeds layer .* at most 32"),
     ("galore:rank=0", "rank"),
     ("galore:target_modules=[nosuch]", "nosuch"),
 ])
