@@ -4,9 +4,12 @@ orthogonal matrix, which preserves the angles between neurons (hyperspherical en
 - OFT (Qiu et al., NeurIPS 2023): a block-diagonal orthogonal matrix (Cayley transform).
 - BOFT (Liu et al., ICLR 2024): a product of sparse butterfly orthogonal factors.
 - HRA (Yuan et al., NeurIPS 2024): a chain of r Householder reflections.
+- RoAd (Liao et al., 2024): learned 2-D rotations (and scales) of pairs of output features.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -101,3 +104,28 @@ class HRA(PeftMethod):
 
         p = self.params
         return HRAConfig(r=p.r, apply_GS=p.apply_gs, target_modules=p.target_modules, **self.common_kwargs(ctx))
+
+
+class RoadParams(MethodParams):
+    variant: Literal["road_1", "road_2", "road_4"] = Field("road_1", description="angles and scales shared per pair (1), per element (2) or two per element (4)")
+    group_size: int = Field(64, gt=0, description="features grouped into 2-D pairs; must divide the layer's output size")
+    target_modules: list[str] | None = None
+    merge: bool = False
+
+
+@METHODS.register("road")
+class RoAd(PeftMethod):
+    """RoAd: learned 2-D rotations and scales of pairs of output features (peft)."""
+
+    name = "road"
+    category = "orthogonal"
+    paper = "Liao et al., 2D Rotary Adaptation: Efficient Fine-tuning, Efficient Batching and Composability, arXiv 2024"
+    Params = RoadParams
+    mergeable = True
+    default_lr = ORTHOGONAL_LR
+
+    def peft_config(self, ctx, model):
+        from peft import RoadConfig
+
+        p = self.params
+        return RoadConfig(variant=p.variant, group_size=p.group_size, target_modules=p.target_modules, **self.common_kwargs(ctx))

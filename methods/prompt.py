@@ -51,3 +51,4 @@ class PrefixTuning(PeftMethod):
 
         p = self.params
         return PrefixTuningConfig(num_virtual_tokens=p.num_virtual_tokens, prefix_projection=p.projection, **self.common_kwargs(ctx))
+

@@ -50,11 +50,14 @@ EXPECTED_TRAINABLE = {
     # soft prompts: virtual tokens x H; prefixes: per layer a key and a value prefix
     "prompt-tuning:num_virtual_tokens=4": 4 * H + HEAD,
     "prefix-tuning:num_virtual_tokens=4": L * 2 * 4 * H + HEAD,
+    # RoAd: per adapted layer one angle/scale per output pair (road_1: H numbers), four per element (road_4)
+    "road:group_size=8": QV * H + HEAD,
+    "road:group_size=8,variant=road_4": QV * 4 * H + HEAD,
 }
 
 IDENTITY_AT_INIT = [
     "rslora", "pissa", "olora", "eva", "corda", "lora-ga", "loha", "lokr", "oft", "boft", "hra:r=4",
-    "randlora:r=4", "miss:r=4", "ln-tuning",
+    "randlora:r=4", "miss:r=4", "ln-tuning", "road:group_size=8", "road:group_size=8,variant=road_4",
 ]
 
 
