@@ -14,6 +14,7 @@ Writes <results>/_benchmarks/method_step.parquet, which `harness report` shows.
 from __future__ import annotations
 
 import argparse
+import logging
 import copy
 import statistics
 import time
@@ -130,6 +131,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its optional-kernel notice is not ours
     device = torch.device(args.device)
     torch.manual_seed(0)
     base = AutoModelForSequenceClassification.from_pretrained(resolve_model(args.model).location, num_labels=2).to(device)
