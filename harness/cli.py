@@ -73,10 +73,12 @@ def run(
     if not result.ok:
         _err(f"run failed: {row['error']} (row with traceback: {result.path})")
         raise typer.Exit(1)
+    peak = row["peak_memory_bytes"]  # None when nothing trained (e.g. --method none)
     print(
         f"{row['suite']}/{row['task']} {row['method']} seed={row['seed']}: {row['metric']}={row['score']:.4f} | "
         f"trainable={row['trainable_params']:,} train={row['train_seconds']:.1f}s "
-        f"peak_mem={row['peak_memory_bytes'] / 2**20:.0f}MiB latency_bs1_p50={row['latency_bs1_p50_ms']:.1f}ms\n"
+        f"peak_mem={f'{peak / 2**20:.0f}MiB' if peak is not None else 'n/a'} "
+        f"latency_bs1_p50={row['latency_bs1_p50_ms']:.1f}ms\n"
         f"wrote {result.path}"
     )
 
@@ -115,7 +117,8 @@ def list_(what: ListWhat = typer.Argument(..., help="methods, suites, tasks or m
             table.add_column(col, overflow="fold")
         for alias, info in MODEL_ALIASES.items():
             ref = resolve_model(alias)
-            table.add_row(alias, info.hub_id, ref.location if ref.source == "package" else "hub", info.note)
+            where = {"package": ref.location, "unavailable": "--model PATH"}.get(ref.source, "hub")
+            table.add_row(alias, info.hub_id, where, info.note)
     else:
         for col in ("suite", "task", "dataset", "metric", "summary"):
             table.add_column(col, overflow="fold")

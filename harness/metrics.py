@@ -34,6 +34,14 @@ def spearman(predictions: Sequence, references: Sequence) -> float:
     return float(stats.spearmanr(np.asarray(predictions, float), np.asarray(references, float)).statistic)
 
 
+def top_k_accuracy(scores: Sequence, references: Sequence, k: int) -> float:
+    """Share of examples whose label is among the k highest scores; `scores` is (n, classes)."""
+    scores = np.asarray(scores, dtype=float)
+    if k == 1:  # plain argmax accuracy (top_k_accuracy_score wants 1-d scores for two classes)
+        return float(skm.accuracy_score(references, scores.argmax(-1)))
+    return float(skm.top_k_accuracy_score(references, scores, k=k, labels=np.arange(scores.shape[1])))
+
+
 METRICS = {
     "accuracy": accuracy,
     "f1": f1,

