@@ -16,6 +16,7 @@ for the models the harness builds itself, e.g. the CIFAR ResNet), then the hub i
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -161,8 +162,9 @@ def resolve_model(name: str) -> ResolvedModel:
 
     checkpoint = checkpoint_file(path)
     if checkpoint is not None and not (path.is_dir() and (path / "config.json").is_file()):
-        location = str(checkpoint.resolve())
-        return ResolvedModel(name, location, location, "checkpoint")
+        # Identity by content, not by path: the same weights anywhere are the same experiment.
+        digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
+        return ResolvedModel(name, f"checkpoint-sha256:{digest}", str(checkpoint.resolve()), "checkpoint")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise HarnessError(f"model directory {name!r} has no config.json; give a directory saved with save_pretrained")
