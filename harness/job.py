@@ -22,8 +22,8 @@ import torch
 from harness import environment
 from harness.config import DATA_SEED, ResolvedRun, RunSpec, resolve
 from harness.errors import HarnessError
-from harness.method import MethodContext
-from harness.meters import count_parameters, measure_latency, model_bytes, trainable_bytes
+from harness.method import Compression, MethodContext
+from harness.meters import count_parameters, measure_latency, model_bytes, trainable_bytes, weight_sparsity
 from harness.resolve import model_load_error
 from harness.schema import SCHEMA_VERSION
 from harness.store import write_row
@@ -143,6 +143,7 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         show_progress=show_progress,
     )
     model = pipeline.finalize(model).to(device)
+    compression = pipeline.compression(model) or Compression()
 
     metrics: dict[str, float] = {}
     eval_seconds = 0.0
@@ -175,6 +176,10 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         "total_params": total,
         "model_bytes": model_bytes(model),
         "adapter_bytes": trainable_bytes(model),
+        "weight_sparsity": weight_sparsity(model),
+        "weight_bits": compression.weight_bits,
+        "compression_kernel": compression.kernel,
+        "compressed_model_bytes": compression.compressed_bytes,
         "optimizer_state_bytes": stats.optimizer_state_bytes,
         "peak_memory_bytes": stats.peak_memory_bytes,
         "peak_memory_reserved_bytes": stats.peak_memory_reserved_bytes,

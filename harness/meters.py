@@ -201,3 +201,14 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
         return 0
 
     return sum(walk(state) for state in optimizer.state.values())
+
+
+def weight_sparsity(model: torch.nn.Module) -> float | None:
+    """Share of exactly-zero entries in the weights of linear and convolution layers."""
+    zeros = total = 0
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)):
+            weight = module.weight
+            zeros += int((weight == 0).sum())
+            total += weight.numel()
+    return zeros / total if total else None

@@ -64,6 +64,31 @@ class MethodContext:
         return {"seq_cls": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}.get(self.task_type)
 
 
+@dataclass(frozen=True)
+class Compression:
+    """What a compression method did to the weights, for the result row.
+
+    `kernel` is "real" when inference ran a low-precision or sparse kernel, "simulated"
+    when the compressed weights were computed in a dense float kernel (fake quantization,
+    masked dense weights): such a model's latency and memory are not the compressed ones.
+    """
+
+    weight_bits: float | None = None  # effective bits per weight of the compressed layers, scales included
+    kernel: str | None = None  # "real" or "simulated"
+    compressed_bytes: int | None = None  # the model's size stored in its compressed format
+
+    @staticmethod
+    def combine(parts: list["Compression"]) -> "Compression | None":
+        """Pipeline steps in order: later steps describe the final weights; simulated wins over real."""
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return None
+        last = lambda attr: next((getattr(p, attr) for p in reversed(parts) if getattr(p, attr) is not None), None)  # noqa: E731
+        kernels = {p.kernel for p in parts}
+        kernel = "simulated" if "simulated" in kernels else "real" if "real" in kernels else None
+        return Compression(last("weight_bits"), kernel, last("compressed_bytes"))
+
+
 class Method:
     """Base class; subclasses set the class attributes and override the hooks they need."""
 
@@ -111,6 +136,10 @@ class Method:
     def finalize(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
+    def compression(self, model: torch.nn.Module) -> Compression | None:
+        """For compression methods: what was done to the weights (asked after finalize)."""
+        return None
+
 
 def _one_line_validation_error(cls: type[Method], exc: ValidationError) -> str:
     problems = []
@@ -152,7 +181,8 @@ class Pipeline:
         return [{"method": m.name, "params": m.resolved_params()} for m in self.methods]
 
     def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
-        for method in self.methods:
+        for index, method in enumerate(self.methods):
+            ctx.extra["pipeline_step"] = index  # some steps act differently first or later
             model = method.apply(model, ctx)
         return model
 
@@ -170,6 +200,9 @@ class Pipeline:
         for method in self.methods:
             model = method.finalize(model)
         return model
+
+    def compression(self, model: torch.nn.Module) -> Compression | None:
+        return Compression.combine([m.compression(model) for m in self.methods])
 
 
 def freeze_all_but(model: torch.nn.Module, keep: Iterable[str] = (), predicate=None) -> None:

@@ -1,0 +1,139 @@
+"""Quantization of the weights.
+
+- `int8-dynamic`: torch's dynamic quantization (Jacob et al., CVPR 2018 scheme): int8
+  weights and per-batch int8 activations in linear layers, run by torch's quantized CPU
+  kernels (fbgemm/x86): a real low-precision kernel, CPU only.
+- `int8`, `int4` (weight-only, groupwise, asymmetric min-max; as the weight-only baselines
+  of GPTQ and AWQ): here the weights are quantized and dequantized back to float, so
+  accuracy is exactly that of the low-precision weights while inference runs the dense
+  float kernel. Rows say so (`compression_kernel=simulated`); a measured speedup is
+  never claimed for them. A real int4/int8 weight-only kernel (torchao) is for GPU runs
+  and is not wired in yet.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from harness.compress import as_matrix, compressible_layers, dense_bytes_except
+from harness.errors import HarnessError
+from harness.method import METHODS, Compression, Method, MethodParams, freeze_all_but
+
+SCALE_BITS = 16  # a group's scale is stored as float16
+
+
+def fake_quantize(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """Asymmetric min-max quantization per group of `group_size` inputs of each output row
+    (0 = one group per row), dequantized back to the weight's dtype.
+
+    Each element's error is at most half a step, step = (max - min) / (2^bits - 1) of its
+    group. A last, shorter group is quantized on its own (no padding enters its range).
+    """
+    matrix = as_matrix(weight.detach()).float()
+    cols = matrix.shape[1]
+    size = cols if group_size == 0 else group_size
+    levels = 2**bits - 1
+    out = torch.empty_like(matrix)
+    for start in range(0, cols, size):
+        block = matrix[:, start : start + size]
+        low = block.amin(dim=1, keepdim=True)
+        high = block.amax(dim=1, keepdim=True)
+        step = ((high - low) / levels).clamp(min=torch.finfo(torch.float32).tiny)
+        zero = torch.round(-low / step)
+        q = torch.clamp(torch.round(block / step) + zero, 0, levels)
+        out[:, start : start + size] = (q - zero) * step
+    return out.reshape(weight.shape).to(weight.dtype)
+
+
+def groups_per_row(cols: int, group_size: int) -> int:
+    return 1 if group_size == 0 else -(-cols // group_size)
+
+
+class WeightOnlyParams(MethodParams):
+    group_size: int = Field(128, ge=0, description="inputs sharing one scale and zero point; 0: one group per output channel")
+
+
+class _WeightOnly(Method):
+    category = "quantization"
+    paper = "Frantar et al., GPTQ, ICLR 2023 and Lin et al., AWQ, MLSys 2024 (round-to-nearest weight-only baseline)"
+    Params = WeightOnlyParams
+    bits = 8
+
+    def apply(self, model, ctx):
+        if ctx.extra.get("pipeline_step", 0) != 0:
+            raise HarnessError(
+                f"method {self.name!r} quantizes the base weights before training, so it must come first in a "
+                f"pipeline (e.g. {self.name}+lora); adapt-then-quantize is not supported yet"
+            )
+        self.layers = compressible_layers(model, ctx.head_modules)
+        if not self.layers:
+            raise HarnessError(f"method {self.name!r}: the model has no linear or convolution layer to quantize")
+        with torch.no_grad():
+            for _, layer in self.layers:
+                layer.weight.copy_(fake_quantize(layer.weight, self.bits, self.params.group_size))
+        freeze_all_but(model)  # compression alone trains nothing; a later pipeline step decides what trains
+        return model
+
+    def compression(self, model):
+        quantized = sum(layer.weight.numel() for _, layer in self.layers)
+        groups = sum(layer.weight.shape[0] * groups_per_row(as_matrix(layer.weight).shape[1], self.params.group_size)
+                     for _, layer in self.layers)
+        overhead_bits = groups * (SCALE_BITS + self.bits)  # a scale and a zero point per group
+        stored = dense_bytes_except(model, self.layers) + (quantized * self.bits + overhead_bits) // 8
+        return Compression(weight_bits=self.bits + overhead_bits / quantized, kernel="simulated", compressed_bytes=stored)
+
+
+@METHODS.register("int8")
+class Int8WeightOnly(_WeightOnly):
+    """int8 weight-only quantization, groupwise min-max (simulated: dequantized float kernel)."""
+
+    name = "int8"
+    bits = 8
+
+
+@METHODS.register("int4")
+class Int4WeightOnly(_WeightOnly):
+    """int4 weight-only quantization, groupwise min-max (simulated: dequantized float kernel)."""
+
+    name = "int4"
+    bits = 4
+
+
+@METHODS.register("int8-dynamic")
+class Int8Dynamic(Method):
+    """int8 dynamic quantization of linear layers with torch's quantized CPU kernels (real)."""
+
+    name = "int8-dynamic"
+    category = "quantization"
+    paper = "Jacob et al., Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference, CVPR 2018"
+
+    def apply(self, model, ctx):
+        freeze_all_but(model)  # a quantized model is not trained further
+        return model
+
+    def finalize(self, model):
+        import warnings
+
+        from torch.ao.quantization import quantize_dynamic
+
+        if next(model.parameters()).device.type != "cpu":
+            raise HarnessError("method 'int8-dynamic' runs torch's quantized CPU kernels; use --device cpu")
+        self.linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+        if not self.linears:
+            raise HarnessError("method 'int8-dynamic': the model has no linear layer")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's own deprecation notice for its quantized tensors
+            self.quantized = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        return self.quantized
+
+    def compression(self, model):
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+        packed = 0
+        for module in model.modules():
+            if isinstance(module, DynamicLinear):
+                weight = module.weight()
+                packed += weight.numel() + weight.shape[0] * 8  # int8 values + a per-tensor/channel scale and zero point
+        float_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+        return Compression(weight_bits=8.0, kernel="real", compressed_bytes=float_bytes + packed)
