@@ -32,7 +32,7 @@ def test_sections_mark_the_pareto_front_per_cost_axis(tmp_path):
     [section] = build_sections(read_results(tmp_path))
     assert [r["method"] for r in section.rows] == ["full", "lora", "bitfit"]
     assert [r["method"] for r in section.failed] == ["dora"]
-    params, memory, time = section.figures
+    params, memory, time, size = section.figures
     stars = lambda fig: {t["name"] for t in fig["data"] if t["name"] != "Pareto front" and "star" in t["marker"]["symbol"]}
     assert stars(params) == {"full", "lora"}
     assert stars(memory) == stars(time) == {"full", "lora", "bitfit"}
@@ -46,7 +46,7 @@ def test_hardware_costs_are_split_by_device(tmp_path):
     write_row(_row("full", 0.90, 10**6, 900, 100.0, "b", device="gpu-y"), tmp_path)
     [section] = build_sections(read_results(tmp_path))
     titles = [f["layout"]["title"]["text"] for f in section.figures]
-    assert len(titles) == 5  # parameters once; memory and time once per device
+    assert len(titles) == 6  # parameters and size once; memory and time once per device
     assert sum("on gpu-y" in t for t in titles) == 2
 
 
@@ -61,7 +61,7 @@ def test_report_command_on_real_runs_is_self_contained(tiny_model, tiny_glue, tm
     assert not re.search(r"<script[^>]+src=", html) and "<link" not in html  # nothing fetched from a CDN
     assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js is inlined
     figures = json.loads(re.search(r"const FIGURES = (\{.*?\});\n", html, re.S).group(1))
-    assert len(figures) == 3
+    assert len(figures) == 4  # trainable parameters, peak memory, training time, model size
     for method in ("lora:r=4", "bitfit", "full"):
         assert f">{method}<" in html
     assert [p.name for p in out.iterdir()] == ["index.html"]
