@@ -99,3 +99,45 @@ def tiny_run_args(model: Path, mirror: Path, results: Path, *extra: str) -> list
         "run", "--suite", "glue", "--task", "sst2", "--model", str(model), "--data-dir", str(mirror),
         "--results", str(results), "--max-steps", "4", "--batch-size", "16", "--latency-repeats", "2", "--quiet", *extra,
     ]
+
+
+@pytest.fixture()
+def model(tiny_model):
+    """A fresh tiny BERT classifier (2 labels), in eval mode."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).eval()
+
+
+@pytest.fixture(scope="session")
+def train_data(tiny_model, tiny_glue):
+    """The tiny SST-2 training split, tokenized, as the training loop takes it."""
+    from transformers import AutoTokenizer
+
+    from harness.resolve import load_split, locate_split
+    from harness.suite import SUITES
+
+    suite = SUITES.get("glue")()
+    split = load_split(locate_split("nyu-mll/glue", "sst2", "train", tiny_glue))
+    return suite.prepare(split, AutoTokenizer.from_pretrained(tiny_model), suite.get_task("sst2"), 32)
+
+
+def loss_before_after(pipeline, model, ctx, data, steps: int) -> tuple[float, float]:
+    """Apply the pipeline, then the eval-mode loss on 32 training examples before and after
+    `steps` steps of the harness's training loop (dropout off for both measurements:
+    some initialisers leave train mode on)."""
+    import torch
+
+    from harness.train import train
+
+    batch = data.collate([data.dataset[i] for i in range(32)])
+    wrapped = pipeline.apply(model, ctx).eval()
+    with torch.no_grad():
+        before = wrapped(**batch).loss.item()
+    train(wrapped, data, pipeline, ctx, batch_size=16, steps=steps, warmup_ratio=0.0, max_grad_norm=1.0,
+          precision="fp32", device=torch.device("cpu"), seed=0, show_progress=False)
+    wrapped.eval()
+    with torch.no_grad():
+        return before, wrapped(**batch).loss.item()

@@ -11,32 +11,15 @@ import torch
 from harness.method import METHODS, MethodContext, Pipeline
 from harness.meters import count_parameters
 from harness.train import train
-from tests.conftest import TINY
+from tests.conftest import TINY, loss_before_after
 
 H, L, I = TINY["hidden_size"], TINY["num_hidden_layers"], TINY["intermediate_size"]
 C = 2  # labels
 HEAD = H * C + C  # the new classifier, trained by every method
 
 
-@pytest.fixture()
-def model(tiny_model):
-    from transformers import AutoModelForSequenceClassification
-
-    torch.manual_seed(0)
-    return AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=C).eval()
 
 
-@pytest.fixture(scope="module")
-def train_data(tiny_model, tiny_glue):
-    """The tiny SST-2 training split, tokenized, as the training loop takes it."""
-    from transformers import AutoTokenizer
-
-    from harness.resolve import load_split, locate_split
-    from harness.suite import SUITES
-
-    suite = SUITES.get("glue")()
-    split = load_split(locate_split("nyu-mll/glue", "sst2", "train", tiny_glue))
-    return suite.prepare(split, AutoTokenizer.from_pretrained(tiny_model), suite.get_task("sst2"), 32)
 
 
 def ctx(steps: int = 100) -> MethodContext:
@@ -107,21 +90,9 @@ def test_merging_gives_the_same_outputs(spec, model):
 
 @pytest.mark.parametrize("spec", ["full", "bitfit", "lora:r=4", "dora:r=4", "adalora:init_r=4,target_r=2", "vera:r=8", "ia3"])
 def test_a_few_steps_lower_the_loss(spec, model, train_data):
-    data = train_data
-    batch = data.collate([data.dataset[i] for i in range(32)])
-    steps = 30
-    pipeline = Pipeline.parse(spec)
-    context = ctx(steps)
+    context = ctx(30)
     context.lr = 1e-2 if spec != "full" else 1e-3
-    wrapped = pipeline.apply(model, context)
-    wrapped.eval()  # dropout off for both measurements (some initialisers leave train mode on)
-    with torch.no_grad():
-        before = wrapped(**batch).loss.item()
-    train(wrapped, data, pipeline, context, batch_size=16, steps=steps, warmup_ratio=0.0, max_grad_norm=1.0,
-          precision="fp32", device=torch.device("cpu"), seed=0, show_progress=False)
-    wrapped.eval()
-    with torch.no_grad():
-        after = wrapped(**batch).loss.item()
+    before, after = loss_before_after(Pipeline.parse(spec), model, context, train_data, steps=30)
     assert after < before * 0.9, (before, after)
 
 

@@ -14,7 +14,7 @@ from harness.errors import HarnessError
 from harness.method import MethodContext, Pipeline
 from harness.meters import count_parameters, optimizer_state_bytes
 from harness.train import default_optimizer, train
-from tests.conftest import TINY, WORDS
+from tests.conftest import TINY, WORDS, loss_before_after
 
 H, L, I = TINY["hidden_size"], TINY["num_hidden_layers"], TINY["intermediate_size"]
 C = 2  # labels
@@ -28,24 +28,8 @@ TOTAL = EMBEDDINGS + L * LAYER + POOLER + HEAD
 F32 = 4  # bytes
 
 
-@pytest.fixture()
-def model(tiny_model):
-    from transformers import AutoModelForSequenceClassification
-
-    torch.manual_seed(0)
-    return AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=C).eval()
 
 
-@pytest.fixture(scope="module")
-def train_data(tiny_model, tiny_glue):
-    from transformers import AutoTokenizer
-
-    from harness.resolve import load_split, locate_split
-    from harness.suite import SUITES
-
-    suite = SUITES.get("glue")()
-    split = load_split(locate_split("nyu-mll/glue", "sst2", "train", tiny_glue))
-    return suite.prepare(split, AutoTokenizer.from_pretrained(tiny_model), suite.get_task("sst2"), 32)
 
 
 def ctx(steps: int = 100, seed: int = 0, lr: float = 1e-3) -> MethodContext:
@@ -178,18 +162,7 @@ def test_galore_optimizer_state_is_smaller_than_adam_and_matches_the_formula(mod
 
 @pytest.mark.parametrize("spec", ["lisa:n_layers=1,interval=10", "galore:rank=4"])
 def test_a_few_steps_lower_the_loss(spec, model, train_data):
-    data = train_data
-    batch = data.collate([data.dataset[i] for i in range(32)])
-    steps = 30
-    pipeline = Pipeline.parse(spec)
-    context = ctx(steps, lr=3e-3)
-    wrapped = pipeline.apply(model, context)
-    with torch.no_grad():
-        before = wrapped(**batch).loss.item()
-    run(wrapped, pipeline, context, data, steps)
-    wrapped.eval()
-    with torch.no_grad():
-        after = wrapped(**batch).loss.item()
+    before, after = loss_before_after(Pipeline.parse(spec), model, ctx(30, lr=3e-3), train_data, steps=30)
     assert after < before * 0.9, (before, after)
 
 

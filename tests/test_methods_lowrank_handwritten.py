@@ -18,8 +18,8 @@ from harness.train import train
 from methods.dylora import DyLoraLinear
 from methods.nola import NolaLinear, random_bases
 from methods.sora import SoraLinear
-from tests.conftest import TINY
-from tests.test_methods import ctx, model, train_data  # noqa: F401 - shared fixtures
+from tests.conftest import TINY, loss_before_after
+from tests.test_methods import ctx
 
 H, L = TINY["hidden_size"], TINY["num_hidden_layers"]
 HEAD = H * 2 + 2
@@ -63,20 +63,9 @@ def test_adapter_leaves_the_model_unchanged_at_initialisation(spec, model):
 
 @pytest.mark.parametrize("spec", ["sora", "dylora", "nola"])
 def test_a_few_steps_lower_the_loss(spec, model, train_data):
-    data = train_data
-    batch = data.collate([data.dataset[i] for i in range(32)])
-    steps = 30
-    pipeline = Pipeline.parse(spec)
-    context = ctx(steps)
+    context = ctx(30)
     context.lr = 1e-2
-    wrapped = pipeline.apply(model, context)
-    with torch.no_grad():
-        before = wrapped(**batch).loss.item()
-    train(wrapped, data, pipeline, context, batch_size=16, steps=steps, warmup_ratio=0.0, max_grad_norm=1.0,
-          precision="fp32", device=torch.device("cpu"), seed=0, show_progress=False)
-    wrapped.eval()
-    with torch.no_grad():
-        after = wrapped(**batch).loss.item()
+    before, after = loss_before_after(Pipeline.parse(spec), model, context, train_data, steps=30)
     assert after < before * 0.9, (before, after)
 
 

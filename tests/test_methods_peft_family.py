@@ -11,9 +11,9 @@ import torch
 from harness.errors import HarnessError
 from harness.method import METHODS, Pipeline
 from harness.meters import count_parameters
-from harness.train import sample_batches, train
-from tests.conftest import TINY
-from tests.test_methods import ctx, model, train_data  # noqa: F401 - shared fixtures
+from harness.train import sample_batches
+from tests.conftest import TINY, loss_before_after
+from tests.test_methods import ctx
 
 H, L, I = TINY["hidden_size"], TINY["num_hidden_layers"], TINY["intermediate_size"]
 HEAD = H * 2 + 2
@@ -61,7 +61,7 @@ IDENTITY_AT_INIT = [
 ]
 
 
-def context(train_data, steps=100):  # noqa: F811
+def context(train_data, steps=100):
     c = ctx(steps)
     c.sample_batches = lambda n: sample_batches(train_data, 16, n, 0)
     return c
@@ -71,13 +71,13 @@ INPUTS = {"input_ids": torch.tensor([[2, 5, 9, 14, 3], [2, 7, 20, 3, 0]]), "atte
 
 
 @pytest.mark.parametrize("spec", list(EXPECTED_TRAINABLE))
-def test_trainable_parameters_match_the_formula(spec, model, train_data):  # noqa: F811
+def test_trainable_parameters_match_the_formula(spec, model, train_data):
     wrapped = Pipeline.parse(spec).apply(model, context(train_data))
     assert count_parameters(wrapped)[0] == EXPECTED_TRAINABLE[spec]
 
 
 @pytest.mark.parametrize("spec", IDENTITY_AT_INIT)
-def test_output_unchanged_at_initialisation(spec, model, train_data):  # noqa: F811
+def test_output_unchanged_at_initialisation(spec, model, train_data):
     with torch.no_grad():
         before = model(**INPUTS).logits
     wrapped = Pipeline.parse(spec).apply(copy.deepcopy(model), context(train_data)).eval()
@@ -88,7 +88,7 @@ def test_output_unchanged_at_initialisation(spec, model, train_data):  # noqa: F
 
 
 @pytest.mark.parametrize("spec", ["loha:merge=true", "oft:merge=true", "hra:r=4,merge=true", "miss:r=4,merge=true", "pissa:merge=true"])
-def test_merge_keeps_outputs(spec, model, train_data):  # noqa: F811
+def test_merge_keeps_outputs(spec, model, train_data):
     pipeline = Pipeline.parse(spec)
     wrapped = pipeline.apply(model, context(train_data))
     with torch.no_grad():
@@ -103,21 +103,12 @@ def test_merge_keeps_outputs(spec, model, train_data):  # noqa: F811
 
 
 @pytest.mark.parametrize("spec", list(EXPECTED_TRAINABLE))
-def test_a_few_steps_lower_the_loss(spec, model, train_data):  # noqa: F811
-    pipeline = Pipeline.parse(spec)
+def test_a_few_steps_lower_the_loss(spec, model, train_data):
     steps = 60 if "num_virtual_tokens" in spec else 30  # soft prompts move the model more slowly
     c = context(train_data, steps=steps)
     c.lr = 1e-2
-    wrapped = pipeline.apply(model, c)
-    batch = train_data.collate([train_data.dataset[i] for i in range(32)])
-    wrapped.eval()  # dropout off for both measurements (some initialisers leave train mode on)
-    with torch.no_grad():
-        before = wrapped(**batch).loss.item()
-    train(wrapped, train_data, pipeline, c, batch_size=16, steps=steps, warmup_ratio=0.0, max_grad_norm=1.0,
-          precision="fp32", device=torch.device("cpu"), seed=0, show_progress=False)
-    wrapped.eval()
-    with torch.no_grad():
-        assert wrapped(**batch).loss.item() < 0.9 * before
+    before, after = loss_before_after(Pipeline.parse(spec), model, c, train_data, steps=steps)
+    assert after < 0.9 * before, (before, after)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +121,7 @@ def test_a_few_steps_lower_the_loss(spec, model, train_data):  # noqa: F811
         ("loha:target_modules=[quer]", "target module 'quer' is not in the model; did you mean query"),
     ],
 )
-def test_invalid_parameters_are_bad_input(spec, message, model, train_data):  # noqa: F811
+def test_invalid_parameters_are_bad_input(spec, message, model, train_data):
     with pytest.raises(HarnessError, match=message):
         Pipeline.parse(spec).apply(model, context(train_data))
 

@@ -4,7 +4,6 @@ CLI run on the tiny CIFAR mirror."""
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
