@@ -74,6 +74,8 @@ def _figure(ok: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict:
     import plotly.graph_objects as go
 
     data = ok.dropna(subset=[axis.column, "score"])
+    if axis.log:
+        data = data[data[axis.column] > 0]
     costs = data[axis.column].to_numpy(float) / axis.scale
     on_front = pareto_mask(costs, data["score"].to_numpy(float))
     fig = go.Figure()
@@ -130,7 +132,9 @@ def build_sections(df: pd.DataFrame) -> list[TaskSection]:
             [_table_row(r) for _, r in ok.iterrows()], [_table_row(r) for _, r in failed.iterrows()],
         )
         for axis in COST_AXES:
-            if not len(ok) or ok[axis.column].isna().all():
+            # An axis on which no run has a positive cost says nothing (e.g. training time when
+            # nothing trained); a log axis cannot show zeros at all.
+            if not len(ok) or not (ok[axis.column] > 0).any():
                 continue
             groups = ok.groupby(["device_name", "peak_memory_kind"], dropna=False) if axis.hardware else [(None, ok)]
             for key, part in groups:

@@ -88,3 +88,12 @@ def test_benchmark_tables_appear_in_the_report(tmp_path, capsys):
     [bars] = figures.values()
     assert {t["name"] for t in bars["data"]} == {"forward", "step"}
     assert "benchmark: method_step" in html and ">lora<" in html
+
+
+def test_axes_without_any_positive_cost_are_left_out(tmp_path):
+    """Compression-only runs train nothing: no trainable-parameter or training-time plot."""
+    write_row(_row("int8", 0.81, 0, None, 0.0, "a"), tmp_path)
+    write_row(_row("none", 0.82, 0, None, 0.0, "b"), tmp_path)
+    [section] = build_sections(read_results(tmp_path))
+    titles = [f["layout"]["title"]["text"] for f in section.figures]
+    assert titles == ["glue/sst2: accuracy vs model size (MiB)"]
