@@ -45,7 +45,7 @@ TABLE_COLUMNS = (
     ("method", "method"), ("seed", "seed"), ("score", "score"), ("trainable_params", "trainable"),
     ("trainable_pct", "trainable %"), ("peak_memory_mib", "peak mem MiB"), ("train_seconds", "train s"),
     ("train_samples_per_s", "samples/s"), ("latency_bs1_p50_ms", "lat bs1 p50 ms"),
-    ("latency_batch_p50_ms", "lat batch p50 ms"), ("model_mib", "model MiB"), ("adapter_mib", "adapter MiB"),
+    ("latency_batch_p50_ms", "lat batch p50 ms"), ("model_mib", "model MiB"), ("stored_model_mib", "stored MiB"), ("adapter_mib", "adapter MiB"),
     ("optimizer_state_mib", "optim state MiB"), ("model", "model"),
     ("device_name", "device"), ("job_hash", "job"),
 )
@@ -116,7 +116,7 @@ def _table_row(row: pd.Series) -> dict:
         "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
         "peak_memory_mib": num(row["peak_memory_bytes"]) / 2**20 if num(row["peak_memory_bytes"]) is not None else None,
         **{f"{name}_mib": num(row[f"{name}_bytes"]) / 2**20 if num(row[f"{name}_bytes"]) is not None else None
-           for name in ("model", "adapter", "optimizer_state")},
+           for name in ("model", "stored_model", "adapter", "optimizer_state")},
     }
 
 
