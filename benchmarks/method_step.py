@@ -28,11 +28,11 @@ import torch
 
 from harness.atomic import atomic_write
 from harness.environment import describe
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.method import METHODS, MethodContext, Pipeline
 from harness.meters import count_parameters, measure_latency, optimizer_state_bytes
 from harness.resolve import resolve_model
-from harness.train import default_optimizer
+from harness.train import build_optimizer
 
 # Parameters a method's paper default cannot take on a 384-wide model (MiniLM-L6).
 MODEL_OVERRIDES = {"vblora": "vblora:vector_length=128"}
@@ -48,8 +48,7 @@ def fixed_batch(vocab_size: int, batch_size: int, seq_len: int, num_labels: int)
 
 
 def make_step(model, pipeline, ctx, batch):
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = pipeline.optimizer([p for _, p in named], ctx) or default_optimizer(named, ctx.lr, ctx.weight_decay)
+    optimizer = build_optimizer(model, pipeline, ctx)
     counter = {"step": 0}
 
     def step():
@@ -146,7 +145,7 @@ def main() -> None:
             row = time_method(spec, base, batch, args, device)
             row["status"], row["error"] = "ok", None
         except (HarnessError, RuntimeError, ValueError, TypeError) as exc:  # one method failing is one row
-            row = {"method": spec, "status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+            row = {"method": spec, "status": "failed", "error": f"{type(exc).__name__}: {first_line(exc)[:200]}"}
         rows.append(row)
         shown = f"step p50 {row.get('step_ms_p50', float('nan')):7.1f} ms  forward p50 {row.get('forward_ms_p50', float('nan')):6.1f} ms"
         print(f"{spec:32s} {row['status']:6s} {shown}  ({time.perf_counter() - started:.0f}s)" + (f"  {row['error']}" if row["error"] else ""), flush=True)

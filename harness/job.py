@@ -21,7 +21,7 @@ import torch
 
 from harness import environment
 from harness.config import DATA_SEED, ResolvedRun, RunSpec, resolve
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.method import Compression, MethodContext
 from harness.meters import count_parameters, measure_latency, model_bytes, trainable_bytes, weight_sparsity
 from harness.resolve import model_load_error
@@ -69,9 +69,9 @@ def run_job(spec: RunSpec, show_progress: bool = True) -> JobResult:
 
 def _describe_error(exc: BaseException) -> str:
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
-        return f"out of memory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        return f"out of memory: {first_line(exc)}"
+    message = first_line(exc)
+    return type(exc).__name__ if message == type(exc).__name__ else f"{type(exc).__name__}: {message}"
 
 
 def _identity_row(run: ResolvedRun, device: torch.device) -> dict[str, Any]:
@@ -94,6 +94,14 @@ def _identity_row(run: ResolvedRun, device: torch.device) -> dict[str, Any]:
     return row
 
 
+def training_subset(dataset, max_samples: int | None):
+    """The first `max_samples` of the split shuffled with DATA_SEED: the same examples for every
+    method and every run seed of a comparison."""
+    if max_samples and max_samples < len(dataset):
+        return dataset.shuffle(seed=DATA_SEED).select(range(max_samples))
+    return dataset
+
+
 def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.device, show_progress: bool) -> dict[str, Any]:
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
@@ -109,9 +117,7 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         datasets.disable_progress_bars()
         hf_logging.disable_progress_bar()
 
-    train_ds = suite.load(sources[task.train_split])
-    if run.max_train_samples and run.max_train_samples < len(train_ds):
-        train_ds = train_ds.shuffle(seed=DATA_SEED).select(range(run.max_train_samples))
+    train_ds = training_subset(suite.load(sources[task.train_split]), run.max_train_samples)
     eval_sets = []
     for split, suffix in task.eval_splits:
         ds = suite.load(sources[split])
@@ -122,8 +128,6 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
     set_seed(run.seed)
     try:
         model, processor = suite.build_model(run.model_location, task, train_ds)
-    except HarnessError:
-        raise
     except (OSError, ValueError) as exc:  # missing files, no network, not a checkpoint
         raise model_load_error(run.model_ref(), exc) from None
 

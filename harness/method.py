@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.errors import HarnessError
 from harness.methodspec import MethodStep, parse_pipeline
-from harness.registry import Registry
+from harness.registry import Registry, summary_of
 
 METHODS: Registry[type["Method"]] = Registry("method", package="methods", entry_point_group="harness.methods")
 
@@ -112,8 +112,7 @@ class Method:
 
     @classmethod
     def summary(cls) -> str:
-        doc = (cls.__doc__ or "").strip()
-        return doc.splitlines()[0] if doc else ""
+        return summary_of(cls)
 
     def spec(self) -> str:
         """Canonical string for this method and its non-default parameters."""

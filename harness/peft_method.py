@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.method import Method, MethodContext
 
 
@@ -96,7 +96,7 @@ class PeftMethod(Method):
         try:
             wrapped = get_peft_model(model, config)
         except ValueError as exc:  # peft's own checks on the config against this model
-            raise HarnessError(f"method {self.name!r}: {str(exc).splitlines()[0]}") from None
+            raise HarnessError(f"method {self.name!r}: {first_line(exc)}") from None
         if self.rank_param:
             check_rank(peft_adapted_linears(wrapped), getattr(self.params, self.rank_param), self.name)
         self.initialise(wrapped, ctx)

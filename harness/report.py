@@ -104,19 +104,16 @@ def _figure(ok: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict:
 
 
 def _table_row(row: pd.Series) -> dict:
-    def num(v):
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-
-    total = num(row["total_params"])
-    trainable = num(row["trainable_params"])
+    total = _plain(row["total_params"])
+    trainable = _plain(row["trainable_params"])
+    mib = lambda column: None if _plain(row[column]) is None else row[column] / 2**20  # noqa: E731
     return {
-        **{k: num(row.get(k)) for k in ("method", "seed", "score", "trainable_params", "train_seconds",
-                                         "train_samples_per_s", "latency_bs1_p50_ms", "latency_batch_p50_ms",
-                                         "model", "device_name", "job_hash", "run_id", "metrics", "error")},
+        **{k: _plain(row.get(k)) for k in ("method", "seed", "score", "trainable_params", "train_seconds",
+                                            "train_samples_per_s", "latency_bs1_p50_ms", "latency_batch_p50_ms",
+                                            "model", "device_name", "job_hash", "run_id", "metrics", "error")},
         "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
-        "peak_memory_mib": num(row["peak_memory_bytes"]) / 2**20 if num(row["peak_memory_bytes"]) is not None else None,
-        **{f"{name}_mib": num(row[f"{name}_bytes"]) / 2**20 if num(row[f"{name}_bytes"]) is not None else None
-           for name in ("model", "stored_model", "adapter", "optimizer_state")},
+        **{f"{name}_mib": mib(f"{name}_bytes")
+           for name in ("peak_memory", "model", "stored_model", "adapter", "optimizer_state")},
     }
 
 
@@ -178,6 +175,7 @@ def benchmark_sections(results_dir: str | os.PathLike) -> list[BenchmarkSection]
 
 
 def _plain(value):
+    """None for a missing value (None or NaN), the value otherwise."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
@@ -202,7 +200,7 @@ def render(df: pd.DataFrame, source: str) -> str:
 
 
 def _fmt(value, column: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _plain(value) is None:
         return "–"
     if column == "score":
         return f"{value:.4f}"

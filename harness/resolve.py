@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 
 DATA_DIR_ENV = "HARNESS_DATA_DIR"
 
@@ -94,7 +94,7 @@ def load_split(source: DataSource):
     try:
         return datasets.load_dataset(source.hub_id, source.config, split=source.split)
     except Exception as exc:  # offline, unknown id, gated...: say what was tried
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise HarnessError(
             f"could not load {source.hub_id}/{source.config or ''} split {source.split!r} from the hub ({first}); "
             f"pass --data-dir with a local mirror (<root>/{source.hub_id}/{source.config or ''}/{source.split}-*.parquet)"
@@ -201,7 +201,7 @@ def preflight_model(model: ResolvedModel) -> None:
 
 
 def model_load_error(model: ResolvedModel, exc: Exception) -> HarnessError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = first_line(exc)
     hint = ""
     alias = MODEL_ALIASES.get(model.name)
     if model.source == "hub" and alias and alias.package:

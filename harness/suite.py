@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from harness.errors import HarnessError
-from harness.registry import Registry
+from harness.registry import Registry, summary_of
 from harness.resolve import DataSource, load_split, locate_split
 
 SUITES: Registry[type["Suite"]] = Registry("suite", package="suites", entry_point_group="harness.suites")
@@ -65,8 +65,7 @@ class Suite:
 
     @classmethod
     def summary(cls) -> str:
-        doc = (cls.__doc__ or "").strip()
-        return doc.splitlines()[0] if doc else ""
+        return summary_of(cls)
 
     @classmethod
     def get_task(cls, name: str | None) -> Task:

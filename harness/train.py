@@ -71,6 +71,12 @@ def default_optimizer(params: list[tuple[str, torch.nn.Parameter]], lr: float, w
     return torch.optim.AdamW(groups, lr=lr)
 
 
+def build_optimizer(model: torch.nn.Module, pipeline: Pipeline, ctx: MethodContext) -> torch.optim.Optimizer:
+    """The method's own optimizer (GaLore, LISA) if it brings one, else AdamW over what trains."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return pipeline.optimizer([p for _, p in named], ctx) or default_optimizer(named, ctx.lr, ctx.weight_decay)
+
+
 def train(
     model: torch.nn.Module,
     data: Prepared,
@@ -89,10 +95,9 @@ def train(
     from transformers import get_linear_schedule_with_warmup
 
     stats = TrainStats()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named or steps == 0:
+    if steps == 0 or not any(p.requires_grad for p in model.parameters()):
         return stats  # nothing to train (e.g. a compression-only method)
-    optimizer = pipeline.optimizer([p for _, p in named], ctx) or default_optimizer(named, ctx.lr, ctx.weight_decay)
+    optimizer = build_optimizer(model, pipeline, ctx)
     # Clip over what the optimizer updates: a method may train parameters frozen at the start (LISA).
     params = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt")
 CHECKPOINT_NAME = "ckpt.pth"
@@ -103,7 +103,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file: one clear line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise HarnessError(f"could not read checkpoint {str(path)!r} ({first[:200]})") from None
     if isinstance(obj, dict):
         for key in ("net", "state_dict", "model"):
