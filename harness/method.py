@@ -94,6 +94,10 @@ class Method:
 
     name: ClassVar[str] = ""
     category: ClassVar[str] = ""  # e.g. "full", "selective", "low-rank", "scaling", "quantization"
+    # Compression steps change the model rather than choose what trains. In a pipeline a
+    # compression step before the last adaptation step runs before training (prune, then
+    # recover); one after it runs on the trained, merged model (adapt, merge, then quantize).
+    compresses: ClassVar[bool] = False
     paper: ClassVar[str] = ""  # short citation: authors, title, venue year
     Params: ClassVar[type[BaseModel]] = NoParams
     # Default learning rate when the user gives none: the paper's value for GLUE-size encoders.

@@ -87,6 +87,7 @@ class SparsityParams(MethodParams):
 
 class _Pruning(Method):
     category = "pruning"
+    compresses = True
     Params = SparsityParams
     default_lr = 0.0  # pruning alone trains nothing; a later adaptation step brings its own rate
 

@@ -56,6 +56,7 @@ class WeightOnlyParams(MethodParams):
 
 class _WeightOnly(Method):
     category = "quantization"
+    compresses = True
     paper = "Frantar et al., GPTQ, ICLR 2023 and Lin et al., AWQ, MLSys 2024 (round-to-nearest weight-only baseline)"
     Params = WeightOnlyParams
     bits = 8
@@ -106,6 +107,7 @@ class Int8Dynamic(Method):
 
     name = "int8-dynamic"
     category = "quantization"
+    compresses = True
     paper = "Jacob et al., Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference, CVPR 2018"
 
     def apply(self, model, ctx):

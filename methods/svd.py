@@ -64,6 +64,7 @@ class TruncatedSVD(Method):
 
     name = "svd"
     category = "low-rank compression"
+    compresses = True
     paper = "Kaushal et al., LORD: Low Rank Decomposition of Monolingual Code LLMs, 2023; Denton et al., NeurIPS 2014"
     Params = SVDParams
 
