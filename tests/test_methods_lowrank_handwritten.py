@@ -96,7 +96,7 @@ def test_sora_finalize_removes_zeroed_ranks_and_keeps_outputs(model):
     before = logits(wrapped)
     trainable = count_parameters(wrapped)[0]
     final = pipeline.finalize(wrapped)
-    torch.testing.assert_close(logits(final), before, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits(final), before, rtol=1e-4, atol=1e-5)
     assert count_parameters(final)[0] == trainable - (2 + 4) * (H + H + 1)
     assert first.lora_A.shape == (2, H) and first.lora_B.shape == (H, 2) and first.gate.shape == (2,)
     assert len(sora_layers(final)) == QV - 1  # the fully pruned layer is its plain base layer again
