@@ -80,6 +80,17 @@ class AdapterLinear(nn.Module):
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        """The base layer with the update folded into its weight. Every update here is a
+        linear map of x without bias, so its matrix is delta applied to the identity."""
+        was_training = self.training
+        self.eval()  # the update inference uses (DyLoRA: its evaluation rank)
+        identity = torch.eye(self.in_features, device=self.base.weight.device, dtype=self.base.weight.dtype)
+        self.base.weight += self.delta(identity).T.to(self.base.weight.dtype)
+        self.train(was_training)
+        return self.base
+
 
 def low_rank(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float, gate: torch.Tensor | None = None) -> torch.Tensor:
     """scale * B diag(gate) A x, right to left, so the out x in update is never formed."""
@@ -128,6 +139,11 @@ class AdapterMethod(Method):
         freeze_all_but(model, keep=ctx.head_modules)  # before wrapping: the new adapter parameters stay trainable
         for index, (name, linear) in enumerate(layers):
             model.set_submodule(name, self.make_layer(linear, index, ctx))
+        return model
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        for name, layer in self.layers(model):
+            model.set_submodule(name, layer.merged())
         return model
 
     def layers(self, model: nn.Module) -> list[tuple[str, AdapterLinear]]:

@@ -12,7 +12,7 @@ import logging
 import traceback
 import warnings
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from harness import environment
 from harness.config import DATA_SEED, ResolvedRun, RunSpec, resolve
 from harness.errors import HarnessError, first_line
 from harness.method import Compression, MethodContext
-from harness.meters import count_parameters, measure_latency, model_bytes, trainable_bytes, weight_sparsity
+from harness.meters import count_parameters, forward_flops, measure_latency, model_bytes, trainable_bytes, weight_sparsity
 from harness.resolve import model_load_error
 from harness.schema import SCHEMA_VERSION
 from harness.store import write_row
@@ -138,7 +138,8 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         lr=run.lr, weight_decay=run.weight_decay, seed=run.seed,
         sample_batches=lambda n: sample_batches(train_data, run.batch_size, n, run.seed),
     )
-    model = pipeline.apply(model, ctx).to(device)
+    # On the job's device before the steps apply: calibration (Wanda, GPTQ) runs where training does.
+    model = pipeline.apply(model.to(device), ctx).to(device)
     trainable, total = count_parameters(model)
 
     stats = train(
@@ -146,8 +147,12 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         max_grad_norm=run.max_grad_norm, precision=run.precision, device=device, seed=run.seed,
         show_progress=show_progress,
     )
+    pipeline.record("train", "training", stats.seconds, model)
     model = pipeline.finalize(model).to(device)
     compression = pipeline.compression(model) or Compression()
+    final_bytes = model_bytes(model)
+    stored_bytes = compression.compressed_bytes if compression.compressed_bytes is not None else final_bytes
+    _, final_params = count_parameters(model)
 
     metrics: dict[str, float] = {}
     eval_seconds = 0.0
@@ -163,6 +168,7 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         eval_data.append(data)
 
     latency = _latency(model, eval_data[0], run, device)
+    compressing = {"merge"} | {m.spec() for m in pipeline.methods if m.compresses}
     return {
         "metric": task.primary_metric,
         "score": metrics[task.primary_metric],
@@ -178,12 +184,16 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         "final_train_loss": stats.final_loss,
         "trainable_params": trainable,
         "total_params": total,
-        "model_bytes": model_bytes(model),
+        "model_bytes": final_bytes,
         "adapter_bytes": trainable_bytes(model),
         "weight_sparsity": weight_sparsity(model),
         "weight_bits": compression.weight_bits,
         "compression_kernel": compression.kernel,
         "compressed_model_bytes": compression.compressed_bytes,
+        "bits_per_parameter": 8 * stored_bytes / final_params if final_params else None,
+        "compress_seconds": sum(c.seconds for c in pipeline.costs if c.phase != "training" and c.step in compressing),
+        "pipeline_seconds": sum(c.seconds for c in pipeline.costs),
+        "pipeline_costs": json.dumps([asdict(c) for c in pipeline.costs]),
         "optimizer_state_bytes": stats.optimizer_state_bytes,
         "peak_memory_bytes": stats.peak_memory_bytes,
         "peak_memory_reserved_bytes": stats.peak_memory_reserved_bytes,
@@ -206,6 +216,8 @@ def _latency(model: torch.nn.Module, data, run: ResolvedRun, device: torch.devic
     for key, batch_examples in (("bs1", examples[:1]), ("batch", examples)):
         batch = to_device(data.collate(batch_examples), device)
         batch.pop("labels", None)
+        if key == "batch":  # as executed: padding included, the same batch for every method
+            result["flops_per_sample"] = forward_flops(model, batch, device, run.precision) / len(batch_examples)
 
         @torch.inference_mode()
         def forward():

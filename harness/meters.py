@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 import time
@@ -20,6 +21,11 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where a model's parameters live (CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def synchronize(device: torch.device) -> None:
@@ -212,3 +218,31 @@ def weight_sparsity(model: torch.nn.Module) -> float | None:
             zeros += int((weight == 0).sum())
             total += weight.numel()
     return zeros / total if total else None
+
+
+def _quantized_linear_flops(input_shape, packed_weight, *args, out_shape=None, **kwargs) -> int:
+    # torch's dynamic int8 linear: (..., in) x (in, out), one multiply-add per pair, as aten.mm counts.
+    return 2 * math.prod(input_shape[:-1]) * input_shape[-1] * out_shape[-1]
+
+
+def forward_flops(model: torch.nn.Module, inputs: dict[str, torch.Tensor], device: torch.device, precision: str) -> int:
+    """Floating-point (or integer) operations of one forward pass on `inputs`, counted by
+    torch's FlopCounterMode from the operators that actually run (matmuls, convolutions,
+    attention): a model made smaller (SVD, channel pruning, token merging) counts less; a
+    masked sparse model run by dense kernels counts the same as the dense model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.train import autocast
+
+    mapping = {}
+    if hasattr(torch.ops, "quantized") and hasattr(torch.ops.quantized, "linear_dynamic"):
+        mapping[torch.ops.quantized.linear_dynamic] = _quantized_linear_flops
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.inference_mode():
+            with autocast(device, precision):
+                model(**inputs)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())

@@ -11,7 +11,10 @@ hooks in this order:
     model = finalize(model)              merge, prune ranks, export
 
 `on_step` runs while gradients are still present (AdaLoRA's rank allocation needs them).
-Several methods compose into a `Pipeline`, applied left to right.
+Several methods compose into a `Pipeline`, applied left to right. Compression steps
+(`compresses = True`) before the last adaptation step run before training (`wanda+lora`:
+prune, then recover); those after it run on the trained model once the adaptation is
+merged into its weights (`lora+int8`: adapt, merge, then quantize).
 """
 
 from __future__ import annotations
@@ -54,10 +57,13 @@ class MethodContext:
     sample_batches: Callable[[int], Iterator[dict[str, torch.Tensor]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def batches(self, n: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, n: int, device: torch.device | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """n training batches; with `device`, their tensors moved there (a model's inputs)."""
         if self.sample_batches is None:
             raise HarnessError("this method needs training batches, but the job provided none")
-        return self.sample_batches(n)
+        if device is None:
+            return self.sample_batches(n)
+        return ({k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in self.sample_batches(n))
 
     @property
     def peft_task_type(self) -> str | None:
@@ -139,6 +145,15 @@ class Method:
     def finalize(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
+    # Whether `merge` can fold this method's training into plain weights. Methods that train
+    # the weights themselves (full, bitfit, LISA, GaLore) have nothing to fold.
+    can_merge: ClassVar[bool] = True
+
+    def merge(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The trained model with its adaptation folded into plain layers, for a compression
+        step that follows (asked after finalize)."""
+        return model
+
     def compression(self, model: torch.nn.Module) -> Compression | None:
         """For compression methods: what was done to the weights (asked after finalize)."""
         return None
@@ -156,17 +171,66 @@ def _one_line_validation_error(cls: type[Method], exc: ValidationError) -> str:
     return f"method {cls.name!r}: " + "; ".join(problems)
 
 
+@dataclass(frozen=True)
+class StepCost:
+    """What one pipeline step cost, and the model it left behind."""
+
+    step: str  # a method's canonical spec, "train", or "merge"
+    phase: str  # "before training", "training" or "after training"
+    seconds: float
+    trainable_params: int
+    total_params: int
+    model_bytes: int
+
+
 class Pipeline:
-    """Methods applied in order; the hooks of each run in turn."""
+    """Methods applied in order; the hooks of each run in turn.
+
+    The steps up to the last adaptation step run before training; compression steps after
+    it run in `finalize`, on the trained model with its adaptation merged into the weights.
+    Every step's wall time and the model it leaves are logged in `costs`.
+    """
 
     def __init__(self, methods: list[Method]):
         if not methods:
             raise HarnessError("empty method pipeline")
         self.methods = methods
+        adapting = [i for i, m in enumerate(methods) if not m.compresses]
+        # With no adaptation step at all, compression runs before the (empty) training.
+        self.split = adapting[-1] + 1 if adapting else len(methods)
+        self._check_order(adapting)
+        self.costs: list[StepCost] = []
+        self._ctx: MethodContext | None = None
+
+    def _check_order(self, adapting: list[int]) -> None:
+        for i, method in enumerate(self.methods[: self.split]):
+            if method.compresses and adapting and adapting[0] < i:
+                before, after = self.methods[adapting[0]].name, self.methods[adapting[-1]].name
+                raise HarnessError(
+                    f"method pipeline {self.name!r}: compression step {method.name!r} sits between adaptation steps "
+                    f"{before!r} and {after!r}; put it first ({method.name}+{after}: compress, then recover) or last "
+                    f"({after}+{method.name}: adapt, merge, then compress)"
+                )
+        if self.after:
+            for method in self.before:
+                if not method.compresses and not method.can_merge:
+                    raise HarnessError(
+                        f"method pipeline {self.name!r}: {method.name!r} cannot be merged into the weights, so "
+                        f"{self.after[0].name!r} cannot compress the adapted model; put the compression first "
+                        f"({self.after[0].name}+{method.name})"
+                    )
 
     @classmethod
     def parse(cls, text: str) -> "Pipeline":
         return cls([METHODS.get(step.name).from_step(step) for step in parse_pipeline(text)])
+
+    @property
+    def before(self) -> list[Method]:
+        return self.methods[: self.split]
+
+    @property
+    def after(self) -> list[Method]:
+        return self.methods[self.split :]
 
     def spec(self) -> str:
         return "+".join(m.spec() for m in self.methods)
@@ -177,31 +241,60 @@ class Pipeline:
 
     @property
     def default_lr(self) -> float:
-        # The adaptation step is the one being trained: the last method's rate.
-        return self.methods[-1].default_lr
+        # The step being trained is the last adaptation step: its rate.
+        trained = [m for m in self.methods if not m.compresses] or self.methods
+        return trained[-1].default_lr
 
     def resolved_params(self) -> list[dict[str, Any]]:
         return [{"method": m.name, "params": m.resolved_params()} for m in self.methods]
 
+    def record(self, step: str, phase: str, seconds: float, model: torch.nn.Module) -> None:
+        from harness.meters import count_parameters, model_bytes
+
+        trainable, total = count_parameters(model)
+        self.costs.append(StepCost(step, phase, seconds, trainable, total, model_bytes(model)))
+
+    def _timed(self, step: str, phase: str, model: torch.nn.Module, work: Callable[[torch.nn.Module], torch.nn.Module]):
+        from harness.meters import Stopwatch, device_of
+
+        with Stopwatch(device_of(model)) as watch:
+            model = work(model)
+        self.record(step, phase, watch.seconds, model)
+        return model
+
     def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
-        for index, method in enumerate(self.methods):
+        self._ctx = ctx
+        for index, method in enumerate(self.before):
             ctx.extra["pipeline_step"] = index  # some steps act differently first or later
-            model = method.apply(model, ctx)
+            model = self._timed(method.spec(), "before training", model, lambda m: method.apply(m, ctx))
         return model
 
     def optimizer(self, params: list[torch.nn.Parameter], ctx: MethodContext) -> torch.optim.Optimizer | None:
-        made = [(m.name, opt) for m in self.methods if (opt := m.optimizer(params, ctx)) is not None]
+        made = [(m.name, opt) for m in self.before if (opt := m.optimizer(params, ctx)) is not None]
         if len(made) > 1:
             raise HarnessError(f"methods {', '.join(n for n, _ in made)} each bring an optimizer; a pipeline may have one")
         return made[0][1] if made else None
 
     def on_step(self, step: int, model: torch.nn.Module) -> None:
-        for method in self.methods:
+        for method in self.before:
             method.on_step(step, model)
 
     def finalize(self, model: torch.nn.Module) -> torch.nn.Module:
-        for method in self.methods:
+        for method in self.before:
             model = method.finalize(model)
+        if not self.after:
+            return model
+
+        def merge_all(m: torch.nn.Module) -> torch.nn.Module:
+            for method in reversed(self.before):  # the outermost wrapping first
+                m = method.merge(m)
+            return m
+
+        model = self._timed("merge", "after training", model, merge_all)
+        ctx = self._ctx if self._ctx is not None else MethodContext(task_type="")
+        for index, method in enumerate(self.after, start=self.split):
+            ctx.extra["pipeline_step"] = index
+            model = self._timed(method.spec(), "after training", model, lambda m: method.finalize(method.apply(m, ctx)))
         return model
 
     def compression(self, model: torch.nn.Module) -> Compression | None:

@@ -106,3 +106,14 @@ class PeftMethod(Method):
         if self.mergeable and getattr(self.params, "merge", False):
             return model.merge_and_unload()
         return model
+
+    @property
+    def can_merge(self) -> bool:
+        return self.mergeable
+
+    def merge(self, model: torch.nn.Module) -> torch.nn.Module:
+        from peft import PeftModel
+
+        if isinstance(model, PeftModel):  # not yet merged by finalize (merge=false, the default)
+            return model.merge_and_unload()
+        return model

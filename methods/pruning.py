@@ -92,11 +92,6 @@ class _Pruning(Method):
     default_lr = 0.0  # pruning alone trains nothing; a later adaptation step brings its own rate
 
     def apply(self, model, ctx):
-        if ctx.extra.get("pipeline_step", 0) != 0:
-            raise HarnessError(
-                f"method {self.name!r} prunes the base weights before training, so it must come first in a "
-                f"pipeline (e.g. {self.name}+lora); adapt-then-prune is not supported yet"
-            )
         layers = compressible_layers(model, ctx.head_modules)
         if not layers:
             raise HarnessError(f"method {self.name!r}: the model has no linear or convolution layer to prune")

@@ -62,11 +62,6 @@ class _WeightOnly(Method):
     bits = 8
 
     def apply(self, model, ctx):
-        if ctx.extra.get("pipeline_step", 0) != 0:
-            raise HarnessError(
-                f"method {self.name!r} quantizes the base weights before training, so it must come first in a "
-                f"pipeline (e.g. {self.name}+lora); adapt-then-quantize is not supported yet"
-            )
         self.layers = compressible_layers(model, ctx.head_modules)
         if not self.layers:
             raise HarnessError(f"method {self.name!r}: the model has no linear or convolution layer to quantize")

@@ -62,11 +62,6 @@ def test_weight_only_reports_effective_bits_and_stored_size(spec, bits, group):
     assert not any(p.requires_grad for p in model.parameters())  # compression alone trains nothing
 
 
-def test_quantization_must_come_first_in_a_pipeline():
-    with pytest.raises(HarnessError, match="must come first"):
-        Pipeline.parse("bitfit+int4").apply(_linear_model(), MethodContext(task_type="image_cls"))
-
-
 def test_int8_dynamic_runs_a_real_quantized_kernel_close_to_float():
     model = _linear_model().eval()
     x = torch.randn(8, 64)

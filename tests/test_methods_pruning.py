@@ -173,11 +173,6 @@ def test_bad_parameters_are_one_line_errors(spec):
     assert "\n" not in str(info.value)
 
 
-def test_pruning_must_come_first(net):
-    with pytest.raises(HarnessError, match="must come first"):
-        Pipeline.parse("full+magnitude").apply(net, ctx())
-
-
 @pytest.mark.parametrize("spec", ["magnitude:sparsity=0.5+full", "two-four+full", "wanda:sparsity=0.5,n_batches=2+full"])
 def test_masks_survive_fine_tuning(net, spec):
     pipeline = Pipeline.parse(spec)
