@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness import __version__
@@ -31,6 +32,10 @@ class CostAxis:
     scale: float = 1.0  # divide the column by this for display
     log: bool = False
     hardware: bool = False  # only comparable within one device
+    # Measured at inference: a row whose compression only simulated its kernel (fake-quantized
+    # or masked dense weights) ran the dense float model, so its point is drawn hollow and kept
+    # off the Pareto front: a simulated speedup is never shown as a measured one.
+    inference: bool = False
 
 
 COST_AXES = (
@@ -39,13 +44,17 @@ COST_AXES = (
     CostAxis("train_seconds", "training time (s)", hardware=True),
     # The size a deployment stores: the compressed format's bytes where a method reports them.
     CostAxis("stored_model_bytes", "model size (MiB)", scale=2**20),
+    CostAxis("flops_per_sample", "forward GFLOPs per sample", scale=1e9),
+    CostAxis("latency_bs1_p50_ms", "inference latency at batch 1, p50 (ms)", hardware=True, inference=True),
 )
 
 TABLE_COLUMNS = (
     ("method", "method"), ("seed", "seed"), ("score", "score"), ("trainable_params", "trainable"),
     ("trainable_pct", "trainable %"), ("peak_memory_mib", "peak mem MiB"), ("train_seconds", "train s"),
     ("train_samples_per_s", "samples/s"), ("latency_bs1_p50_ms", "lat bs1 p50 ms"),
-    ("latency_batch_p50_ms", "lat batch p50 ms"), ("model_mib", "model MiB"), ("stored_model_mib", "stored MiB"), ("adapter_mib", "adapter MiB"),
+    ("latency_batch_p50_ms", "lat batch p50 ms"), ("gflops", "GFLOPs/sample"), ("model_mib", "model MiB"),
+    ("stored_model_mib", "stored MiB"), ("bits_per_parameter", "bits/param"), ("weight_sparsity", "sparsity"),
+    ("compression_kernel", "kernel"), ("adapter_mib", "adapter MiB"),
     ("optimizer_state_mib", "optim state MiB"), ("model", "model"),
     ("device_name", "device"), ("job_hash", "job"),
 )
@@ -62,11 +71,16 @@ class TaskSection:
     figures: list[dict] = field(default_factory=list)
 
 
+def _simulated(row: pd.Series) -> bool:
+    return row.get("compression_kernel") == "simulated"
+
+
 def _hover(row: pd.Series, axis: CostAxis, metric: str) -> str:
     cost = row[axis.column] / axis.scale
+    note = "<br><i>simulated kernel: the dense float model ran</i>" if axis.inference and _simulated(row) else ""
     return (
         f"<b>{row['method']}</b> seed {row['seed']}<br>{metric} {row['score']:.4f}<br>"
-        f"{axis.title}: {cost:,.4g}<br>model {row['model']}<br>job {row['job_hash']} run {row['run_id']}"
+        f"{axis.title}: {cost:,.4g}<br>model {row['model']}<br>job {row['job_hash']} run {row['run_id']}{note}"
     )
 
 
@@ -76,15 +90,20 @@ def _figure(ok: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict:
     data = ok.dropna(subset=[axis.column, "score"])
     if axis.log:
         data = data[data[axis.column] > 0]
+    data = data.reset_index(drop=True)
     costs = data[axis.column].to_numpy(float) / axis.scale
-    on_front = pareto_mask(costs, data["score"].to_numpy(float))
+    hollow = data.apply(_simulated, axis=1).to_numpy(bool) if axis.inference and len(data) else np.zeros(len(data), bool)
+    on_front = np.zeros(len(data), bool)
+    measured = ~hollow
+    on_front[measured] = pareto_mask(costs[measured], data["score"].to_numpy(float)[measured])
     fig = go.Figure()
     for method, group in data.groupby("method", sort=True):
         idx = data.index.get_indexer(group.index)
         front = on_front[idx]
+        symbols = ["star" if f else "circle-open" if h else "circle" for f, h in zip(front, hollow[idx])]
         fig.add_trace(go.Scatter(
             x=costs[idx], y=group["score"], mode="markers", name=method,
-            marker=dict(size=[14 if f else 9 for f in front], symbol=["star" if f else "circle" for f in front],
+            marker=dict(size=[14 if f else 9 for f in front], symbol=symbols,
                         line=dict(width=[1.5 if f else 0 for f in front], color="black")),
             hovertext=[_hover(r, axis, metric) + ("<br><b>Pareto-optimal</b>" if f else "") for (_, r), f in zip(group.iterrows(), front)],
             hoverinfo="text",
@@ -110,8 +129,10 @@ def _table_row(row: pd.Series) -> dict:
     return {
         **{k: _plain(row.get(k)) for k in ("method", "seed", "score", "trainable_params", "train_seconds",
                                             "train_samples_per_s", "latency_bs1_p50_ms", "latency_batch_p50_ms",
+                                            "bits_per_parameter", "weight_sparsity", "compression_kernel",
                                             "model", "device_name", "job_hash", "run_id", "metrics", "error")},
         "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
+        "gflops": None if _plain(row.get("flops_per_sample")) is None else row["flops_per_sample"] / 1e9,
         **{f"{name}_mib": mib(f"{name}_bytes")
            for name in ("peak_memory", "model", "stored_model", "adapter", "optimizer_state")},
     }

@@ -12,11 +12,12 @@ from tests.conftest import tiny_run_args
 from tests.test_store_and_schema import full_row
 
 
-def _row(method, score, trainable, memory, seconds, run_id, status="ok", device="cpu-x"):
+def _row(method, score, trainable, memory, seconds, run_id, status="ok", device="cpu-x", **inference):
     return full_row(
         method=method, score=score, trainable_params=trainable, total_params=10**6, peak_memory_bytes=memory,
         train_seconds=seconds, run_id=run_id, job_hash=f"h{run_id}", status=status, device_name=device,
         peak_memory_kind="cpu_peak_rss_reset", metric="accuracy", error=None if status == "ok" else "RuntimeError: x",
+        **{"flops_per_sample": None, "latency_bs1_p50_ms": None, "compression_kernel": None, **inference},
     )
 
 
@@ -61,7 +62,7 @@ def test_report_command_on_real_runs_is_self_contained(tiny_model, tiny_glue, tm
     assert not re.search(r"<script[^>]+src=", html) and "<link" not in html  # nothing fetched from a CDN
     assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js is inlined
     figures = json.loads(re.search(r"const FIGURES = (\{.*?\});\n", html, re.S).group(1))
-    assert len(figures) == 4  # trainable parameters, peak memory, training time, model size
+    assert len(figures) == 6  # trainable parameters, peak memory, training time, model size, FLOPs, latency
     for method in ("lora:r=4", "bitfit", "full"):
         assert f">{method}<" in html
     assert [p.name for p in out.iterdir()] == ["index.html"]
@@ -97,3 +98,22 @@ def test_axes_without_any_positive_cost_are_left_out(tmp_path):
     [section] = build_sections(read_results(tmp_path))
     titles = [f["layout"]["title"]["text"] for f in section.figures]
     assert titles == ["glue/sst2: accuracy vs model size (MiB)"]
+
+
+def test_simulated_kernels_are_hollow_and_off_the_latency_front(tmp_path):
+    """A fake-quantized model ran the dense float kernel: its latency is not the compressed
+    format's, so it is drawn hollow and never on the latency Pareto front."""
+    write_row(_row("none", 0.82, 0, None, 0.0, "a", flops_per_sample=4e7, latency_bs1_p50_ms=2.0), tmp_path)
+    write_row(_row("int4", 0.81, 0, None, 0.0, "b", flops_per_sample=4e7, latency_bs1_p50_ms=1.0,
+                   compression_kernel="simulated"), tmp_path)
+    write_row(_row("svd:rank=8", 0.5, 0, None, 0.0, "c", flops_per_sample=1e7, latency_bs1_p50_ms=1.5,
+                   compression_kernel="real"), tmp_path)
+    [section] = build_sections(read_results(tmp_path))
+    figures = {f["layout"]["title"]["text"].split(" vs ")[1].split("<br>")[0]: f for f in section.figures}
+    assert set(figures) == {"model size (MiB)", "forward GFLOPs per sample", "inference latency at batch 1, p50 (ms)"}
+    latency = {t["name"]: t for t in figures["inference latency at batch 1, p50 (ms)"]["data"]}
+    assert latency["int4"]["marker"]["symbol"] == ["circle-open"]
+    assert "simulated kernel" in latency["int4"]["hovertext"][0]
+    assert latency["none"]["marker"]["symbol"] == ["star"] and latency["svd:rank=8"]["marker"]["symbol"] == ["star"]
+    flops = {t["name"]: t for t in figures["forward GFLOPs per sample"]["data"]}
+    assert "0.04" in flops["int4"]["hovertext"][0] and "0.01" in flops["svd:rank=8"]["hovertext"][0]
