@@ -7,8 +7,11 @@
   of GPTQ and AWQ): here the weights are quantized and dequantized back to float, so
   accuracy is exactly that of the low-precision weights while inference runs the dense
   float kernel. Rows say so (`compression_kernel=simulated`); a measured speedup is
-  never claimed for them. A real int4/int8 weight-only kernel (torchao) is for GPU runs
-  and is not wired in yet.
+  never claimed for them. No real weight-only kernel is wired in: torchao 0.18 (for
+  torch 2.13) has no CPU int4 path and runs its CPU int8 weight-only layers as a float
+  matmul on dequantized weights; torch's own `_weight_int4pack_mm_for_cpu` would fit.
+- `gptq` (methods/gptq.py) puts its weights on the same grid and shares the byte
+  accounting (`weight_only_compression`); `nf4` (methods/nf4.py) is QLoRA's 4-bit format.
 """
 
 from __future__ import annotations
@@ -21,6 +24,22 @@ from harness.errors import HarnessError
 from harness.method import METHODS, Compression, Method, MethodParams, freeze_all_but
 
 SCALE_BITS = 16  # a group's scale is stored as float16
+
+
+def minmax_grid(block: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The asymmetric min-max grid of each row of `block`: its step and integer zero point,
+    so that the grid points are (k - zero) * step for k = 0 .. levels (= 2^bits - 1)."""
+    low = block.amin(dim=1, keepdim=True)
+    high = block.amax(dim=1, keepdim=True)
+    step = ((high - low) / levels).clamp(min=torch.finfo(torch.float32).tiny)
+    zero = torch.round(-low / step)
+    return step, zero
+
+
+def round_to_grid(values: torch.Tensor, step: torch.Tensor, zero: torch.Tensor, levels: int) -> torch.Tensor:
+    """The nearest grid point of each value (values outside the grid's range clamp to its ends)."""
+    q = torch.clamp(torch.round(values / step) + zero, 0, levels)
+    return (q - zero) * step
 
 
 def fake_quantize(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
@@ -37,17 +56,24 @@ def fake_quantize(weight: torch.Tensor, bits: int, group_size: int) -> torch.Ten
     out = torch.empty_like(matrix)
     for start in range(0, cols, size):
         block = matrix[:, start : start + size]
-        low = block.amin(dim=1, keepdim=True)
-        high = block.amax(dim=1, keepdim=True)
-        step = ((high - low) / levels).clamp(min=torch.finfo(torch.float32).tiny)
-        zero = torch.round(-low / step)
-        q = torch.clamp(torch.round(block / step) + zero, 0, levels)
-        out[:, start : start + size] = (q - zero) * step
+        step, zero = minmax_grid(block, levels)
+        out[:, start : start + size] = round_to_grid(block, step, zero, levels)
     return out.reshape(weight.shape).to(weight.dtype)
 
 
 def groups_per_row(cols: int, group_size: int) -> int:
     return 1 if group_size == 0 else -(-cols // group_size)
+
+
+def weight_only_compression(model: torch.nn.Module, layers: list, bits: int, group_size: int) -> Compression:
+    """Size of a groupwise weight-only format (RTN or GPTQ alike): per quantized layer the
+    `bits`-bit codes plus, per group, a float16 scale and a `bits`-bit zero point; every
+    other parameter and buffer at its dense size. Simulated: the weights were dequantized."""
+    quantized = sum(layer.weight.numel() for _, layer in layers)
+    groups = sum(layer.weight.shape[0] * groups_per_row(as_matrix(layer.weight).shape[1], group_size) for _, layer in layers)
+    overhead_bits = groups * (SCALE_BITS + bits)  # a scale and a zero point per group
+    stored = dense_bytes_except(model, layers) + (quantized * bits + overhead_bits) // 8
+    return Compression(weight_bits=bits + overhead_bits / quantized, kernel="simulated", compressed_bytes=stored)
 
 
 class WeightOnlyParams(MethodParams):
@@ -72,12 +98,7 @@ class _WeightOnly(Method):
         return model
 
     def compression(self, model):
-        quantized = sum(layer.weight.numel() for _, layer in self.layers)
-        groups = sum(layer.weight.shape[0] * groups_per_row(as_matrix(layer.weight).shape[1], self.params.group_size)
-                     for _, layer in self.layers)
-        overhead_bits = groups * (SCALE_BITS + self.bits)  # a scale and a zero point per group
-        stored = dense_bytes_except(model, self.layers) + (quantized * self.bits + overhead_bits) // 8
-        return Compression(weight_bits=self.bits + overhead_bits / quantized, kernel="simulated", compressed_bytes=stored)
+        return weight_only_compression(model, self.layers, self.bits, self.params.group_size)
 
 
 @METHODS.register("int8")
