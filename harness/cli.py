@@ -117,7 +117,7 @@ def list_(what: ListWhat = typer.Argument(..., help="methods, suites, tasks or m
             table.add_column(col, overflow="fold")
         for alias, info in MODEL_ALIASES.items():
             ref = resolve_model(alias)
-            where = {"package": ref.location, "unavailable": "--model PATH"}.get(ref.source, "hub")
+            where = {"package": ref.location, "unavailable": "--model PATH", "random-init": "built here, random init"}.get(ref.source, "hub")
             table.add_row(alias, info.hub_id, where, info.note)
     else:
         for col in ("suite", "task", "dataset", "metric", "summary"):

@@ -32,13 +32,23 @@ def check_target_modules(model: torch.nn.Module, targets: list[str] | None, meth
             raise HarnessError(f"method {method!r}: target module {target!r} is not in the model; {hint}")
 
 
+# Architectures peft has no default for (peft 0.21 lists none for ViT/DeiT): the attention's query
+# and value projections, as the LoRA paper adapts (Hu et al. 2022, sec. 7.1), under either
+# transformers naming (4.x: query/value; 5.x: q_proj/v_proj), whichever the model has.
+_QUERY_VALUE = (("query", "value"), ("q_proj", "v_proj"))
+EXTRA_LORA_TARGETS: dict[str, tuple[tuple[str, ...], ...]] = {"vit": _QUERY_VALUE, "deit": _QUERY_VALUE}
+
+
 def default_lora_targets(model: torch.nn.Module) -> list[str] | None:
     """peft's per-architecture LoRA targets (query and value for BERT/RoBERTa), or None."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
-    return list(targets) if targets else None
+    if targets:
+        return list(targets)
+    names = {name.split(".")[-1] for name, _ in model.named_modules()}
+    return next((list(t) for t in EXTRA_LORA_TARGETS.get(model_type, ()) if set(t) <= names), None)
 
 
 def check_rank(layers: list[tuple[str, torch.nn.Linear]], rank: int, method: str) -> None:

@@ -8,7 +8,8 @@ A data set named by its hub id resolves, in order, to
 A mirror root given by the user is authoritative: a split missing there is an error
 that lists the paths tried, never a silent trip to the network.
 
-A model resolves from an alias (a locally installed copy where one exists), a local
+A model resolves from an alias (a locally installed copy where one exists, or a
+random-init architecture the harness builds with no pretrained weights), a local
 directory, a local checkpoint file (`.pth`/`.pt`, or a directory holding `ckpt.pth`,
 for the models the harness builds itself, e.g. the CIFAR ResNet), then the hub id.
 """
@@ -111,6 +112,9 @@ class ModelAlias:
     subdir: str = "model"
     note: str = ""
     local_only: bool = False  # no hub copy and no package: the user passes the checkpoint path
+    # No weights anywhere: harness.image_classifiers builds the architecture, seeded by the job.
+    # The row records `random-init:<alias>` as the model's identity, never a pretrained one.
+    random_init: bool = False
 
 
 MODEL_ALIASES: dict[str, ModelAlias] = {
@@ -129,6 +133,22 @@ MODEL_ALIASES: dict[str, ModelAlias] = {
         "resnet20-cifar10", local_only=True,
         note="CIFAR ResNet-20 (He et al. 2016); no download: pass --model /path/to/ckpt.pth",
     ),
+    # Image classifiers (suite imagenet), pretrained on ImageNet-1k (ViT-B/16 after ImageNet-21k).
+    "vit-base": ModelAlias("google/vit-base-patch16-224", note="ViT-B/16, 86M parameters (Dosovitskiy et al. 2021)"),
+    "deit-tiny": ModelAlias("facebook/deit-tiny-patch16-224", note="ViT-Ti/16 trained by DeiT, 5.7M parameters"),
+    "deit-small": ModelAlias("facebook/deit-small-patch16-224", note="ViT-S/16 trained by DeiT, 22M parameters"),
+    "resnet-50": ModelAlias("microsoft/resnet-50", note="ResNet-50 (He et al. 2016), 25.6M parameters"),
+    "resnet-18": ModelAlias("microsoft/resnet-18", note="ResNet-18, 11.7M parameters"),
+    # Random-init architectures (harness.image_classifiers.RANDOM_INIT_MODELS), trainable offline.
+    "vit-tiny": ModelAlias(
+        "random-init:vit-tiny", random_init=True, note="NOT pretrained: random-init ViT-Ti/16 (hidden 192, 12 layers, 3 heads)",
+    ),
+    "vit-tiny-6": ModelAlias(
+        "random-init:vit-tiny-6", random_init=True, note="NOT pretrained: random-init ViT-Ti/16 with 6 layers, for CPU runs",
+    ),
+    "resnet-tiny": ModelAlias(
+        "random-init:resnet-tiny", random_init=True, note="NOT pretrained: random-init ResNet-10 at half width (1.2M)",
+    ),
 }
 
 
@@ -137,7 +157,9 @@ class ResolvedModel:
     name: str  # what the user asked for
     hub_id: str  # the hub identity of the weights (for comparing runs)
     location: str  # what from_pretrained is given: a local directory or a hub id (or a checkpoint file)
-    source: str  # "package", "path", "hub", "checkpoint" (a .pth file) or "unavailable" (a local-only alias)
+    # "package", "path", "hub", "checkpoint" (a .pth file), "random-init" (built here, no weights)
+    # or "unavailable" (a local-only alias)
+    source: str
 
 
 def _installed_package_dir(package: str) -> Path | None:
@@ -156,6 +178,8 @@ def resolve_model(name: str) -> ResolvedModel:
                 return ResolvedModel(name, alias.hub_id, str(pkg_dir / alias.subdir), "package")
         if alias.local_only:  # preflight_model says what to pass instead
             return ResolvedModel(name, alias.hub_id, "", "unavailable")
+        if alias.random_init:
+            return ResolvedModel(name, alias.hub_id, alias.hub_id, "random-init")
         return ResolvedModel(name, alias.hub_id, alias.hub_id, "hub")
     path = Path(name).expanduser()
     from harness.vision_models import checkpoint_file
@@ -191,8 +215,8 @@ def preflight_model(model: ResolvedModel) -> None:
             f"model {model.name!r} has no hub copy or package to load; pass its checkpoint file instead: "
             f"--model /path/to/ckpt.pth (a .pth file or a directory holding ckpt.pth)"
         )
-    if model.source == "checkpoint":
-        return  # a checkpoint file the suite builds its model from; resolve_model checked it exists
+    if model.source in ("checkpoint", "random-init"):
+        return  # a checkpoint file resolve_model checked, or an architecture the suite builds itself
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no retry chatter; the error says it all
     try:
         AutoConfig.from_pretrained(model.location)

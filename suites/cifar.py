@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.metrics import top_k_accuracy
+from harness.images import (
+    DecodedImages, FixedSize, NormalizeCollate, check_image_columns, logit_rows, metric_names, top_k_metrics,
+)
 from harness.suite import SUITES, Prepared, Suite, Task, TrainDefaults
 from harness.vision_models import checkpoint_file, load_resnet20
 
@@ -32,7 +33,7 @@ class CifarTask(Task):
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return ("accuracy", "top5_accuracy") if self.num_labels > 10 else ("accuracy",)
+        return metric_names(self.num_labels)
 
 
 CIFAR_TASKS = {
@@ -55,34 +56,8 @@ CIFAR_TASKS = {
 }
 
 
-class _Images(torch.utils.data.Dataset):
-    """Decodes one row on access to a (3, H, W) uint8 tensor and its label; collate normalises."""
-
-    def __init__(self, dataset, task: CifarTask):
-        self.dataset, self.task = dataset, task
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict:
-        row = self.dataset[int(i)]
-        image = row[self.task.image_column].convert("RGB")
-        if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-            image = image.resize((IMAGE_SIZE, IMAGE_SIZE))
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
-        return {"pixel_values": pixels, "labels": int(row[self.task.label_column])}
-
-
-_MEAN = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
-_STD = torch.tensor(STD).view(1, 3, 1, 1) * 255
-
-
-def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
-    pixels = torch.stack([torch.as_tensor(e["pixel_values"]) for e in examples]).float()
-    batch = {"pixel_values": (pixels - _MEAN) / _STD}
-    if "labels" in examples[0]:
-        batch["labels"] = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long)
-    return batch
+# Decoded one row at a time and normalised per batch by the shared image pipeline.
+collate = NormalizeCollate(MEAN, STD)
 
 
 @SUITES.register("cifar")
@@ -116,9 +91,7 @@ class Cifar(Suite):
 
     @staticmethod
     def _check_columns(task: CifarTask, dataset) -> None:
-        missing = [c for c in (task.image_column, task.label_column) if c not in dataset.column_names]
-        if missing:
-            raise HarnessError(f"CIFAR {task.name} data lacks column(s) {missing}; has {dataset.column_names}")
+        check_image_columns(dataset, task.image_column, task.label_column, f"CIFAR {task.name}")
         n = getattr(dataset.features.get(task.label_column), "num_classes", None)
         if n is not None and n != task.num_labels:
             raise HarnessError(f"CIFAR {task.name} expects {task.num_labels} classes but the data has {n}")
@@ -128,15 +101,11 @@ class Cifar(Suite):
 
     def prepare(self, dataset, processor, task: CifarTask, max_length: int) -> Prepared:
         self._check_columns(task, dataset)
-        references = [int(y) for y in dataset[task.label_column]]  # reads the label column only, no decoding
-        return Prepared(_Images(dataset, task), collate, references)
+        images = DecodedImages(dataset, task.image_column, task.label_column, FixedSize(IMAGE_SIZE))
+        return Prepared(images, collate, images.references())
 
     def predictions(self, outputs, task: CifarTask) -> list:
-        return outputs.logits.detach().float().cpu().tolist()  # logits: top-1 and top-k from the same output
+        return logit_rows(outputs)
 
     def compute_metrics(self, task: CifarTask, predictions, references) -> dict[str, float]:
-        scores = np.asarray(predictions, dtype=float).reshape(len(predictions), -1)
-        result = {"accuracy": top_k_accuracy(scores, references, 1)}
-        if "top5_accuracy" in task.metrics:
-            result["top5_accuracy"] = top_k_accuracy(scores, references, 5)
-        return result
+        return top_k_metrics(predictions, references, task.metrics)
