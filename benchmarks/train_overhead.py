@@ -26,7 +26,7 @@ from transformers import get_linear_schedule_with_warmup
 from harness.config import RunSpec, resolve
 from harness.atomic import atomic_write
 from harness.environment import describe
-from harness.job import training_subset
+from harness.job import fixed_subset
 from harness.method import MethodContext
 from harness.train import default_optimizer, train
 
@@ -75,7 +75,7 @@ def main() -> None:
     spec = RunSpec(suite=args.suite, task=args.task, method=args.method, model=args.model, data_dir=args.data_dir,
                    max_train_samples=args.train_samples, batch_size=args.batch_size, max_steps=args.steps)
     run, suite, task, pipeline, sources = resolve(spec)
-    train_ds = training_subset(suite.load(sources[task.train_split]), args.train_samples)
+    train_ds = fixed_subset(suite.load(sources[task.train_split]), args.train_samples)
     torch.manual_seed(0)
     base, tokenizer = suite.build_model(run.model_location, task, train_ds)
     data = suite.prepare(train_ds, tokenizer, task, run.max_length)

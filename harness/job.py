@@ -94,9 +94,10 @@ def _identity_row(run: ResolvedRun, device: torch.device) -> dict[str, Any]:
     return row
 
 
-def training_subset(dataset, max_samples: int | None):
+def fixed_subset(dataset, max_samples: int | None):
     """The first `max_samples` of the split shuffled with DATA_SEED: the same examples for every
-    method and every run seed of a comparison."""
+    method and every run seed of a comparison. Shuffled, not the split's first rows, because
+    some splits are sorted by class (Imagenette's validation set starts with 392 tenches)."""
     if max_samples and max_samples < len(dataset):
         return dataset.shuffle(seed=DATA_SEED).select(range(max_samples))
     return dataset
@@ -117,12 +118,10 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         datasets.disable_progress_bars()
         hf_logging.disable_progress_bar()
 
-    train_ds = training_subset(suite.load(sources[task.train_split]), run.max_train_samples)
+    train_ds = fixed_subset(suite.load(sources[task.train_split]), run.max_train_samples)
     eval_sets = []
     for split, suffix in task.eval_splits:
-        ds = suite.load(sources[split])
-        if run.max_eval_samples and run.max_eval_samples < len(ds):
-            ds = ds.select(range(run.max_eval_samples))  # the first N: the same examples for every run
+        ds = fixed_subset(suite.load(sources[split]), run.max_eval_samples)
         eval_sets.append((split, suffix, ds))
 
     set_seed(run.seed)
