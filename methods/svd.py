@@ -8,11 +8,23 @@ given directly (`rank`) or chosen per layer as the smallest that keeps `energy` 
 squared singular values. A layer is left as it is at full rank, and (for `energy`) when
 factorising would not make it smaller. Inference runs the smaller dense layers: the speed and
 memory are real, not simulated.
+
+`activation_aware=true` is ASVD (Yuan et al., ASVD: Activation-aware Singular Value
+Decomposition for Compressing Large Language Models, 2023): input features that carry large
+activations should be kept more exactly than those that are nearly always small. Per layer,
+S = diag(s_j), s_j = (mean |x_j|)^alpha over the calibration inputs; the SVD is taken of W S
+and S^-1 is folded into the first factor, W ~ (U_r Sigma_r)(V_r^T S^-1), so the truncation
+minimises ||(W - W_r) S||_F, the output error on inputs of per-feature size S, rather than the
+plain ||W - W_r||_F (with `energy`, the rank keeps that share of W S's spectrum). For a
+convolution, x_j is an element (channel, kh, kw) of the unfolded input patch (zero padding
+included), the very vector the kernel's flattened weight multiplies, so every column of the
+(out, in*kh*kw) matrix gets its own scale.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -24,19 +36,33 @@ from harness.method import METHODS, Compression, Method, MethodParams, freeze_al
 class SVDParams(MethodParams):
     rank: int | None = Field(None, gt=0, description="rank kept in every layer (capped at the layer's full rank)")
     energy: float | None = Field(None, gt=0, le=1, description="share of squared singular values to keep, per layer")
+    activation_aware: bool = Field(False, description="ASVD: factorise W diag(mean|x|^alpha) from calibration batches")
+    alpha: float = Field(0.5, ge=0, le=1, description="ASVD's exponent on the mean absolute input (the paper's default 0.5)")
+    n_batches: int = Field(8, ge=1, description="calibration batches for activation_aware")
 
     @model_validator(mode="after")
     def _one_of(self):
         if (self.rank is None) == (self.energy is None):
             raise ValueError("give exactly one of rank or energy, e.g. svd:rank=16 or svd:energy=0.9")
+        unused = sorted({"alpha", "n_batches"} & self.model_fields_set)
+        if unused and not self.activation_aware:
+            raise ValueError(f"{' and '.join(unused)} only apply with activation_aware=true")
         return self
 
 
-def factorise(layer: nn.Module, rank: int) -> nn.Sequential:
-    """The layer as two smaller ones whose product is its rank-`rank` truncation."""
+def scaled_matrix(layer: nn.Module, input_scale: torch.Tensor | None) -> torch.Tensor:
+    """The layer's (out, in) weight in float, times diag(input_scale) when given (ASVD's W S)."""
     weight = as_matrix(layer.weight.detach()).float()
-    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    return weight if input_scale is None else weight * input_scale.to(weight.device, torch.float32)
+
+
+def factorise(layer: nn.Module, rank: int, input_scale: torch.Tensor | None = None) -> nn.Sequential:
+    """The layer as two smaller ones whose product is its rank-`rank` truncation; with
+    `input_scale` (ASVD's S), the truncation of W S with S^-1 folded into the first factor."""
+    u, s, vh = torch.linalg.svd(scaled_matrix(layer, input_scale), full_matrices=False)
     u, s, vh = u[:, :rank], s[:rank], vh[:rank]
+    if input_scale is not None:
+        vh = vh / input_scale.to(vh.device, torch.float32)
     dtype, bias = layer.weight.dtype, layer.bias is not None
     if isinstance(layer, nn.Linear):
         first, second = nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features, bias=bias)
@@ -52,8 +78,8 @@ def factorise(layer: nn.Module, rank: int) -> nn.Sequential:
     return nn.Sequential(first, second).to(layer.weight.device)
 
 
-def rank_for_energy(layer: nn.Module, energy: float) -> int:
-    s = torch.linalg.svdvals(as_matrix(layer.weight.detach()).float())
+def rank_for_energy(layer: nn.Module, energy: float, input_scale: torch.Tensor | None = None) -> int:
+    s = torch.linalg.svdvals(scaled_matrix(layer, input_scale))
     kept = torch.cumsum(s**2, 0) / (s**2).sum()
     return int(torch.searchsorted(kept, torch.tensor(energy * (1 - 1e-7))).item()) + 1
 
@@ -65,7 +91,8 @@ class TruncatedSVD(Method):
     name = "svd"
     category = "low-rank compression"
     compresses = True
-    paper = "Kaushal et al., LORD: Low Rank Decomposition of Monolingual Code LLMs, 2023; Denton et al., NeurIPS 2014"
+    paper = ("Kaushal et al., LORD: Low Rank Decomposition of Monolingual Code LLMs, 2023; Denton et al., NeurIPS 2014; "
+             "activation_aware: Yuan et al., ASVD, 2023")
     Params = SVDParams
 
     def apply(self, model, ctx):
@@ -74,17 +101,69 @@ class TruncatedSVD(Method):
             raise HarnessError("method 'svd': the model has no linear or convolution layer to factorise")
         if any(isinstance(m, nn.Conv2d) and m.groups != 1 for _, m in layers):
             layers = [(n, m) for n, m in layers if not (isinstance(m, nn.Conv2d) and m.groups != 1)]  # depthwise: keep
+        scales = {}
+        if self.params.activation_aware:  # from the unfactorised model: every layer sees the original inputs
+            scales = activation_scales(model, layers, ctx.batches(self.params.n_batches), self.params.alpha)
         self.ranks = {}
         for name, layer in layers:
             out_dim, in_dim = as_matrix(layer.weight).shape
-            full = min(out_dim, in_dim)
-            rank = min(self.params.rank, full) if self.params.rank else rank_for_energy(layer, self.params.energy)
+            full, scale = min(out_dim, in_dim), scales.get(name)
+            rank = min(self.params.rank, full) if self.params.rank else rank_for_energy(layer, self.params.energy, scale)
             smaller = rank * (out_dim + in_dim) < out_dim * in_dim
             if rank < full and (self.params.rank or smaller):  # at full rank the layer is already exact
-                model.set_submodule(name, factorise(layer, rank))
+                model.set_submodule(name, factorise(layer, rank, scale))
                 self.ranks[name] = rank
         freeze_all_but(model)  # compression alone trains nothing; a later pipeline step decides what trains
         return model
 
     def compression(self, model):
         return Compression(kernel="real")
+
+
+@torch.no_grad()
+def activation_scales(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, alpha: float) -> dict[str, torch.Tensor]:
+    """ASVD's per-input-feature scale (mean |x_j|)^alpha of each layer over the calibration
+    inputs, in the column order of `weight.reshape(out, -1)` (a conv's unfolded patch)."""
+    sums: dict[str, torch.Tensor | None] = {n: None for n, _ in layers}
+    counts = dict.fromkeys(sums, 0)
+
+    def hook_for(name: str):
+        def hook(module, args):
+            x = args[0].detach().float()
+            if isinstance(module, nn.Conv2d):
+                if module.padding_mode != "zeros" or isinstance(module.padding, str):
+                    raise HarnessError(f"method 'svd': conv layer {name!r} has padding {module.padding!r}/{module.padding_mode!r}; activation_aware supports explicit zero padding only")
+                # unfold only copies elements (and pads zeros), so it commutes with |.| and with summing
+                # over the batch: unfold the batch's sum of |x|, not every image
+                magnitudes = x.abs().sum(dim=0, keepdim=True)
+                cols = F.unfold(magnitudes, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                                stride=module.stride)  # (1, in*kh*kw, output positions)
+                total, count = cols.sum(dim=(0, 2)), x.shape[0] * cols.shape[2]
+            else:
+                total, count = x.abs().reshape(-1, x.shape[-1]).sum(dim=0), x[..., 0].numel()
+            sums[name] = total if sums[name] is None else sums[name] + total
+            counts[name] += count
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in layers]
+    was_training = model.training
+    model.eval()  # batch-norm running statistics and no dropout: the activations inference sees
+    device = next(model.parameters()).device
+    try:
+        for batch in batches:
+            model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"})
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    missing = [n for n, s in sums.items() if s is None]
+    if missing:
+        raise HarnessError(f"method 'svd': no calibration input reached layer(s) {', '.join(missing[:3])}; use activation_aware=false")
+    scales = {}
+    for name, total in sums.items():
+        scale = (total / counts[name]).pow(alpha)
+        # A feature that was always zero carries no information: a tiny floor keeps S invertible
+        # (as ASVD's code adds 1e-6) and lets the truncation spend nothing on it.
+        scales[name] = scale.clamp_min(1e-6 * float(scale.max().clamp_min(1e-12)))
+    return scales
