@@ -7,7 +7,10 @@ task head (a fresh or tiny head is kept at full precision, as is usual).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from harness.errors import HarnessError
 
 COMPRESSIBLE = (nn.Linear, nn.Conv2d)
 
@@ -29,3 +32,96 @@ def dense_bytes_except(model: nn.Module, layers: list[tuple[str, nn.Module]]) ->
     skip = {id(m.weight) for _, m in layers}
     tensors = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in skip]
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# Calibration ---------------------------------------------------------------------------
+# Wanda, GPTQ, activation-aware SVD and activation-scored channel pruning all read what each
+# layer's weight multiplies: its inputs, as feature vectors in the column order of
+# `as_matrix(weight)`. One forward pass per training batch, seen through pre-hooks.
+
+
+def check_unfoldable(module: nn.Module, name: str, method: str) -> None:
+    """Unfolding reproduces a convolution's input patches for explicit zero padding only."""
+    if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+        raise HarnessError(
+            f"method {method!r}: conv layer {name!r} has padding {module.padding!r}/{module.padding_mode!r}; "
+            "calibration supports explicit zero padding only"
+        )
+
+
+def _unfold(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+
+
+def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The vectors a layer multiplies by its weight rows, one per token or output position, as
+    (n, features): a convolution's are its unfolded input patches (channel, kh, kw)."""
+    if isinstance(module, nn.Conv2d):
+        patches = _unfold(module, x)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def feature_sums(module: nn.Module, x: torch.Tensor, elementwise) -> tuple[torch.Tensor, int]:
+    """(Σ over positions of elementwise(x) per input feature, number of positions). For a
+    convolution, unfolding only copies elements (and pads zeros), so it commutes with an
+    elementwise map that keeps zero at zero and with summing over the batch: the batch's sum
+    is unfolded once instead of every image."""
+    values = elementwise(x)
+    if isinstance(module, nn.Conv2d):
+        cols = _unfold(module, values.sum(dim=0, keepdim=True))
+        return cols.sum(dim=(0, 2)), x.shape[0] * cols.shape[2]
+    flat = values.reshape(-1, values.shape[-1])
+    return flat.sum(dim=0), flat.shape[0]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, observe, method: str) -> None:
+    """Run `batches` through `model` (eval mode: batch-norm running statistics, no dropout, as
+    inference; no labels; on the model's device) and call observe(name, module, x) with every
+    input to each of `layers`, as float. Token inputs (batch, seq, features) lose their padding
+    positions per the batch's attention mask and arrive as (tokens, features)."""
+    for name, module in layers:
+        check_unfoldable(module, name, method)
+    mask: list[torch.Tensor | None] = [None]
+    seen: set[str] = set()
+
+    def hook_for(name: str):
+        def hook(module, args):
+            x = args[0].detach().float()
+            if mask[0] is not None and x.dim() == 3 and x.shape[:2] == mask[0].shape:
+                x = x[mask[0]]
+            seen.add(name)
+            observe(name, module, x)
+
+        return hook
+
+    handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in layers]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for batch in batches:
+            inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
+            attention = inputs.get("attention_mask")
+            mask[0] = attention.bool() if torch.is_tensor(attention) and attention.dim() == 2 else None
+            model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    missing = [name for name, _ in layers if name not in seen]
+    if missing:
+        raise HarnessError(f"method {method!r}: no calibration input reached layer(s) {', '.join(missing[:3])}")
+
+
+def input_feature_norms(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, method: str) -> dict[str, torch.Tensor]:
+    """L2 norm of each input feature of each layer over every calibration token or position."""
+    sums: dict[str, torch.Tensor] = {}
+
+    def observe(name, module, x):
+        total, _ = feature_sums(module, x, torch.square)
+        sums[name] = total if name not in sums else sums[name] + total
+
+    calibrate(model, layers, batches, observe, method)
+    return {name: total.sqrt() for name, total in sums.items()}

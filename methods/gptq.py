@@ -28,11 +28,10 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from harness.compress import as_matrix, compressible_layers
+from harness.compress import as_matrix, calibrate, compressible_layers, input_rows
 from harness.errors import HarnessError
 from harness.method import METHODS, Method, MethodParams, freeze_all_but
 from methods.quantization import minmax_grid, round_to_grid, weight_only_compression
@@ -95,57 +94,20 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
     return QuantizedMatrix(Q, steps, zeros)
 
 
-def input_rows(module: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
-    """The vectors a layer multiplies by its weight rows, one per token or output position,
-    as (n, features) in the order of `as_matrix(weight)`'s columns. A convolution's are its
-    unfolded input patches (F.unfold with the layer's own geometry), as the GPTQ reference does."""
-    if isinstance(module, nn.Conv2d):
-        if module.padding_mode != "zeros" or isinstance(module.padding, str):
-            raise HarnessError(f"method 'gptq': conv layer {name!r} has padding {module.padding!r}/{module.padding_mode!r}; "
-                               "only explicit zero padding is supported")
-        patches = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
-        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    return x.reshape(-1, x.shape[-1])
-
-
 @torch.no_grad()
 def collect_hessians(model: nn.Module, layers: list[tuple[str, nn.Module]], batches) -> dict[str, torch.Tensor]:
     """H = 2/n Σ x xᵀ over every calibration token's input to each layer (one forward pass
     per batch through `model`; padding positions, per the batch's attention mask, left out)."""
     sums: dict[str, torch.Tensor] = {}
-    counts = dict.fromkeys((n for n, _ in layers), 0)
-    current_mask: list[torch.Tensor | None] = [None]
+    counts: dict[str, int] = {}
 
-    def hook_for(name: str):
-        def hook(module, args):
-            x = args[0].detach().float()
-            mask = current_mask[0]
-            if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
-                x = x[mask]  # (tokens, features): the real tokens only
-            rows = input_rows(module, x, name)
-            product = rows.T @ rows
-            sums[name] = product if name not in sums else sums[name] + product
-            counts[name] += rows.shape[0]
+    def observe(name, module, x):
+        rows = input_rows(module, x)
+        product = rows.T @ rows
+        sums[name] = product + sums[name] if name in sums else product
+        counts[name] = counts.get(name, 0) + rows.shape[0]
 
-        return hook
-
-    device = next(model.parameters()).device
-    handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in layers]
-    was_training = model.training
-    model.eval()  # no dropout, BN running statistics: the activations inference sees
-    try:
-        for batch in batches:
-            inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
-            mask = inputs.get("attention_mask")
-            current_mask[0] = mask.bool() if torch.is_tensor(mask) and mask.dim() == 2 else None
-            model(**inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    missing = [n for n, c in counts.items() if c == 0]
-    if missing:
-        raise HarnessError(f"method 'gptq': no calibration input reached layer(s) {', '.join(missing[:3])}")
+    calibrate(model, layers, batches, observe, "gptq")
     return {name: 2.0 * sums[name] / counts[name] for name in sums}
 
 

@@ -26,11 +26,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from harness.compress import as_matrix, compressible_layers, dense_bytes_except
+from harness.compress import as_matrix, compressible_layers, dense_bytes_except, input_feature_norms
 from harness.errors import HarnessError
 from harness.method import METHODS, Compression, Method, MethodParams, freeze_all_but
 
@@ -214,7 +213,7 @@ class Wanda(_Pruning):
     Params = WandaParams
 
     def masks_for(self, model, layers, ctx):
-        norms = input_norms(model, layers, ctx.batches(self.params.n_batches))
+        norms = input_feature_norms(model, layers, ctx.batches(self.params.n_batches), self.name)
         masks = {}
         for n, m in layers:
             w = as_matrix(m.weight.detach()).abs().float()
@@ -226,46 +225,3 @@ class Wanda(_Pruning):
             # per output row: each row keeps the top (1 - s) of its inputs, as the paper
             masks[n] = prune_lowest_per_row(scores, round(self.params.sparsity * w.shape[1])).reshape(m.weight.shape)
         return masks
-
-
-@torch.no_grad()
-def input_norms(model: nn.Module, layers: list[Layer], batches) -> dict[str, torch.Tensor]:
-    """L2 norm of each input feature of each layer over all calibration tokens/positions.
-
-    Linear: the feature is the input's last dimension, every other dimension is a token.
-    Conv2d: the feature is an element of the unfolded input patch, (in_channel, kh, kw) in
-    the order of `weight.reshape(out, -1)`; F.unfold with the layer's own kernel size,
-    dilation, padding (zeros) and stride yields exactly the vectors the convolution
-    multiplies by its weight rows, one per output position, each a "token".
-    """
-    sums = {n: None for n, _ in layers}
-
-    def hook_for(name: str, module: nn.Module):
-        def hook(mod, args):
-            x = args[0].detach().float()
-            if isinstance(mod, nn.Conv2d):
-                if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
-                    raise HarnessError(f"method 'wanda': conv layer {name!r} has padding {mod.padding!r}/{mod.padding_mode!r}; only explicit zero padding is supported")
-                cols = F.unfold(x, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
-                sq = cols.pow(2).sum(dim=(0, 2))  # (in*kh*kw,)
-            else:
-                sq = x.reshape(-1, x.shape[-1]).pow(2).sum(dim=0)
-            sums[name] = sq if sums[name] is None else sums[name] + sq
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(n, m)) for n, m in layers]
-    was_training = model.training
-    model.eval()  # BN running statistics and no dropout: the activations inference sees
-    device = next(model.parameters()).device
-    try:
-        for batch in batches:
-            model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    missing = [n for n, s in sums.items() if s is None]
-    if missing:
-        raise HarnessError(f"method 'wanda': no calibration input reached layer(s) {', '.join(missing[:3])}")
-    return {n: s.sqrt() for n, s in sums.items()}

@@ -44,11 +44,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from harness.compress import as_matrix
+from harness.compress import as_matrix, input_feature_norms
 from harness.errors import HarnessError
 from harness.meters import model_bytes
 from harness.method import METHODS, Compression, Method, MethodParams, freeze_all_but
@@ -175,45 +174,10 @@ def _units(model: nn.Module, group: PrunableGroup) -> int:
     return model.get_submodule(group.producers[0]).weight.shape[0] // group.unit_size
 
 
-@torch.no_grad()
 def consumer_column_norms(model: nn.Module, consumers: list[str], batches) -> dict[str, torch.Tensor]:
     """L2 norm of each input feature of each consumer over all calibration positions, ordered as
-    the columns of `weight.reshape(out, -1)`: for a conv, the unfolded (channel, kh, kw) patch
-    elements the convolution multiplies by its weight (zero padding included)."""
-    sums: dict[str, torch.Tensor | None] = {n: None for n in consumers}
-
-    def hook_for(name: str):
-        def hook(module, args):
-            x = args[0].detach().float()
-            if isinstance(module, nn.Conv2d):
-                if module.padding_mode != "zeros" or isinstance(module.padding, str):
-                    raise HarnessError(f"method 'channel': conv layer {name!r} has padding {module.padding!r}/{module.padding_mode!r}; importance=activation supports explicit zero padding only (use importance=l1)")
-                # unfold only copies elements (and pads zeros), so it commutes with squaring and with
-                # summing over the batch: unfold the batch's sum of squares, not every image
-                squares = x.pow(2).sum(dim=0, keepdim=True)
-                sq = F.unfold(squares, module.kernel_size, dilation=module.dilation, padding=module.padding,
-                              stride=module.stride).sum(dim=(0, 2))
-            else:
-                sq = x.reshape(-1, x.shape[-1]).pow(2).sum(dim=0)
-            sums[name] = sq if sums[name] is None else sums[name] + sq
-
-        return hook
-
-    handles = [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in consumers]
-    was_training = model.training
-    model.eval()  # batch-norm running statistics and no dropout: the activations inference sees
-    device = next(model.parameters()).device
-    try:
-        for batch in batches:
-            model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"})
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    missing = [n for n, s in sums.items() if s is None]
-    if missing:
-        raise HarnessError(f"method 'channel': no calibration input reached layer(s) {', '.join(missing[:3])}; use importance=l1")
-    return {n: s.sqrt() for n, s in sums.items()}
+    the columns of `weight.reshape(out, -1)` (a conv's unfolded patch, zero padding included)."""
+    return input_feature_norms(model, [(n, model.get_submodule(n)) for n in consumers], batches, "channel")
 
 
 def units_to_keep(scores: torch.Tensor, share_removed: float) -> torch.Tensor:

@@ -24,11 +24,10 @@ included), the very vector the kernel's flattened weight multiplies, so every co
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from harness.compress import as_matrix, compressible_layers
+from harness.compress import as_matrix, calibrate, compressible_layers, feature_sums
 from harness.errors import HarnessError
 from harness.method import METHODS, Compression, Method, MethodParams, freeze_all_but
 
@@ -124,42 +123,15 @@ class TruncatedSVD(Method):
 def activation_scales(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, alpha: float) -> dict[str, torch.Tensor]:
     """ASVD's per-input-feature scale (mean |x_j|)^alpha of each layer over the calibration
     inputs, in the column order of `weight.reshape(out, -1)` (a conv's unfolded patch)."""
-    sums: dict[str, torch.Tensor | None] = {n: None for n, _ in layers}
-    counts = dict.fromkeys(sums, 0)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
 
-    def hook_for(name: str):
-        def hook(module, args):
-            x = args[0].detach().float()
-            if isinstance(module, nn.Conv2d):
-                if module.padding_mode != "zeros" or isinstance(module.padding, str):
-                    raise HarnessError(f"method 'svd': conv layer {name!r} has padding {module.padding!r}/{module.padding_mode!r}; activation_aware supports explicit zero padding only")
-                # unfold only copies elements (and pads zeros), so it commutes with |.| and with summing
-                # over the batch: unfold the batch's sum of |x|, not every image
-                magnitudes = x.abs().sum(dim=0, keepdim=True)
-                cols = F.unfold(magnitudes, module.kernel_size, dilation=module.dilation, padding=module.padding,
-                                stride=module.stride)  # (1, in*kh*kw, output positions)
-                total, count = cols.sum(dim=(0, 2)), x.shape[0] * cols.shape[2]
-            else:
-                total, count = x.abs().reshape(-1, x.shape[-1]).sum(dim=0), x[..., 0].numel()
-            sums[name] = total if sums[name] is None else sums[name] + total
-            counts[name] += count
+    def observe(name, module, x):
+        total, count = feature_sums(module, x, torch.abs)
+        sums[name] = total + sums[name] if name in sums else total
+        counts[name] = counts.get(name, 0) + count
 
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in layers]
-    was_training = model.training
-    model.eval()  # batch-norm running statistics and no dropout: the activations inference sees
-    device = next(model.parameters()).device
-    try:
-        for batch in batches:
-            model(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"})
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    missing = [n for n, s in sums.items() if s is None]
-    if missing:
-        raise HarnessError(f"method 'svd': no calibration input reached layer(s) {', '.join(missing[:3])}; use activation_aware=false")
+    calibrate(model, layers, batches, observe, "svd")
     scales = {}
     for name, total in sums.items():
         scale = (total / counts[name]).pow(alpha)

@@ -135,7 +135,7 @@ def test_wanda_matches_brute_force_on_a_linear():
 
 
 def test_wanda_conv_norms_are_the_unfolded_patch_norms():
-    from methods.pruning import input_norms
+    from harness.compress import input_feature_norms
 
     conv = nn.Conv2d(2, 4, 3, padding=1, stride=2, bias=False)
 
@@ -148,7 +148,7 @@ def test_wanda_conv_norms_are_the_unfolded_patch_norms():
             return self.conv(x)
 
     x = torch.randn(3, 2, 7, 7)
-    norms = input_norms(Net(), [("conv", conv)], [{"x": x}])["conv"]
+    norms = input_feature_norms(Net(), [("conv", conv)], [{"x": x}], "wanda")["conv"]
     # brute force: every output position's patch (zero-padded), element (c, i, j)
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
     expected = torch.zeros(2, 3, 3)

@@ -17,7 +17,6 @@ import pytest
 import torch
 from torch import nn
 
-from harness.cli import main
 from harness.errors import HarnessError
 from harness.meters import model_bytes
 from harness.method import MethodContext, Pipeline
