@@ -38,6 +38,7 @@ def bert_biases() -> int:
 EXPECTED_TRAINABLE = {
     "full": None,  # every parameter
     "bitfit": bert_biases() + HEAD,  # every encoder bias, plus the whole new head
+    "linear-probe": HEAD,  # the head alone
     "lora:r=4": L * 2 * 4 * (H + H) + HEAD,  # A (r x in) + B (out x r) on query and value
     "dora:r=4": L * 2 * (4 * (H + H) + H) + HEAD,  # LoRA + one magnitude per output feature
     "adalora:init_r=4,target_r=2": L * 2 * 4 * (H + H + 1) + HEAD,  # A, B and the singular values E
@@ -88,7 +89,7 @@ def test_merging_gives_the_same_outputs(spec, model):
     torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("spec", ["full", "bitfit", "lora:r=4", "dora:r=4", "adalora:init_r=4,target_r=2", "vera:r=8", "ia3"])
+@pytest.mark.parametrize("spec", ["full", "bitfit", "linear-probe", "lora:r=4", "dora:r=4", "adalora:init_r=4,target_r=2", "vera:r=8", "ia3"])
 def test_a_few_steps_lower_the_loss(spec, model, train_data):
     context = ctx(30)
     context.lr = 1e-2 if spec != "full" else 1e-3
