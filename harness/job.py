@@ -23,7 +23,7 @@ from harness import environment
 from harness.config import DATA_SEED, ResolvedRun, RunSpec, resolve
 from harness.errors import HarnessError, first_line
 from harness.method import Compression, MethodContext
-from harness.meters import count_parameters, forward_flops, measure_latency, model_bytes, trainable_bytes, weight_sparsity
+from harness.meters import count_parameters, forward_flops, measure_latency, model_bytes, stored_parameter_count, trainable_bytes, weight_sparsity
 from harness.resolve import model_load_error
 from harness.schema import SCHEMA_VERSION
 from harness.store import write_row
@@ -151,7 +151,7 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
     compression = pipeline.compression(model) or Compression()
     final_bytes = model_bytes(model)
     stored_bytes = compression.compressed_bytes if compression.compressed_bytes is not None else final_bytes
-    _, final_params = count_parameters(model)
+    final_params = stored_parameter_count(model)
 
     metrics: dict[str, float] = {}
     eval_seconds = 0.0

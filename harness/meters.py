@@ -169,6 +169,17 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def stored_parameter_count(model: torch.nn.Module) -> int:
+    """Parameters of the final model, counting the packed weights (and biases) of torch's
+    quantized modules too: they are not `nn.Parameter`s, but they are what the model stores."""
+    _, total = count_parameters(model)
+    for module in model.modules():
+        if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
+            bias = module.bias() if callable(getattr(module, "bias", None)) else None
+            total += module.weight().numel() + (bias.numel() if bias is not None else 0)
+    return total
+
+
 def model_bytes(model: torch.nn.Module) -> int:
     """Bytes of the model's parameters and buffers as they sit in memory (shared tensors once)."""
     seen: set[int] = set()

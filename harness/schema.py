@@ -62,7 +62,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("weight_bits", pa.float64(), "compression: effective bits per weight of the compressed layers, scales included (null: not quantized)"),
     Column("compression_kernel", pa.string(), "compression: real (a low-precision or sparse kernel ran) or simulated (dense float kernel); null: none"),
     Column("compressed_model_bytes", pa.int64(), "compression: bytes of the model stored in its compressed format (null: as model_bytes)"),
-    Column("bits_per_parameter", pa.float64(), "8 * (compressed_model_bytes, or model_bytes) / parameters of the final model: effective bits per parameter as stored"),
+    Column("bits_per_parameter", pa.float64(), "8 * (compressed_model_bytes, or model_bytes) / parameters of the final model (packed quantized weights included): effective bits per parameter as stored; buffers such as batch-norm statistics are in the bytes, so a float32 model reads slightly above 32"),
     Column("flops_per_sample", pa.float64(), "forward FLOPs per example, counted by torch's FlopCounterMode on the latency batch (padding included); dense kernels on masked weights count in full"),
     Column("compress_seconds", pa.float64(), "seconds of the compression steps (calibration, quantizing, pruning) and of merging before them"),
     Column("pipeline_seconds", pa.float64(), "seconds of every pipeline step and the training: the pipeline's total cost in time"),

@@ -50,3 +50,18 @@ def test_latency_percentiles_over_repeats():
     lat = measure_latency(lambda: calls.append(1), torch.device("cpu"), warmup=3, repeats=7)
     assert len(calls) == 10 and lat.repeats == 7
     assert 0 <= lat.p50_ms <= lat.p90_ms
+
+
+def test_stored_parameter_count_includes_packed_quantized_weights():
+    import warnings
+
+    from harness.meters import stored_parameter_count
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    expected = 64 * 32 + 32 + 32 * 8 + 8
+    assert stored_parameter_count(model) == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    assert sum(p.numel() for p in quantized.parameters()) == 0  # packed: no longer nn.Parameters
+    assert stored_parameter_count(quantized) == expected
