@@ -145,6 +145,10 @@ class Method:
     def finalize(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
+    def preflight(self, model: torch.nn.Module, ctx: MethodContext) -> None:
+        """For a step that runs after training: raise HarnessError now if it cannot apply to
+        this model (on this device), so bad input is refused before the training is spent."""
+
     # Whether `merge` can fold this method's training into plain weights. Methods that train
     # the weights themselves (full, bitfit, LISA, GaLore) have nothing to fold.
     can_merge: ClassVar[bool] = True
@@ -267,6 +271,8 @@ class Pipeline:
         for index, method in enumerate(self.before):
             ctx.extra["pipeline_step"] = index  # some steps act differently first or later
             model = self._timed(method.spec(), "before training", model, lambda m: method.apply(m, ctx))
+        for method in self.after:
+            method.preflight(model, ctx)
         return model
 
     def optimizer(self, params: list[torch.nn.Parameter], ctx: MethodContext) -> torch.optim.Optimizer | None:

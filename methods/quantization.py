@@ -130,16 +130,18 @@ class Int8Dynamic(Method):
         freeze_all_but(model)  # a quantized model is not trained further
         return model
 
+    def preflight(self, model, ctx):
+        if next(model.parameters()).device.type != "cpu":
+            raise HarnessError("method 'int8-dynamic' runs torch's quantized CPU kernels; use --device cpu")
+        if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
+            raise HarnessError("method 'int8-dynamic': the model has no linear layer")
+
     def finalize(self, model):
         import warnings
 
         from torch.ao.quantization import quantize_dynamic
 
-        if next(model.parameters()).device.type != "cpu":
-            raise HarnessError("method 'int8-dynamic' runs torch's quantized CPU kernels; use --device cpu")
-        self.linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
-        if not self.linears:
-            raise HarnessError("method 'int8-dynamic': the model has no linear layer")
+        self.preflight(model, None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's own deprecation notice for its quantized tensors
             self.quantized = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

@@ -202,7 +202,8 @@ class ToMe(Method):
     Params = ToMeParams
     default_lr = 0.0  # merging alone trains nothing; a later adaptation step brings its own rate
 
-    def apply(self, model, ctx):
+    def plan(self, model) -> tuple:
+        """The ViT's embeddings and layers, r per layer, and the protected tokens; bad input raises."""
         found = find_vit(model)
         if found is None:
             raise HarnessError(
@@ -212,7 +213,14 @@ class ToMe(Method):
         embeddings, layers = found
         schedule = self.schedule(len(layers))
         protected = 1 + (getattr(embeddings, "distillation_token", None) is not None)
-        self.tokens = self.token_counts(embeddings.patch_embeddings.num_patches + protected, protected, schedule)
+        tokens = self.token_counts(embeddings.patch_embeddings.num_patches + protected, protected, schedule)
+        return embeddings, layers, schedule, protected, tokens
+
+    def preflight(self, model, ctx):
+        self.plan(model)
+
+    def apply(self, model, ctx):
+        embeddings, layers, schedule, protected, self.tokens = self.plan(model)
         state = _MergeState(protected, self.params.proportional_attention)
         for i, (layer, r) in enumerate(zip(layers, schedule)):
             if type(layer) not in _MERGING_CLASSES.values():

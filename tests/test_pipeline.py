@@ -149,3 +149,18 @@ def test_a_cli_run_records_each_step_and_the_pipeline_total(tiny_model, tiny_glu
     assert row["weight_bits"] > 8 and row["compression_kernel"] == "simulated"
     assert row["bits_per_parameter"] == pytest.approx(8 * row["compressed_model_bytes"] / costs[-1]["total_params"])
     assert row["flops_per_sample"] > 0
+
+
+def test_a_step_after_training_is_checked_before_training(tiny_model, tiny_glue, results_dir):
+    """`lora+tome` on a text model: refused before any training, one line, exit 2, nothing written."""
+    import subprocess
+    import sys
+
+    from tests.conftest import tiny_run_args
+
+    args = tiny_run_args(tiny_model, tiny_glue, results_dir, "--method", "lora:r=2+tome")
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert "token merging needs a vision transformer" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not results_dir.exists() or not any(results_dir.rglob("*.parquet"))
