@@ -39,7 +39,7 @@ def _err(message: str) -> None:
 @app.command()
 def run(
     suite: str = typer.Option(..., "--suite", "-s", help="Suite name (see `harness list suites`)."),
-    method: str = typer.Option(..., "--method", "-m", help="Method or pipeline, e.g. lora, lora:r=16,alpha=32, bitfit."),
+    method: str = typer.Option(..., "--method", "-m", help="Method or pipeline (+), e.g. lora:r=16,alpha=32; wanda:sparsity=0.5+lora (prune, then recover); lora+int8 (adapt, merge, then quantize)."),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Task of the suite (see `harness list tasks`)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model alias, local directory or hub id; default: the suite's."),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling and dropout."),
