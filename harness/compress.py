@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.meters import device_of
 
 COMPRESSIBLE = (nn.Linear, nn.Conv2d)
 
@@ -99,7 +100,7 @@ def calibrate(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, ob
     handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in layers]
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     try:
         for batch in batches:
             inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}

@@ -146,7 +146,7 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         max_grad_norm=run.max_grad_norm, precision=run.precision, device=device, seed=run.seed,
         show_progress=show_progress,
     )
-    pipeline.record("train", "training", stats.seconds, model)
+    pipeline.record("train", "training", False, stats.seconds, model)
     model = pipeline.finalize(model).to(device)
     compression = pipeline.compression(model) or Compression()
     final_bytes = model_bytes(model)
@@ -167,7 +167,6 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         eval_data.append(data)
 
     latency = _latency(model, eval_data[0], run, device)
-    compressing = {"merge"} | {m.spec() for m in pipeline.methods if m.compresses}
     return {
         "metric": task.primary_metric,
         "score": metrics[task.primary_metric],
@@ -190,7 +189,7 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         "compression_kernel": compression.kernel,
         "compressed_model_bytes": compression.compressed_bytes,
         "bits_per_parameter": 8 * stored_bytes / final_params if final_params else None,
-        "compress_seconds": sum(c.seconds for c in pipeline.costs if c.phase != "training" and c.step in compressing),
+        "compress_seconds": sum(c.seconds for c in pipeline.costs if c.compresses),
         "pipeline_seconds": sum(c.seconds for c in pipeline.costs),
         "pipeline_costs": json.dumps([asdict(c) for c in pipeline.costs]),
         "optimizer_state_bytes": stats.optimizer_state_bytes,

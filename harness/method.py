@@ -26,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.errors import HarnessError
+from harness.meters import Stopwatch, count_parameters, device_of, model_bytes
 from harness.methodspec import MethodStep, parse_pipeline
 from harness.registry import Registry, summary_of
 
@@ -181,6 +182,7 @@ class StepCost:
 
     step: str  # a method's canonical spec, "train", or "merge"
     phase: str  # "before training", "training" or "after training"
+    compresses: bool  # a compression step, or the merge that prepares one
     seconds: float
     trainable_params: int
     total_params: int
@@ -252,25 +254,22 @@ class Pipeline:
     def resolved_params(self) -> list[dict[str, Any]]:
         return [{"method": m.name, "params": m.resolved_params()} for m in self.methods]
 
-    def record(self, step: str, phase: str, seconds: float, model: torch.nn.Module) -> None:
-        from harness.meters import count_parameters, model_bytes
-
+    def record(self, step: str, phase: str, compresses: bool, seconds: float, model: torch.nn.Module) -> None:
         trainable, total = count_parameters(model)
-        self.costs.append(StepCost(step, phase, seconds, trainable, total, model_bytes(model)))
+        self.costs.append(StepCost(step, phase, compresses, seconds, trainable, total, model_bytes(model)))
 
-    def _timed(self, step: str, phase: str, model: torch.nn.Module, work: Callable[[torch.nn.Module], torch.nn.Module]):
-        from harness.meters import Stopwatch, device_of
-
+    def _timed(self, step: str, phase: str, compresses: bool, model: torch.nn.Module,
+               work: Callable[[torch.nn.Module], torch.nn.Module]) -> torch.nn.Module:
         with Stopwatch(device_of(model)) as watch:
             model = work(model)
-        self.record(step, phase, watch.seconds, model)
+        self.record(step, phase, compresses, watch.seconds, model)
         return model
 
     def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
         self._ctx = ctx
         for index, method in enumerate(self.before):
             ctx.extra["pipeline_step"] = index  # some steps act differently first or later
-            model = self._timed(method.spec(), "before training", model, lambda m: method.apply(m, ctx))
+            model = self._timed(method.spec(), "before training", method.compresses, model, lambda m: method.apply(m, ctx))
         for method in self.after:
             method.preflight(model, ctx)
         return model
@@ -296,11 +295,11 @@ class Pipeline:
                 m = method.merge(m)
             return m
 
-        model = self._timed("merge", "after training", model, merge_all)
-        ctx = self._ctx if self._ctx is not None else MethodContext(task_type="")
+        model = self._timed("merge", "after training", True, model, merge_all)
+        ctx = self._ctx  # set by apply, which always comes first
         for index, method in enumerate(self.after, start=self.split):
             ctx.extra["pipeline_step"] = index
-            model = self._timed(method.spec(), "after training", model, lambda m: method.finalize(method.apply(m, ctx)))
+            model = self._timed(method.spec(), "after training", True, model, lambda m: method.finalize(method.apply(m, ctx)))
         return model
 
     def compression(self, model: torch.nn.Module) -> Compression | None:

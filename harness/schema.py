@@ -66,7 +66,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("flops_per_sample", pa.float64(), "forward FLOPs per example, counted by torch's FlopCounterMode on the latency batch (padding included); dense kernels on masked weights count in full"),
     Column("compress_seconds", pa.float64(), "seconds of the compression steps (calibration, quantizing, pruning) and of merging before them"),
     Column("pipeline_seconds", pa.float64(), "seconds of every pipeline step and the training: the pipeline's total cost in time"),
-    Column("pipeline_costs", pa.string(), "JSON list, one entry per step in order (method spec, 'train', 'merge'): phase, seconds, trainable_params, total_params, model_bytes after it"),
+    Column("pipeline_costs", pa.string(), "JSON list, one entry per step in order (method spec, 'train', 'merge'): phase, compresses, seconds, trainable_params, total_params, model_bytes after it"),
     Column("optimizer_state_bytes", pa.int64(), "bytes of the optimizer's state tensors at the end of training (Adam: two per parameter)"),
     Column("peak_memory_bytes", pa.int64(), "peak memory during training (see peak_memory_kind)"),
     Column("peak_memory_reserved_bytes", pa.int64(), "CUDA: peak reserved by the caching allocator; CPU: null"),

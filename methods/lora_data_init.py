@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from harness.meters import device_of
 from harness.method import METHODS
 from methods.lora import LoraFamily, LoraParams
 
@@ -26,10 +27,6 @@ class DataInitParams(LoraParams):
 class _DataInitialised(LoraFamily):
     Params = DataInitParams
     category = "low-rank, data-driven init"
-
-
-def _model_inputs(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 @METHODS.register("eva")
@@ -48,8 +45,7 @@ class EVA(_DataInitialised):
     def initialise(self, model, ctx):
         from peft import initialize_lora_eva_weights
 
-        device = next(model.parameters()).device
-        batches = [_model_inputs(b, device) for b in ctx.batches(self.params.n_batches)]
+        batches = list(ctx.batches(self.params.n_batches, device_of(model)))
         initialize_lora_eva_weights(model, dataloader=batches, show_progress_bar=False)
 
 
@@ -68,8 +64,7 @@ class CorDA(_DataInitialised):
     def prepare(self, model, config, ctx):
         from peft.tuners.lora.corda import preprocess_corda
 
-        device = next(model.parameters()).device
-        batches = list(ctx.batches(self.params.n_batches))
+        batches = list(ctx.batches(self.params.n_batches, device_of(model)))
 
         @torch.no_grad()
         def run_model():
@@ -79,7 +74,7 @@ class CorDA(_DataInitialised):
                 for i in range(len(batch["input_ids"])):
                     keep = batch["attention_mask"][i].bool() if "attention_mask" in batch else slice(None)
                     single = {k: v[i : i + 1, keep] if v.dim() == 2 else v[i : i + 1] for k, v in batch.items() if k != "labels"}
-                    model(**_model_inputs(single, device))
+                    model(**single)
 
         preprocess_corda(model, config, run_model=run_model)
 
@@ -99,13 +94,12 @@ class LoraGA(_DataInitialised):
     def prepare(self, model, config, ctx):
         from peft import preprocess_loraga
 
-        device = next(model.parameters()).device
-        batches = list(ctx.batches(self.params.n_batches))
+        batches = list(ctx.batches(self.params.n_batches, device_of(model)))
 
         def train_step():
             for batch in batches:
                 with torch.enable_grad():
-                    model(**_model_inputs(batch, device)).loss.backward()
+                    model(**batch).loss.backward()
 
         preprocess_loraga(model, config, train_step=train_step)
         model.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from harness.compress import as_matrix, compressible_layers, dense_bytes_except
 from harness.errors import HarnessError
+from harness.meters import device_of
 from harness.method import METHODS, Compression, Method, MethodParams, freeze_all_but
 
 SCALE_BITS = 16  # a group's scale is stored as float16
@@ -131,7 +132,7 @@ class Int8Dynamic(Method):
         return model
 
     def preflight(self, model, ctx):
-        if next(model.parameters()).device.type != "cpu":
+        if device_of(model).type != "cpu":
             raise HarnessError("method 'int8-dynamic' runs torch's quantized CPU kernels; use --device cpu")
         if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
             raise HarnessError("method 'int8-dynamic': the model has no linear layer")
