@@ -4,7 +4,8 @@ Images stay encoded in the Arrow table and are decoded one row at a time when th
 asks for it (`DecodedImages`), so a split never sits decoded in memory. A row becomes a
 (3, H, W) uint8 tensor after a PIL transform (a fixed resize, or resize-then-center-crop,
 with a random horizontal flip for training); the collate (`NormalizeCollate`) turns a batch
-of them into normalised float pixels in one vectorised step.
+of them into normalised float pixels in one vectorised step. `ImageTask` and `ImageSuite` are
+the task and suite bases both image suites share (columns, logits as predictions, top-k metrics).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from harness.errors import HarnessError
 from harness.metrics import top_k_accuracy
+from harness.suite import Suite, Task
 
 # The ImageNet channel statistics (torchvision's, and transformers' IMAGENET_DEFAULT_MEAN/STD):
 # what a model without an image processor of its own is normalised with.
@@ -125,6 +127,35 @@ def check_image_columns(dataset, image_column: str, label_column: str, what: str
     missing = [c for c in (image_column, label_column) if c not in dataset.column_names]
     if missing:
         raise HarnessError(f"{what} data lacks column(s) {missing}; has {dataset.column_names}")
+
+
+# Tasks and suites --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageTask(Task):
+    """An image-classification task: which columns hold the image and the label.
+
+    A subclass provides `num_labels` (a field, or a property computed from its class list)."""
+
+    image_column: str = "image"
+    label_column: str = "label"
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return metric_names(self.num_labels)
+
+
+class ImageSuite(Suite):
+    """What the image suites share: logits as predictions, top-1 (and top-5) from them."""
+
+    task_type = "image_cls"
+
+    def predictions(self, outputs, task: ImageTask) -> list:
+        return logit_rows(outputs)
+
+    def compute_metrics(self, task: ImageTask, predictions, references) -> dict[str, float]:
+        return top_k_metrics(predictions, references, task.metrics)
 
 
 # Predictions and metrics ------------------------------------------------------------------

@@ -36,7 +36,7 @@ def spearman(predictions: Sequence, references: Sequence) -> float:
 
 def top_k_accuracy(scores: Sequence, references: Sequence, k: int) -> float:
     """Share of examples whose label is among the k highest scores; `scores` is (n, classes)."""
-    scores = np.asarray(scores, dtype=float)
+    scores = np.asarray(scores)  # an array stays as it is (float32 logits are not copied to float64)
     if k == 1:  # plain argmax accuracy (top_k_accuracy_score wants 1-d scores for two classes)
         return float(skm.accuracy_score(references, scores.argmax(-1)))
     return float(skm.top_k_accuracy_score(references, scores, k=k, labels=np.arange(scores.shape[1])))

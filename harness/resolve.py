@@ -90,8 +90,8 @@ def load_split(source: DataSource):
     """Load a located split as a `datasets.Dataset` (ClassLabel and Image features decoded)."""
     import datasets
 
-    if source.files:
-        return datasets.load_dataset("parquet", data_files=list(source.files), split="train")
+    if source.files:  # named after the split itself (not "train" for every file), as the hub names its splits
+        return datasets.load_dataset("parquet", data_files={source.split: list(source.files)}, split=source.split)
     try:
         return datasets.load_dataset(source.hub_id, source.config, split=source.split)
     except Exception as exc:  # offline, unknown id, gated...: say what was tried

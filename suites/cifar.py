@@ -13,10 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from harness.errors import HarnessError
-from harness.images import (
-    DecodedImages, FixedSize, NormalizeCollate, check_image_columns, logit_rows, metric_names, top_k_metrics,
-)
-from harness.suite import SUITES, Prepared, Suite, Task, TrainDefaults
+from harness.images import DecodedImages, FixedSize, ImageSuite, ImageTask, NormalizeCollate, check_image_columns
+from harness.suite import SUITES, Prepared, TrainDefaults
 from harness.vision_models import checkpoint_file, load_resnet20
 
 # Per-channel statistics of the CIFAR-10 training images, as the ResNet-20 checkpoints were trained with.
@@ -26,14 +24,10 @@ IMAGE_SIZE = 32
 
 
 @dataclass(frozen=True)
-class CifarTask(Task):
+class CifarTask(ImageTask):
     image_column: str = "img"
     label_column: str = "label"
     num_labels: int = 10
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        return metric_names(self.num_labels)
 
 
 CIFAR_TASKS = {
@@ -61,13 +55,12 @@ collate = NormalizeCollate(MEAN, STD)
 
 
 @SUITES.register("cifar")
-class Cifar(Suite):
+class Cifar(ImageSuite):
     """CIFAR-10/100 image classification (test-set top-1, top-5 for CIFAR-100) with a CIFAR ResNet."""
 
     name = "cifar"
     paper = "Krizhevsky, Learning Multiple Layers of Features from Tiny Images, 2009"
     default_model = "resnet20-cifar10"
-    task_type = "image_cls"
     tasks = CIFAR_TASKS
     # Batch 128 and weight decay 1e-4 as He et al. 2016 (sec. 4.2) train CIFAR ResNets; they run
     # 64k iterations (~164 epochs) from scratch. Fine-tuning a trained checkpoint needs far less:
@@ -80,7 +73,8 @@ class Cifar(Suite):
     )
 
     def build_model(self, location: str, task: CifarTask, train_dataset):
-        self._check_columns(task, train_dataset)
+        # The data's columns are checked by `prepare`, which the job runs on the training split
+        # straight after this and before any step (loading the checkpoint does not read the data).
         path = checkpoint_file(location)
         if path is None:
             raise HarnessError(
@@ -103,9 +97,3 @@ class Cifar(Suite):
         self._check_columns(task, dataset)
         images = DecodedImages(dataset, task.image_column, task.label_column, FixedSize(IMAGE_SIZE))
         return Prepared(images, collate, images.references())
-
-    def predictions(self, outputs, task: CifarTask) -> list:
-        return logit_rows(outputs)
-
-    def compute_metrics(self, task: CifarTask, predictions, references) -> dict[str, float]:
-        return top_k_metrics(predictions, references, task.metrics)

@@ -31,20 +31,17 @@ import numpy as np
 from harness.errors import HarnessError
 from harness.image_classifiers import DEFAULT_IMAGE_SIZE, IMAGENET_CLASSES, ImageSpec, build_image_classifier, head_modules
 from harness.images import (
-    DecodedImages, NormalizeCollate, RandomHorizontalFlip, ResizeCenterCrop, check_image_columns, logit_rows,
-    metric_names, top_k_metrics,
+    DecodedImages, ImageSuite, ImageTask, NormalizeCollate, RandomHorizontalFlip, ResizeCenterCrop, check_image_columns,
 )
-from harness.resolve import DataSource, load_split
-from harness.suite import SUITES, Prepared, Suite, Task, TrainDefaults
+from harness.resolve import DataSource
+from harness.suite import SUITES, Prepared, TrainDefaults
 from suites.imagenet_classes import IMAGENET100_WNIDS, IMAGENETTE, IMAGEWOOF, imagenet_indices
 
 IMAGENET_HUB_ID = "ILSVRC/imagenet-1k"
 
 
 @dataclass(frozen=True)
-class ImageNetTask(Task):
-    image_column: str = "image"
-    label_column: str = "label"
+class ImageNetTask(ImageTask):
     # The task's classes in label order, as WordNet ids; empty: all 1000 ImageNet-1k classes.
     wnids: tuple[str, ...] = ()
     # The class names the data's ClassLabel may carry, in the same order (matched case-insensitively).
@@ -62,10 +59,6 @@ class ImageNetTask(Task):
     def imagenet_ids(self) -> tuple[int, ...] | None:
         """The task's classes as ImageNet-1k indices, in label order (None: all of them, as they are)."""
         return imagenet_indices(self.wnids) if self.wnids else None
-
-    @property
-    def metrics(self) -> tuple[str, ...]:
-        return metric_names(self.num_labels)
 
 
 def _subset_task(name: str, dataset: str, config: str | None, classes, summary: str) -> ImageNetTask:
@@ -115,13 +108,12 @@ def _normalised(name: str) -> str:
 
 
 @SUITES.register("imagenet")
-class ImageNet(Suite):
+class ImageNet(ImageSuite):
     """ImageNet-1k and subsets (Imagenette, Imagewoof, ImageNet-100): top-1, top-5 with >10 classes."""
 
     name = "imagenet"
     paper = "Russakovsky et al., ImageNet Large Scale Visual Recognition Challenge, IJCV 2015"
     default_model = "vit-base"  # google/vit-base-patch16-224
-    task_type = "image_cls"
     tasks = IMAGENET_TASKS
     # Fine-tuning as ViT's reference code fine-tunes (google-research/vision_transformer,
     # vit_jax/configs/common.py, with Dosovitskiy et al. 2021, App. B.1.1): gradient clipping at
@@ -147,24 +139,17 @@ class ImageNet(Suite):
         }
 
     def load(self, source: DataSource):
-        dataset = self._load_named(source)
+        # The split carries its own name (load_split names Parquet splits as the hub does), so
+        # `prepare` can tell the training split, which it augments, from the evaluation split.
+        dataset = super().load(source)
         if isinstance(source, ClassSubsetSource):
             dataset = keep_classes(dataset, source.label_column, source.class_ids)
         return dataset
 
-    @staticmethod
-    def _load_named(source: DataSource):
-        """The split, named after itself (Parquet files otherwise all load as "train"), so that
-        `prepare` can tell the training split, which it augments, from the evaluation split."""
-        if not source.files:
-            return load_split(source)  # the hub names its splits itself
-        import datasets
-
-        return datasets.load_dataset("parquet", data_files={source.split: list(source.files)}, split=source.split)
-
     # Model -----------------------------------------------------------------
     def build_model(self, location: str, task: ImageNetTask, train_dataset):
-        check_image_columns(train_dataset, task.image_column, task.label_column, f"ImageNet {task.name}")
+        # The data's columns are checked by `prepare`, which the job runs on the training split
+        # straight after this and before any step (building the model does not read the data).
         return build_image_classifier(location, task.num_labels, task.imagenet_ids)
 
     def head_modules(self, model) -> tuple[str, ...]:
@@ -195,17 +180,10 @@ class ImageNet(Suite):
             )
         return None if all(j == i for j, i in mapping.items()) else mapping
 
-    def prepare(self, dataset, spec: ImageSpec | None, task: ImageNetTask, max_length: int) -> Prepared:
+    def prepare(self, dataset, spec: ImageSpec, task: ImageNetTask, max_length: int) -> Prepared:
         check_image_columns(dataset, task.image_column, task.label_column, f"ImageNet {task.name}")
-        spec = spec or ImageSpec(DEFAULT_IMAGE_SIZE)
         transform = ResizeCenterCrop.standard(spec.size)
         if str(getattr(dataset, "split", "")) == task.train_split:
             transform = RandomHorizontalFlip(transform)
         images = DecodedImages(dataset, task.image_column, task.label_column, transform, self.label_map(task, dataset))
         return Prepared(images, NormalizeCollate(spec.mean, spec.std), images.references())
-
-    def predictions(self, outputs, task: ImageNetTask) -> list:
-        return logit_rows(outputs)
-
-    def compute_metrics(self, task: ImageNetTask, predictions, references) -> dict[str, float]:
-        return top_k_metrics(predictions, references, task.metrics)

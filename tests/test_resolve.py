@@ -5,12 +5,17 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import HarnessError
-from harness.resolve import MODEL_ALIASES, locate_split, resolve_model
+from harness.resolve import MODEL_ALIASES, load_split, locate_split, resolve_model
 
 
 def test_mirror_root_layout_is_found(tiny_glue):
     source = locate_split("nyu-mll/glue", "sst2", "train", tiny_glue)
     assert source.files and source.files[0].endswith("nyu-mll/glue/sst2/train-00000-of-00001.parquet")
+
+
+def test_a_parquet_split_loads_under_its_own_name(tiny_glue):
+    for split in ("train", "validation"):  # not "train" for every file list
+        assert str(load_split(locate_split("nyu-mll/glue", "sst2", split, tiny_glue)).split) == split
 
 
 def test_environment_variable_is_the_mirror_root(tiny_glue, monkeypatch):

@@ -196,6 +196,20 @@ def test_default_alias_without_a_checkpoint_is_one_line_bad_input(cifar_mirror, 
     assert not (tmp_path / "r").exists()
 
 
+def test_data_without_the_task_columns_is_bad_input_before_any_step(tiny_ckpt, tmp_path, capsys):
+    # CIFAR-100's labels are in fine_label; this mirror has only label: `prepare` refuses it, as one line.
+    folder = tmp_path / "mirror" / "uoft-cs" / "cifar100" / "cifar100"
+    folder.mkdir(parents=True)
+    for split in ("train", "test"):
+        _tiny_dataset(8).to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+    code = main(["run", "--suite", "cifar", "--task", "cifar100", "--model", str(tiny_ckpt), "--method", "full",
+                 "--data-dir", str(tmp_path / "mirror"), "--results", str(tmp_path / "r"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lacks column(s) ['fine_label']" in err
+    assert not list((tmp_path / "r").rglob("*.parquet"))  # no row written
+
+
 @pytest.mark.skipif(not (REAL_CKPT.is_file() and (REAL_DATA / "uoft-cs" / "cifar10").is_dir()),
                     reason="the shared CIFAR-10 copy and ResNet-20 checkpoint are not present")
 def test_real_checkpoint_on_500_real_test_images(tmp_path):
