@@ -10,11 +10,12 @@ and the class-subset wrapper.
   ViT or ResNet can be trained offline; the job seeds torch before building, so the
   initialisation is reproducible. Its identity in the result row is `random-init:<alias>`.
 - `image_spec` says what the model expects: its input size and the normalisation of its image
-  processor (ImageNet's statistics when it has none).
+  processor (ImageNet's statistics when it has none, with a warning on the `harness` logger).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -24,6 +25,8 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.images import IMAGENET_MEAN, IMAGENET_STD
+
+log = logging.getLogger("harness")
 
 RANDOM_INIT_PREFIX = "random-init:"
 IMAGENET_CLASSES = 1000
@@ -103,20 +106,30 @@ def _input_size(config) -> int:
 
 
 def image_spec(location: str, config) -> ImageSpec:
-    """The model's input size and its image processor's mean/std (ImageNet's when it has none)."""
+    """The model's input size and its image processor's mean/std (ImageNet's when it has none,
+    with a warning: a checkpoint trained with other statistics would be fed mis-normalised images)."""
     size = _input_size(config)
     if location.startswith(RANDOM_INIT_PREFIX):
-        return ImageSpec(size)
+        return ImageSpec(size)  # built here and trained from scratch: ImageNet's statistics by design
     from transformers.image_processing_base import ImageProcessingMixin
 
     try:
         processor, _ = ImageProcessingMixin.get_image_processor_dict(location)
     except (OSError, ValueError):  # no preprocessor_config.json (a model saved without one)
-        return ImageSpec(size)
+        return _imagenet_statistics(location, size, "no preprocessor_config.json")
     mean, std = processor.get("image_mean"), processor.get("image_std")
     if not (isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) == 3):
-        return ImageSpec(size)
+        return _imagenet_statistics(location, size, "its preprocessor_config.json has no 3-channel image_mean/image_std")
     return ImageSpec(size, tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+def _imagenet_statistics(location: str, size: int, why: str) -> ImageSpec:
+    spec = ImageSpec(size)
+    log.warning(
+        "harness: warning: model %r has no usable image processor config (%s); normalising its inputs with "
+        "ImageNet's mean %s and std %s", location, why, spec.mean, spec.std,
+    )
+    return spec
 
 
 def build_random_init(location: str, num_labels: int) -> nn.Module:

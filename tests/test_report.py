@@ -6,7 +6,7 @@ import json
 import re
 
 from harness.cli import main
-from harness.report import build_sections
+from harness.report import COST_AXES, build_sections
 from harness.store import read_results, write_row
 from tests.conftest import tiny_run_args
 from tests.test_store_and_schema import full_row
@@ -62,7 +62,7 @@ def test_report_command_on_real_runs_is_self_contained(tiny_model, tiny_glue, tm
     assert not re.search(r"<script[^>]+src=", html) and "<link" not in html  # nothing fetched from a CDN
     assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js is inlined
     figures = json.loads(re.search(r"const FIGURES = (\{.*?\});\n", html, re.S).group(1))
-    assert len(figures) == 6  # trainable parameters, peak memory, training time, model size, FLOPs, latency
+    assert len(figures) == len(COST_AXES)  # one figure per cost axis: parameters, memory, time, size, FLOPs, latency
     for method in ("lora:r=4", "bitfit", "full"):
         assert f">{method}<" in html
     assert [p.name for p in out.iterdir()] == ["index.html"]

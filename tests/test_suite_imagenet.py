@@ -13,7 +13,9 @@ import torch
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.image_classifiers import RANDOM_INIT_MODELS, ClassSubsetLogits, ImageSpec, build_image_classifier
+from harness.image_classifiers import (
+    RANDOM_INIT_MODELS, ClassSubsetLogits, ImageSpec, build_image_classifier, image_spec,
+)
 from harness.images import IMAGENET_MEAN, IMAGENET_STD, RandomHorizontalFlip
 from harness.resolve import MODEL_ALIASES, preflight_model, resolve_model
 from harness.store import read_results
@@ -39,7 +41,13 @@ def test_class_lists(suite):
     assert [len(tasks[t].imagenet_ids) for t in ("imagenette", "imagewoof", "imagenet100")] == [10, 10, 100]
     for name in ("imagenette", "imagewoof", "imagenet100"):
         ids = tasks[name].imagenet_ids
-        assert len(set(ids)) == len(ids) and all(0 <= i < 1000 for i in ids)
+        assert len(set(ids)) == len(ids)
+        # Each index points at the task's own class among the 1000: its wnid, in label order.
+        assert tuple(IMAGENET_WNIDS[i] for i in ids) == tasks[name].wnids
+    # Known ImageNet-1k positions: tench 0, English springer 217, gas pump 571, parachute 701, bonnet 452.
+    assert [IMAGENET_WNIDS[i] for i in (0, 217, 571, 701, 452)] == [
+        "n01440764", "n02102040", "n03425413", "n03888257", "n02869837",
+    ]
     # CMC's list, in its order: bonnet, green mamba, langur, Doberman, gyromitra, ...
     assert len(set(IMAGENET100_WNIDS)) == 100
     assert tasks["imagenet100"].imagenet_ids[:5] == (452, 64, 374, 236, 993)
@@ -107,6 +115,25 @@ def test_head_choice_and_image_spec(tiny_vit_1k, tmp_path):
     # Any other head: a fresh one of the task's size.
     model, _ = build_image_classifier(str(_save_vit(tmp_path / "five", 5)), 10, IMAGENETTE_IDS)
     assert model.classifier.out_features == 10
+
+
+def test_imagenet_statistics_fallback_is_a_warning_naming_the_model(tiny_vit_1k, tmp_path, caplog):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_vit_1k)
+    with caplog.at_level("WARNING", logger="harness"):
+        assert image_spec(str(tiny_vit_1k), config) == ImageSpec(32, IMAGENET_MEAN, IMAGENET_STD)
+    [record] = [r for r in caplog.records if r.name == "harness"]
+    message = record.getMessage()
+    assert record.levelname == "WARNING" and repr(str(tiny_vit_1k)) in message
+    assert str(IMAGENET_MEAN) in message and str(IMAGENET_STD) in message
+    # A usable image processor, or a random-init model (ImageNet's statistics by design): no warning.
+    caplog.clear()
+    own = _save_vit(tmp_path / "own", 10, {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+    with caplog.at_level("WARNING", logger="harness"):
+        assert image_spec(str(own), config).mean == (0.5,) * 3
+        image_spec("random-init:vit-tiny", config)
+    assert not [r for r in caplog.records if r.name == "harness"]
 
 
 def test_random_init_aliases_are_recorded_as_such_and_reproducible():
