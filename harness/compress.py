@@ -16,11 +16,14 @@ from harness.meters import device_of
 COMPRESSIBLE = (nn.Linear, nn.Conv2d)
 
 
-def compressible_layers(model: nn.Module, head_modules: tuple[str, ...] = ()) -> list[tuple[str, nn.Module]]:
-    def in_head(name: str) -> bool:
-        return any(name == h or name.startswith(h + ".") or f".{h}." in f".{name}." for h in head_modules)
+def in_head(name: str, head_modules: tuple[str, ...]) -> bool:
+    """Whether module `name` is, or lies inside, one of the task head's modules (matched as whole
+    dotted name components, so a head `classifier` also matches `model.classifier.dense`)."""
+    return any(name == h or name.startswith(h + ".") or f".{h}." in f".{name}." for h in head_modules)
 
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, COMPRESSIBLE) and not in_head(n)]
+
+def compressible_layers(model: nn.Module, head_modules: tuple[str, ...] = ()) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, COMPRESSIBLE) and not in_head(n, head_modules)]
 
 
 def as_matrix(weight: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,12 @@ from torch import nn
 from harness.compress import as_matrix, calibrate, compressible_layers, input_rows
 from harness.errors import HarnessError
 from harness.method import METHODS, Method, MethodParams, freeze_all_but
-from methods.quantization import minmax_grid, round_to_grid, weight_only_compression
+from methods.quantization import (
+    groups_per_row,
+    minmax_grid,
+    round_to_grid,
+    weight_only_compression,
+)
 
 BLOCK_COLUMNS = 128  # lazy-batch width (the paper's B); the result does not depend on it
 
@@ -68,7 +73,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
 
     levels = 2**bits - 1
     size = cols if group_size == 0 else group_size
-    n_groups = -(-cols // size)
+    n_groups = groups_per_row(cols, group_size)
     steps = torch.empty(rows, n_groups, device=W.device)
     zeros = torch.empty(rows, n_groups, device=W.device)
     Q = torch.empty_like(W)

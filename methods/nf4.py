@@ -140,11 +140,6 @@ def runs_bitsandbytes_kernel(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Linear) and layer.weight.is_cuda
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 class Nf4Params(MethodParams):
     double_quant: bool = Field(True, description="quantize the block absmaxes to 8 bits too (4.127 instead of 4.5 bits per weight)")
 
@@ -167,19 +162,22 @@ class Nf4(Method):
         self.layers: list[tuple[str, nn.Module]] = []
         self.numels: list[int] = []
         self.real = True
+        any_4bit = False
         for name, layer in layers:
             self.numels.append(layer.weight.numel())
             if runs_bitsandbytes_kernel(layer):
                 layer = to_linear4bit(layer, double_quant)
-                replace_module(model, name, layer)
-                # transformers' flag for a bitsandbytes 4-bit model: peft then wraps these layers with
-                # its 4-bit LoRA layers, which can merge (dequantize, add, quantize again)
-                model.is_loaded_in_4bit = True
+                model.set_submodule(name, layer)
+                any_4bit = True
             else:
                 with torch.no_grad():
                     layer.weight.copy_(fake_quantize_nf4(layer.weight, double_quant))
                 self.real = False
             self.layers.append((name, layer))
+        if any_4bit:
+            # transformers' flag for a bitsandbytes 4-bit model: peft then wraps these layers with
+            # its 4-bit LoRA layers, which can merge (dequantize, add, quantize again)
+            model.is_loaded_in_4bit = True
         freeze_all_but(model)  # compression alone trains nothing; a later pipeline step decides what trains
         return model
 

@@ -145,8 +145,7 @@ class Int8Dynamic(Method):
         self.preflight(model, None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's own deprecation notice for its quantized tensors
-            self.quantized = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        return self.quantized
+            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
     def compression(self, model):
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
@@ -156,5 +155,4 @@ class Int8Dynamic(Method):
             if isinstance(module, DynamicLinear):
                 weight = module.weight()
                 packed += weight.numel() + weight.shape[0] * 8  # int8 values + a per-tensor/channel scale and zero point
-        float_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-        return Compression(weight_bits=8.0, kernel="real", compressed_bytes=float_bytes + packed)
+        return Compression(weight_bits=8.0, kernel="real", compressed_bytes=dense_bytes_except(model, []) + packed)

@@ -47,7 +47,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness.compress import as_matrix, input_feature_norms
+from harness.compress import as_matrix, in_head, input_feature_norms
 from harness.errors import HarnessError
 from harness.meters import model_bytes
 from harness.method import METHODS, Compression, Method, MethodParams, freeze_all_but
@@ -134,15 +134,11 @@ def _heads(path: str, module: nn.Module) -> list[PrunableGroup]:
 
 def find_groups(model: nn.Module, head_modules: tuple[str, ...] = ()) -> list[PrunableGroup]:
     """Every prunable group of the model, outside the task head, in module order."""
-
-    def in_head(name: str) -> bool:
-        return any(name == h or name.startswith(h + ".") or f".{h}." in f".{name}." for h in head_modules)
-
     groups = []
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         for group in _conv_chains(prefix, module) + _ffn(prefix, module) + _heads(prefix, module):
-            if not any(in_head(n) for n in (*group.producers, group.consumer)):
+            if not any(in_head(n, head_modules) for n in (*group.producers, group.consumer)):
                 groups.append(group)
     return groups
 
@@ -288,10 +284,10 @@ class ChannelPruning(Method):
             scores = [activation_scores(model, g, norms[g.consumer]) for g in groups]
         else:
             scores = [l1_scores(model, g) for g in groups]
-        self.kept: dict[str, tuple[int, int]] = {}  # consumer -> (units before, units kept)
+        self.kept: dict[str, int] = {}  # consumer -> units kept
         for group, score in zip(groups, scores):  # all scores first: they come from the unpruned model
             keep = units_to_keep(score, share[group.kind])
-            self.kept[group.consumer] = (score.numel(), len(keep))
+            self.kept[group.consumer] = len(keep)
             if len(keep) < score.numel():
                 remove_units(model, group, keep)
         self._update_config(model, groups)
@@ -300,7 +296,7 @@ class ChannelPruning(Method):
 
     def _update_config(self, model: nn.Module, groups: list[PrunableGroup]) -> None:
         config = getattr(model, "config", None)
-        widths = {self.kept[g.consumer][1] for g in groups if g.kind == "neuron"}
+        widths = {self.kept[g.consumer] for g in groups if g.kind == "neuron"}
         if config is not None and hasattr(config, "intermediate_size") and len(widths) == 1:
             config.intermediate_size = widths.pop()
 

@@ -55,10 +55,17 @@ def scaled_matrix(layer: nn.Module, input_scale: torch.Tensor | None) -> torch.T
     return weight if input_scale is None else weight * input_scale.to(weight.device, torch.float32)
 
 
-def factorise(layer: nn.Module, rank: int, input_scale: torch.Tensor | None = None) -> nn.Sequential:
+def svd_of(layer: nn.Module, input_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """u, s, vh of the layer's (out, in) weight (times ASVD's S when given), thin."""
+    return torch.linalg.svd(scaled_matrix(layer, input_scale), full_matrices=False)
+
+
+def factorise(layer: nn.Module, rank: int, input_scale: torch.Tensor | None = None,
+              svd: tuple[torch.Tensor, ...] | None = None) -> nn.Sequential:
     """The layer as two smaller ones whose product is its rank-`rank` truncation; with
-    `input_scale` (ASVD's S), the truncation of W S with S^-1 folded into the first factor."""
-    u, s, vh = torch.linalg.svd(scaled_matrix(layer, input_scale), full_matrices=False)
+    `input_scale` (ASVD's S), the truncation of W S with S^-1 folded into the first factor.
+    `svd` is `svd_of(layer, input_scale)` when the caller has it already."""
+    u, s, vh = svd if svd is not None else svd_of(layer, input_scale)
     u, s, vh = u[:, :rank], s[:rank], vh[:rank]
     if input_scale is not None:
         vh = vh / input_scale.to(vh.device, torch.float32)
@@ -77,10 +84,14 @@ def factorise(layer: nn.Module, rank: int, input_scale: torch.Tensor | None = No
     return nn.Sequential(first, second).to(layer.weight.device)
 
 
-def rank_for_energy(layer: nn.Module, energy: float, input_scale: torch.Tensor | None = None) -> int:
-    s = torch.linalg.svdvals(scaled_matrix(layer, input_scale))
+def rank_keeping(s: torch.Tensor, energy: float) -> int:
+    """The smallest rank whose singular values `s` (descending) keep `energy` of the squared sum."""
     kept = torch.cumsum(s**2, 0) / (s**2).sum()
-    return int(torch.searchsorted(kept, torch.tensor(energy * (1 - 1e-7))).item()) + 1
+    return int(torch.searchsorted(kept, torch.tensor(energy * (1 - 1e-7), device=kept.device)).item()) + 1
+
+
+def rank_for_energy(layer: nn.Module, energy: float, input_scale: torch.Tensor | None = None) -> int:
+    return rank_keeping(torch.linalg.svdvals(scaled_matrix(layer, input_scale)), energy)
 
 
 @METHODS.register("svd")
@@ -98,8 +109,7 @@ class TruncatedSVD(Method):
         layers = compressible_layers(model, ctx.head_modules)
         if not layers:
             raise HarnessError("method 'svd': the model has no linear or convolution layer to factorise")
-        if any(isinstance(m, nn.Conv2d) and m.groups != 1 for _, m in layers):
-            layers = [(n, m) for n, m in layers if not (isinstance(m, nn.Conv2d) and m.groups != 1)]  # depthwise: keep
+        layers = [(n, m) for n, m in layers if not (isinstance(m, nn.Conv2d) and m.groups != 1)]  # depthwise: keep
         scales = {}
         if self.params.activation_aware:  # from the unfactorised model: every layer sees the original inputs
             scales = activation_scales(model, layers, ctx.batches(self.params.n_batches), self.params.alpha)
@@ -107,10 +117,15 @@ class TruncatedSVD(Method):
         for name, layer in layers:
             out_dim, in_dim = as_matrix(layer.weight).shape
             full, scale = min(out_dim, in_dim), scales.get(name)
-            rank = min(self.params.rank, full) if self.params.rank else rank_for_energy(layer, self.params.energy, scale)
+            svd = None
+            if self.params.rank:
+                rank = min(self.params.rank, full)
+            else:
+                svd = svd_of(layer, scale)
+                rank = rank_keeping(svd[1], self.params.energy)
             smaller = rank * (out_dim + in_dim) < out_dim * in_dim
             if rank < full and (self.params.rank or smaller):  # at full rank the layer is already exact
-                model.set_submodule(name, factorise(layer, rank, scale))
+                model.set_submodule(name, factorise(layer, rank, scale, svd))
                 self.ranks[name] = rank
         freeze_all_but(model)  # compression alone trains nothing; a later pipeline step decides what trains
         return model

@@ -4,12 +4,11 @@ CLI run on the tiny CIFAR mirror."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn
 
-from harness.compress import compressible_layers
+from harness.compress import compressible_layers, dense_bytes_except
 from harness.errors import HarnessError
 from harness.method import MethodContext, Pipeline
 from harness.store import read_results
@@ -211,13 +210,9 @@ def test_masks_survive_the_training_loop(net):
         assert (w[zeros[name]] == 0).all(), name
 
 
-def dense_bytes(model) -> int:
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-
-
 @pytest.mark.parametrize("spec", ["magnitude:sparsity=0.5", "two-four", "wanda:sparsity=0.5,n_batches=1"])
 def test_compression_is_simulated_and_smaller(net, spec):
-    dense = dense_bytes(net)
+    dense = dense_bytes_except(net, [])
     pipeline = Pipeline.parse(spec)
     model = pipeline.finalize(pipeline.apply(net, ctx(image_batches(1))))
     comp = pipeline.compression(model)
