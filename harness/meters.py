@@ -156,17 +156,9 @@ def measure_latency(fn: Callable[[], object], device: torch.device, warmup: int,
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters; shared tensors are counted once."""
-    seen: set[int] = set()
-    trainable = total = 0
-    for param in model.parameters():
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
-        total += param.numel()
-        if param.requires_grad:
-            trainable += param.numel()
-    return trainable, total
+    """(trainable, total) parameters; `parameters()` yields a shared (tied) tensor once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def stored_parameter_count(model: torch.nn.Module) -> int:

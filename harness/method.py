@@ -267,8 +267,7 @@ class Pipeline:
 
     def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
         self._ctx = ctx
-        for index, method in enumerate(self.before):
-            ctx.extra["pipeline_step"] = index  # some steps act differently first or later
+        for method in self.before:
             model = self._timed(method.spec(), "before training", method.compresses, model, lambda m: method.apply(m, ctx))
         for method in self.after:
             method.preflight(model, ctx)
@@ -297,8 +296,7 @@ class Pipeline:
 
         model = self._timed("merge", "after training", True, model, merge_all)
         ctx = self._ctx  # set by apply, which always comes first
-        for index, method in enumerate(self.after, start=self.split):
-            ctx.extra["pipeline_step"] = index
+        for method in self.after:
             model = self._timed(method.spec(), "after training", True, model, lambda m: method.finalize(method.apply(m, ctx)))
         return model
 

@@ -76,11 +76,11 @@ class PeftMethod(Method):
     """Base for methods that peft implements: subclasses return their `PeftConfig`.
 
     `rank_param` names the parameter that is a rank bounded by the adapted layers' size.
+    A method that peft can merge into the weights has a `merge` parameter.
     `prepare` runs on the bare model before wrapping (CorDA, LoRA-GA read activations or
     gradients there); `initialise` on the wrapped model (EVA's data-driven init).
     """
 
-    mergeable = False
     rank_param: str | None = None
 
     def peft_config(self, ctx: MethodContext, model: torch.nn.Module):
@@ -113,13 +113,14 @@ class PeftMethod(Method):
         return wrapped
 
     def finalize(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.mergeable and getattr(self.params, "merge", False):
+        if getattr(self.params, "merge", False):
             return model.merge_and_unload()
         return model
 
     @property
     def can_merge(self) -> bool:
-        return self.mergeable
+        # A method that peft can merge offers the `merge` parameter; the others do not.
+        return "merge" in self.Params.model_fields
 
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
         from peft import PeftModel

@@ -30,7 +30,6 @@ class IA3(PeftMethod):
     paper = "Liu et al., Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning, NeurIPS 2022"
     Params = IA3Params
     default_lr = 3e-3  # T-Few's learning rate
-    mergeable = True
 
     def peft_config(self, ctx, model):
         from peft import IA3Config

@@ -30,7 +30,6 @@ class LoraFamily(PeftMethod):
 
     Params = LoraParams
     category = "low-rank"
-    mergeable = True
     rank_param = "r"
     # The LoRA paper trains RoBERTa-base 30-80 epochs at 4e-4..5e-4. At the 3-epoch default
     # budget a 4x rate is needed to converge (measured: MiniLM-L6, SST-2, 4000 examples).

@@ -23,7 +23,6 @@ class _Lycoris(PeftMethod):
     Params = LycorisParams
     category = "low-rank, structured product"
     paper = "Yeh et al., Navigating Text-To-Image Customization: From LyCORIS Fine-Tuning to Model Evaluation, ICLR 2024"
-    mergeable = True
     rank_param = "r"
     default_lr = 2e-3  # the LoRA budget rate; the family's papers tune per task
     config_name = ""

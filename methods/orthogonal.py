@@ -38,7 +38,6 @@ class OFT(PeftMethod):
     category = "orthogonal"
     paper = "Qiu et al., Controlling Text-to-Image Diffusion by Orthogonal Finetuning, NeurIPS 2023"
     Params = OFTParams
-    mergeable = True
     default_lr = ORTHOGONAL_LR
 
     def peft_config(self, ctx, model):
@@ -67,7 +66,6 @@ class BOFT(PeftMethod):
     category = "orthogonal"
     paper = "Liu et al., Parameter-Efficient Orthogonal Finetuning via Butterfly Factorization, ICLR 2024"
     Params = BOFTParams
-    mergeable = True
     default_lr = ORTHOGONAL_LR
 
     def peft_config(self, ctx, model):
@@ -95,7 +93,6 @@ class HRA(PeftMethod):
     category = "orthogonal"
     paper = "Yuan et al., Bridging The Gap between Low-rank and Orthogonal Adaptation via Householder Reflection Adaptation, NeurIPS 2024"
     Params = HRAParams
-    mergeable = True
     rank_param = "r"
     default_lr = ORTHOGONAL_LR
 
@@ -121,7 +118,6 @@ class RoAd(PeftMethod):
     category = "orthogonal"
     paper = "Liao et al., 2D Rotary Adaptation: Efficient Fine-tuning, Efficient Batching and Composability, arXiv 2024"
     Params = RoadParams
-    mergeable = True
     default_lr = ORTHOGONAL_LR
 
     def peft_config(self, ctx, model):

@@ -33,7 +33,6 @@ class FourierFT(PeftMethod):
     category = "spectral"
     paper = "Gao et al., Parameter-Efficient Fine-Tuning with Discrete Fourier Transform, ICML 2024"
     Params = FourierFTParams
-    mergeable = True
     default_lr = 2e-2  # the paper's GLUE rates for the coefficients are 5e-2..1e-1; the head shares this one
 
     def peft_config(self, ctx, model):
@@ -93,7 +92,6 @@ class VBLoRA(PeftMethod):
     category = "low-rank, shared bank"
     paper = "Li et al., VB-LoRA: Extreme Parameter Efficient Fine-Tuning with Vector Banks, NeurIPS 2024"
     Params = VBLoraParams
-    mergeable = True
     rank_param = "r"
     default_lr = 2e-3
 
@@ -122,7 +120,6 @@ class MiSS(PeftMethod):
     category = "block"
     paper = "Kang, MiSS (Bone): Balancing LoRA Performance and Efficiency with Simple Shard Sharing, arXiv 2024"
     Params = MissParams
-    mergeable = True
     rank_param = "r"
     default_lr = 2e-3
 
