@@ -150,9 +150,16 @@ class Int8Dynamic(Method):
     def compression(self, model):
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
+        # A quantized linear keeps its weight and its float bias in `_packed_params`, outside
+        # model.parameters(): int8 values, a float32 scale and an int32 zero point per tensor
+        # (quantize_dynamic's default) or per output row (per-channel schemes), and the bias.
         packed = 0
         for module in model.modules():
             if isinstance(module, DynamicLinear):
-                weight = module.weight()
-                packed += weight.numel() + weight.shape[0] * 8  # int8 values + a per-tensor/channel scale and zero point
+                weight, bias = module.weight(), module.bias()
+                per_channel = weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
+                                                   torch.per_channel_affine_float_qparams)
+                packed += weight.numel() * weight.element_size() + 8 * (weight.shape[0] if per_channel else 1)
+                if bias is not None:
+                    packed += bias.numel() * bias.element_size()
         return Compression(weight_bits=8.0, kernel="real", compressed_bytes=dense_bytes_except(model, []) + packed)

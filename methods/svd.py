@@ -113,7 +113,7 @@ class TruncatedSVD(Method):
         scales = {}
         if self.params.activation_aware:  # from the unfactorised model: every layer sees the original inputs
             scales = activation_scales(model, layers, ctx.batches(self.params.n_batches), self.params.alpha)
-        self.ranks = {}
+        self.ranks: dict[str, int] = {}  # factorised layer -> its rank
         for name, layer in layers:
             out_dim, in_dim = as_matrix(layer.weight).shape
             full, scale = min(out_dim, in_dim), scales.get(name)
@@ -127,6 +127,10 @@ class TruncatedSVD(Method):
             if rank < full and (self.params.rank or smaller):  # at full rank the layer is already exact
                 model.set_submodule(name, factorise(layer, rank, scale, svd))
                 self.ranks[name] = rank
+        if not self.ranks:  # an unchanged model is no compression
+            why = (f"every layer's full rank is at most {self.params.rank}" if self.params.rank else
+                   f"keeping {self.params.energy} of the spectrum makes no layer smaller")
+            raise HarnessError(f"method 'svd': no layer was factorised ({why}); lower rank or energy")
         freeze_all_but(model)  # compression alone trains nothing; a later pipeline step decides what trains
         return model
 

@@ -226,8 +226,7 @@ class ToMe(Method):
             if type(layer) not in _MERGING_CLASSES.values():
                 layer.__class__ = _merging_class(type(layer))
             layer._tome_plan = _LayerPlan(r, first=i == 0, last=i == len(layers) - 1, state=state)
-        if ctx.extra.get("pipeline_step", 0) == 0:
-            freeze_all_but(model)  # merging alone trains nothing; a later pipeline step decides what trains
+        freeze_all_but(model)  # merging alone trains nothing; a later pipeline step decides what trains
         return model
 
     def schedule(self, n_layers: int) -> list[int]:

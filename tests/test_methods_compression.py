@@ -74,6 +74,9 @@ def test_int8_dynamic_runs_a_real_quantized_kernel_close_to_float():
         torch.testing.assert_close(quantized(x), expected, atol=0.05, rtol=0.05)
     info = pipeline.compression(quantized)
     assert info.kernel == "real" and info.weight_bits == 8.0
+    # int8 weights, a float32 scale and an int32 zero point per tensor, and the float32 biases
+    # (held in the quantized layers' packed params, not in model.parameters())
+    assert info.compressed_bytes == (64 * 32 + 32 * 4) + 2 * 8 + (32 + 4) * 4
 
 
 @pytest.mark.parametrize("layer, x", [
@@ -104,6 +107,16 @@ def test_energy_picks_the_smallest_rank_that_keeps_it():
     assert rank_for_energy(layer, 0.9) == 2  # 13/14.25 = 0.912
     assert rank_for_energy(layer, 0.95) == 3
     assert rank_for_energy(layer, 1.0) == 4
+
+
+@pytest.mark.parametrize("spec, why", [
+    ("svd:rank=8", r"every layer's full rank is at most 8"),  # 8 >= min(out, in) of both layers
+    ("svd:energy=1.0", r"keeping 1.0 of the spectrum makes no layer smaller"),
+])
+def test_svd_that_factorises_no_layer_is_an_error(spec, why):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 8))
+    with pytest.raises(HarnessError, match=rf"^method 'svd': no layer was factorised \({why}\); lower rank or energy$"):
+        Pipeline.parse(spec).apply(model, MethodContext(task_type="image_cls"))
 
 
 def test_svd_needs_exactly_one_of_rank_and_energy():

@@ -164,10 +164,16 @@ def test_wanda_on_resnet_per_row_sparsity(net):
         assert ((rows == 0).sum(dim=1) == round(0.5 * rows.shape[1])).all(), name
 
 
-@pytest.mark.parametrize("spec", ["magnitude:sparsity=1.0", "magnitude:sparsity=-0.1", "wanda:sparsity=1.5",
-                                  "magnitude:scope=row", "wanda:n_batches=0", "two-four:sparsity=0.5"])
-def test_bad_parameters_are_one_line_errors(spec):
-    with pytest.raises(HarnessError) as info:
+@pytest.mark.parametrize("spec, message", [
+    ("magnitude:sparsity=1.0", r"^method 'magnitude': sparsity=1\.0: Input should be less than 1$"),
+    ("magnitude:sparsity=-0.1", r"^method 'magnitude': sparsity=-0\.1: Input should be greater than or equal to 0$"),
+    ("wanda:sparsity=1.5", r"^method 'wanda': sparsity=1\.5: Input should be less than 1$"),
+    ("magnitude:scope=row", r"^method 'magnitude': scope='row': Input should be 'layer' or 'global'$"),
+    ("wanda:n_batches=0", r"^method 'wanda': n_batches=0: Input should be greater than or equal to 1$"),
+    ("two-four:sparsity=0.5", r"^method 'two-four': unknown parameter 'sparsity' \(valid: none\)$"),
+])
+def test_bad_parameters_are_one_line_errors(spec, message):
+    with pytest.raises(HarnessError, match=message) as info:
         Pipeline.parse(spec)
     assert "\n" not in str(info.value)
 

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.cli import main
-from harness.compress import compressible_layers
+from harness.compress import compressible_layers, dense_bytes_except
 from harness.method import MethodContext, Pipeline
 from harness.store import read_results, result_files
 from methods.gptq import collect_hessians, gptq_quantize
 from methods.nf4 import (ABSMAX_BLOCK_SIZE, BLOCK_SIZE, NF4_LEVELS, fake_quantize_nf4, nf4_bits, quantize_nf4,
                          to_linear4bit)
-from methods.quantization import fake_quantize, round_to_grid, weight_only_compression
+from methods.quantization import fake_quantize, round_to_grid
 from tests.conftest import loss_before_after
 
 LEVELS = torch.tensor(NF4_LEVELS)
@@ -317,7 +317,13 @@ def test_gptq_method_beats_round_to_nearest_on_every_conv_and_linear_layer():
                                                   else F.linear(x, original[name] - w)).item()
         assert errors["gptq"] < errors["rtn"], (name, errors)
     info = pipeline.compression(model)
-    assert info == weight_only_compression(model, compressible_layers(model, ("head",)), 3, 0)
+    # group_size=0: per output row a float16 scale and a 3-bit zero point; conv (8, 3, 3, 3),
+    # grouped (8, 4, 3, 3), fc (16, 128) are quantized; their biases and the head stay float32
+    n_weights, rows = 8 * 3 * 3 * 3 + 8 * 4 * 3 * 3 + 16 * 128, 8 + 8 + 16
+    assert info.weight_bits == 3 + rows * (16 + 3) / n_weights
+    float_rest = (8 + 8 + 16 + 16 * 4 + 4) * 4
+    assert float_rest == dense_bytes_except(model, compressible_layers(model, ("head",)))
+    assert info.compressed_bytes == float_rest + (n_weights * 3 + rows * (16 + 3)) // 8
     assert info.kernel == "simulated"
 
 
