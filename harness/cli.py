@@ -39,7 +39,7 @@ def _err(message: str) -> None:
 @app.command()
 def run(
     suite: str = typer.Option(..., "--suite", "-s", help="Suite name (see `harness list suites`)."),
-    method: str = typer.Option(..., "--method", "-m", help="Method or pipeline (+), e.g. lora:r=16,alpha=32; wanda:sparsity=0.5+lora (prune, then recover); lora+int8 (adapt, merge, then quantize)."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Method or pipeline (+), e.g. lora:r=16,alpha=32; wanda:sparsity=0.5+lora (prune, then recover); lora+int8 (adapt, merge, then quantize). Required unless --preset names one."),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Task of the suite (see `harness list tasks`)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model alias, local directory or hub id; default: the suite's."),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling and dropout."),
@@ -51,7 +51,16 @@ def run(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size."),
     eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", help="Evaluation and latency batch size."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate inputs to this many tokens."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (autocast)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default), bf16 or fp16 (autocast)."),
+    lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="linear or cosine, after warm-up (suite default if omitted)."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches of --batch-size per optimizer step (default 1)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in backward: less memory, more time."),
+    max_train_tokens: Optional[int] = typer.Option(None, "--max-train-tokens", help="Token budget: stop training after this many non-padding tokens."),
+    packing: bool = typer.Option(False, "--packing", help="Causal LM: pack examples into one row per batch (no padding; attention kept per example)."),
+    train_data: Optional[str] = typer.Option(None, "--train-data", help="Causal LM: train on this hub data set (ID[:CONFIG], e.g. meta-math/MetaMathQA) instead of the task's train split."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Generative eval: few-shot examples per prompt (suite default: 0)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generative eval: most tokens generated per answer (suite default: 256)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A published setup by name (e.g. gsm8k's peft-metamathqa); flags given still win."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Local mirror root laid out as <root>/<hub id>/<config>/<split>-*.parquet [env: HARNESS_DATA_DIR]."),
     results: str = typer.Option("results", "--results", help="Result store folder."),
@@ -66,7 +75,10 @@ def run(
         suite=suite, method=method, task=task, model=model, seed=seed, max_train_samples=max_train_samples,
         max_eval_samples=max_eval_samples, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
         eval_batch_size=eval_batch_size, max_length=max_length, precision=precision, device=device,
-        data_dir=data_dir, results_dir=results, latency_repeats=latency_repeats,
+        data_dir=data_dir, results_dir=results, latency_repeats=latency_repeats, lr_scheduler=lr_scheduler,
+        gradient_accumulation_steps=grad_accum, gradient_checkpointing=gradient_checkpointing,
+        max_train_tokens=max_train_tokens, packing=packing, train_data=train_data, num_fewshot=num_fewshot,
+        max_new_tokens=max_new_tokens, preset=preset,
     )
     result = run_job(spec, show_progress=not quiet)
     row = result.row
@@ -88,11 +100,12 @@ class ListWhat(str, Enum):
     suites = "suites"
     tasks = "tasks"
     models = "models"
+    presets = "presets"
 
 
 @app.command("list")
-def list_(what: ListWhat = typer.Argument(..., help="methods, suites, tasks or models")) -> None:
-    """List registered methods, suites, tasks or model aliases with a one-line summary."""
+def list_(what: ListWhat = typer.Argument(..., help="methods, suites, tasks, models or presets")) -> None:
+    """List registered methods, suites, tasks, model aliases or presets with a one-line summary."""
     from rich.console import Console
     from rich.table import Table
 
@@ -119,6 +132,13 @@ def list_(what: ListWhat = typer.Argument(..., help="methods, suites, tasks or m
             ref = resolve_model(alias)
             where = {"package": ref.location, "unavailable": "--model PATH", "random-init": "built here, random init"}.get(ref.source, "hub")
             table.add_row(alias, info.hub_id, where, info.note)
+    elif what is ListWhat.presets:
+        for col in ("suite", "preset", "settings", "source"):
+            table.add_column(col, overflow="fold")
+        for name, cls in SUITES:
+            for preset in cls.presets.values():
+                settings = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in preset.settings.items())
+                table.add_row(name, preset.name, settings, preset.source)
     else:
         for col in ("suite", "task", "dataset", "metric", "summary"):
             table.add_column(col, overflow="fold")

@@ -31,7 +31,7 @@ class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     suite: str
-    method: str
+    method: str | None = None
     task: str | None = None
     model: str | None = None
     seed: int = 0
@@ -45,8 +45,18 @@ class RunSpec(BaseModel):
     max_length: int | None = Field(None, gt=0)
     warmup_ratio: float | None = Field(None, ge=0, lt=1)
     weight_decay: float | None = Field(None, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    max_grad_norm: float | None = Field(None, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] | None = None
+    lr_scheduler: Literal["linear", "cosine"] | None = None
+    gradient_accumulation_steps: int | None = Field(None, gt=0)
+    gradient_checkpointing: bool = False
+    max_train_tokens: int | None = Field(None, gt=0)
+    # Causal-LM suites only.
+    packing: bool = False
+    train_data: str | None = None
+    num_fewshot: int | None = Field(None, ge=0)
+    max_new_tokens: int | None = Field(None, gt=0)
+    preset: str | None = None
     device: str = "auto"
     latency_warmup: int = Field(3, ge=0)
     latency_repeats: int = Field(20, gt=0)
@@ -90,6 +100,15 @@ class ResolvedRun(BaseModel):
     weight_decay: float
     max_grad_norm: float
     precision: str
+    lr_scheduler: str
+    gradient_accumulation_steps: int
+    gradient_checkpointing: bool
+    max_train_tokens: int | None
+    packing: bool
+    train_data: str | None
+    num_fewshot: int | None
+    max_new_tokens: int | None
+    preset: str | None
     device: str
     latency_warmup: int
     latency_repeats: int
@@ -104,6 +123,8 @@ class ResolvedRun(BaseModel):
             "suite", "task", "method", "method_params", "model_hub_id", "seed", "data_seed", "max_train_samples",
             "max_eval_samples", "epochs", "max_steps", "lr", "batch_size", "eval_batch_size", "max_length",
             "warmup_ratio", "weight_decay", "max_grad_norm", "precision", "harness_version",
+            "lr_scheduler", "gradient_accumulation_steps", "gradient_checkpointing", "max_train_tokens", "packing",
+            "train_data", "num_fewshot", "max_new_tokens",
         )
         return {k: getattr(self, k) for k in keys}
 
@@ -116,18 +137,42 @@ class ResolvedRun(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def _check_suite_options(spec: RunSpec, suite_cls: type[Suite]) -> None:
+    """Options that only a causal-LM suite reads are an error elsewhere, not silently ignored."""
+    if suite_cls.task_type == "causal_lm":
+        return
+    given = [flag for flag, value in (
+        ("--packing", spec.packing), ("--train-data", spec.train_data), ("--num-fewshot", spec.num_fewshot),
+        ("--max-new-tokens", spec.max_new_tokens),
+    ) if value not in (None, False)]
+    if given:
+        lm_suites = ", ".join(name for name, cls in SUITES if cls.task_type == "causal_lm")
+        raise HarnessError(f"{', '.join(given)} applies to causal-LM suites ({lm_suites}), not to {suite_cls.name!r}")
+
+
 def resolve(spec: RunSpec) -> tuple[ResolvedRun, Suite, Task, Pipeline, dict[str, DataSource]]:
     suite_cls = SUITES.get(spec.suite.lower())
+    _check_suite_options(spec, suite_cls)
+    preset = suite_cls.get_preset(spec.preset)
+    spec = preset.fill(spec) if preset else spec
+    if not spec.method:
+        raise HarnessError("--method is required (or a --preset that names one)")
     suite = suite_cls()
     task = suite_cls.get_task(spec.task)
     pipeline = Pipeline.parse(spec.method)
     root = mirror_root(spec.data_dir)
-    sources = suite.locate(task, root)
+    sources = suite.locate(task, root, train_data=spec.train_data)
     model: ResolvedModel = resolve_model(spec.model or suite_cls.default_model)
-    preflight_model(model)
+    model_config = preflight_model(model)
+    if model_config is not None:
+        suite_cls.check_model_config(model_config, model.name)
     if Path(spec.results_dir).exists() and not Path(spec.results_dir).is_dir():
         raise HarnessError(f"--results {spec.results_dir!r} exists and is not a directory")
     d = suite_cls.defaults
+
+    def pick(value, default):
+        return value if value is not None else default
+
     resolved = ResolvedRun(
         suite=suite_cls.name,
         task=task.name,
@@ -140,16 +185,25 @@ def resolve(spec: RunSpec) -> tuple[ResolvedRun, Suite, Task, Pipeline, dict[str
         seed=spec.seed,
         max_train_samples=spec.max_train_samples,
         max_eval_samples=spec.max_eval_samples,
-        epochs=spec.epochs if spec.epochs is not None else d.epochs,
+        epochs=pick(spec.epochs, d.epochs),
         max_steps=spec.max_steps,
-        lr=spec.lr if spec.lr is not None else pipeline.default_lr,
+        lr=pick(spec.lr, pipeline.default_lr),
         batch_size=spec.batch_size or d.batch_size,
         eval_batch_size=spec.eval_batch_size or d.eval_batch_size,
         max_length=spec.max_length or d.max_length,
-        warmup_ratio=spec.warmup_ratio if spec.warmup_ratio is not None else d.warmup_ratio,
-        weight_decay=spec.weight_decay if spec.weight_decay is not None else d.weight_decay,
-        max_grad_norm=spec.max_grad_norm,
-        precision=spec.precision,
+        warmup_ratio=pick(spec.warmup_ratio, d.warmup_ratio),
+        weight_decay=pick(spec.weight_decay, d.weight_decay),
+        max_grad_norm=pick(spec.max_grad_norm, 1.0),
+        precision=pick(spec.precision, "fp32"),
+        lr_scheduler=pick(spec.lr_scheduler, d.lr_scheduler),
+        gradient_accumulation_steps=pick(spec.gradient_accumulation_steps, 1),
+        gradient_checkpointing=spec.gradient_checkpointing,
+        max_train_tokens=spec.max_train_tokens,
+        packing=spec.packing,
+        train_data=spec.train_data,
+        num_fewshot=pick(spec.num_fewshot, d.num_fewshot),
+        max_new_tokens=pick(spec.max_new_tokens, d.max_new_tokens),
+        preset=spec.preset,
         device=spec.device,
         latency_warmup=spec.latency_warmup,
         latency_repeats=spec.latency_repeats,

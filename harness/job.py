@@ -23,11 +23,11 @@ from harness import environment
 from harness.config import DATA_SEED, ResolvedRun, RunSpec, resolve
 from harness.errors import HarnessError, first_line
 from harness.method import Compression, MethodContext
-from harness.meters import count_parameters, forward_flops, measure_latency, model_bytes, stored_parameter_count, trainable_bytes, weight_sparsity
-from harness.resolve import model_load_error
+from harness.meters import count_parameters, model_bytes, stored_parameter_count, trainable_bytes, weight_sparsity
+from harness.resolve import gguf_origin, model_load_error
 from harness.schema import SCHEMA_VERSION
 from harness.store import write_row
-from harness.train import predict, sample_batches, to_device, total_steps, train
+from harness.train import sample_batches, total_steps, train
 
 
 @dataclass
@@ -119,22 +119,25 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         hf_logging.disable_progress_bar()
 
     train_ds = fixed_subset(suite.load(sources[task.train_split]), run.max_train_samples)
-    eval_sets = []
-    for split, suffix in task.eval_splits:
-        ds = fixed_subset(suite.load(sources[split]), run.max_eval_samples)
-        eval_sets.append((split, suffix, ds))
+    eval_sets = suite.load_eval(task, sources, run)
 
     set_seed(run.seed)
     try:
         model, processor = suite.build_model(run.model_location, task, train_ds)
     except (OSError, ValueError) as exc:  # missing files, no network, not a checkpoint
         raise model_load_error(run.model_ref(), exc) from None
+    suite.check_inputs(processor, task, eval_sets, run, model)
+    if run.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
 
-    train_data = suite.prepare(train_ds, processor, task, run.max_length)
-    steps = total_steps(len(train_data.dataset), run.batch_size, run.epochs, run.max_steps)
+    train_data = suite.prepare_train(train_ds, processor, task, run)
+    steps = total_steps(
+        len(train_data.dataset), run.batch_size, run.epochs, run.max_steps, run.gradient_accumulation_steps,
+        run.max_train_tokens, mean_tokens(train_data) if run.max_train_tokens else None,
+    )
     ctx = MethodContext(
-        task_type=suite.task_type, head_modules=suite.head_modules(model), total_steps=steps,
-        lr=run.lr, weight_decay=run.weight_decay, seed=run.seed,
+        task_type=suite.task_type, head_modules=suite.head_modules(model), dense_modules=suite.dense_modules(model),
+        total_steps=steps, lr=run.lr, weight_decay=run.weight_decay, seed=run.seed,
         sample_batches=lambda n: sample_batches(train_data, run.batch_size, n, run.seed),
     )
     # On the job's device before the steps apply: calibration (Wanda, GPTQ) runs where training does.
@@ -144,7 +147,8 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
     stats = train(
         model, train_data, pipeline, ctx, batch_size=run.batch_size, steps=steps, warmup_ratio=run.warmup_ratio,
         max_grad_norm=run.max_grad_norm, precision=run.precision, device=device, seed=run.seed,
-        show_progress=show_progress,
+        show_progress=show_progress, grad_accum=run.gradient_accumulation_steps, lr_scheduler=run.lr_scheduler,
+        max_tokens=run.max_train_tokens,
     )
     pipeline.record("train", "training", False, stats.seconds, model)
     model = pipeline.finalize(model).to(device)
@@ -153,32 +157,23 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
     stored_bytes = compression.compressed_bytes if compression.compressed_bytes is not None else final_bytes
     final_params = stored_parameter_count(model)
 
-    metrics: dict[str, float] = {}
-    eval_seconds = 0.0
-    eval_data = []
-    for split, suffix, ds in eval_sets:
-        data = suite.prepare(ds, processor, task, run.max_length)
-        predictions, seconds = predict(
-            model, data, suite, task, batch_size=run.eval_batch_size, precision=run.precision, device=device,
-            label=f"eval {split}", show_progress=show_progress,
-        )
-        eval_seconds += seconds
-        metrics.update({f"{k}{suffix}": v for k, v in suite.compute_metrics(task, predictions, data.references).items()})
-        eval_data.append(data)
-
-    latency = _latency(model, eval_data[0], run, device)
+    evaluation = suite.evaluate(model, processor, task, eval_sets, run, device, show_progress)
+    inference = suite.inference_costs(model, processor, evaluation, run, device)
     return {
         "metric": task.primary_metric,
-        "score": metrics[task.primary_metric],
-        "metrics": json.dumps(metrics, sort_keys=True),
-        "eval_split": ",".join(split for split, _, _ in eval_sets),
-        "eval_samples": len(eval_data[0].dataset),
-        "eval_seconds": eval_seconds,
+        "score": evaluation.metrics[task.primary_metric],
+        "metrics": json.dumps(evaluation.metrics, sort_keys=True),
+        "eval_split": ",".join(evaluation.splits),
+        "eval_samples": evaluation.samples,
+        "eval_seconds": evaluation.seconds,
+        "model_origin": gguf_origin(run.model_location),
+        "train_data": run.train_data,
         "train_samples": len(train_data.dataset),
         "train_steps": stats.steps,
         "train_seconds": stats.seconds,
         "train_samples_per_s": stats.samples / stats.seconds if stats.seconds else None,
         "train_tokens_per_s": stats.tokens / stats.seconds if stats.seconds else None,
+        "train_tokens": stats.tokens,
         "final_train_loss": stats.final_loss,
         "trainable_params": trainable,
         "total_params": total,
@@ -196,33 +191,23 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         "peak_memory_bytes": stats.peak_memory_bytes,
         "peak_memory_reserved_bytes": stats.peak_memory_reserved_bytes,
         "peak_memory_kind": stats.peak_memory_kind or None,
-        **latency,
+        **evaluation.row,
+        **inference,
     }
 
 
-def _latency(model: torch.nn.Module, data, run: ResolvedRun, device: torch.device) -> dict[str, Any]:
-    """Inference forward latency at batch size 1 and at the eval batch size, on fixed eval inputs."""
-    from harness.train import autocast
+def mean_tokens(data) -> float:
+    """Mean input tokens per training example, for a token budget's step count."""
+    try:
+        column = data.dataset["input_ids"]
+    except (KeyError, TypeError):
+        raise HarnessError("--max-train-tokens needs a suite whose examples are token sequences") from None
+    return sum(len(ids) for ids in column) / max(1, len(column))
 
-    n = min(run.eval_batch_size, len(data.dataset))
-    examples = [data.dataset[i] for i in range(n)]
-    result: dict[str, Any] = {
-        "latency_batch_size": n, "latency_repeats": run.latency_repeats,
-        "latency_timer": "cuda_events" if device.type == "cuda" else "perf_counter",
-    }
-    model.eval()
-    for key, batch_examples in (("bs1", examples[:1]), ("batch", examples)):
-        batch = to_device(data.collate(batch_examples), device)
-        batch.pop("labels", None)
-        if key == "batch":  # as executed: padding included, the same batch for every method
-            result["flops_per_sample"] = forward_flops(model, batch, device, run.precision) / len(batch_examples)
 
-        @torch.inference_mode()
-        def forward():
-            with autocast(device, run.precision):
-                return model(**batch)
-
-        lat = measure_latency(forward, device, run.latency_warmup, run.latency_repeats)
-        result[f"latency_{key}_p50_ms"] = lat.p50_ms
-        result[f"latency_{key}_p90_ms"] = lat.p90_ms
-    return result
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute activations in the backward pass (less memory, more time); non-reentrant, so
+    frozen inputs (adapters on a frozen base) need no extra hooks."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise HarnessError(f"--gradient-checkpointing: {type(model).__name__} does not support gradient checkpointing")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

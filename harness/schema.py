@@ -92,6 +92,19 @@ COLUMNS: tuple[Column, ...] = (
     Column("harness_version", pa.string(), ""),
     Column("git_commit", pa.string(), "harness commit, '-dirty' if the tree had uncommitted changes"),
     Column("host", pa.string(), "host name"),
+    # causal language models (suite gsm8k)
+    Column("model_origin", pa.string(), "where the weights came from when not the hub's float checkpoint, e.g. 'gguf Q4_1, dequantized on load: <file>'"),
+    Column("train_data", pa.string(), "training set given by hub id instead of the task's own (e.g. meta-math/MetaMathQA); null: the task's"),
+    Column("train_tokens", pa.int64(), "non-padding input tokens processed in training"),
+    Column("num_fewshot", pa.int64(), "generative evaluation: few-shot examples in each prompt"),
+    Column("eval_settings", pa.string(), "generative evaluation: JSON of the evaluator's settings (lm-eval version, task version, few-shot, limit, generation kwargs, max new tokens, batch size, filters)"),
+    Column("ttft_bs1_p50_ms", pa.float64(), "time to first token at batch size 1 (a generate call for one new token: prefill + one step), median"),
+    Column("ttft_batch_p50_ms", pa.float64(), "time to first token at generation_batch_size, median"),
+    Column("generation_bs1_tokens_per_s", pa.float64(), "greedy generation throughput at batch 1: new tokens / wall time of the generate call, prefill included"),
+    Column("generation_batch_tokens_per_s", pa.float64(), "greedy generation throughput at generation_batch_size, all sequences' new tokens / wall time"),
+    Column("generation_batch_size", pa.int64(), "batch size of the *_batch_* generation columns (left-padded eval prompts)"),
+    Column("generation_new_tokens", pa.int64(), "new tokens per sequence in the throughput measurement (EOS ignored, so every method generates as many)"),
+    Column("generation_repeats", pa.int64(), "timed repeats behind each generation median (after warm-up)"),
 )
 
 SCHEMA = pa.schema(

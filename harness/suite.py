@@ -9,14 +9,17 @@ metric with a maintained library.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 
 from harness.errors import HarnessError
 from harness.registry import Registry, summary_of
 from harness.resolve import DataSource, load_split, locate_split
+
+if TYPE_CHECKING:
+    from harness.config import ResolvedRun, RunSpec
 
 SUITES: Registry[type["Suite"]] = Registry("suite", package="suites", entry_point_group="harness.suites")
 
@@ -44,6 +47,37 @@ class TrainDefaults:
     warmup_ratio: float
     weight_decay: float
     source: str
+    lr_scheduler: str = "linear"
+    # Generative suites: few-shot examples in the evaluation prompt and the generation length.
+    num_fewshot: int | None = None
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A published setup by name: the model, method and settings a command line would spell out.
+
+    Flags the user gives still win; `source` says where the numbers come from."""
+
+    name: str
+    source: str
+    settings: dict[str, Any]  # RunSpec field -> value
+
+    def fill(self, spec: "RunSpec") -> "RunSpec":
+        given = spec.model_dump(exclude_defaults=True)
+        return spec.model_copy(update={k: v for k, v in self.settings.items() if k not in given})
+
+
+@dataclass
+class Evaluation:
+    """What evaluating the final model gave: metrics, time, and what the inference meters use."""
+
+    metrics: dict[str, float]
+    seconds: float
+    splits: list[str]
+    samples: int  # examples evaluated (first split)
+    data: "Prepared"  # model-ready examples of the first split: the latency inputs
+    row: dict[str, Any] = field(default_factory=dict)  # suite-specific result columns
 
 
 @dataclass
@@ -53,6 +87,9 @@ class Prepared:
     dataset: Any  # indexable, len()-able; items are dicts of tensors/lists
     collate: Callable[[list[dict]], dict[str, torch.Tensor]]
     references: list[Any]
+    # Labels per token (-100 where no loss): the loss of an accumulated step is normalised by
+    # the scored tokens of all its micro-batches, not averaged per micro-batch.
+    token_labels: bool = False
 
 
 class Suite:
@@ -62,6 +99,16 @@ class Suite:
     task_type: ClassVar[str] = "seq_cls"
     tasks: ClassVar[dict[str, Task]] = {}
     defaults: ClassVar[TrainDefaults]
+    presets: ClassVar[dict[str, Preset]] = {}
+
+    @classmethod
+    def get_preset(cls, name: str | None) -> Preset | None:
+        if name is None:
+            return None
+        if name in cls.presets:
+            return cls.presets[name]
+        known = ", ".join(cls.presets) or "none"
+        raise HarnessError(f"unknown preset {name!r} for suite {cls.name!r}; presets: {known}")
 
     @classmethod
     def summary(cls) -> str:
@@ -81,10 +128,49 @@ class Suite:
             raise HarnessError(f"unknown task {name!r} in suite {cls.name!r}; {hint} (see `harness list tasks`)") from None
 
     # Data ------------------------------------------------------------------
-    def locate(self, task: Task, data_dir) -> dict[str, DataSource]:
-        """Every split the job needs, found before any work starts."""
+    def locate(self, task: Task, data_dir, train_data: str | None = None) -> dict[str, DataSource]:
+        """Every split the job needs, found before any work starts. `train_data` (another
+        training set by hub id) is for the suites that accept one."""
+        if train_data is not None:
+            raise HarnessError(f"suite {self.name!r} trains on its own tasks' data; --train-data is not for it")
         splits = [task.train_split] + [split for split, _ in task.eval_splits]
         return {split: locate_split(task.dataset, task.config, split, data_dir) for split in splits}
+
+    def load_eval(self, task: Task, sources: dict[str, DataSource], run: "ResolvedRun") -> list[tuple[str, str, Any]]:
+        """(split, suffix, data set) of every evaluation split, loaded before any training."""
+        from harness.job import fixed_subset
+
+        return [(split, suffix, fixed_subset(self.load(sources[split]), run.max_eval_samples)) for split, suffix in task.eval_splits]
+
+    def check_inputs(self, processor, task: Task, eval_sets, run: "ResolvedRun", model: torch.nn.Module) -> None:
+        """Bad input found once the model and its processor are loaded, before training."""
+
+    def evaluate(
+        self, model: torch.nn.Module, processor, task: Task, eval_sets, run: "ResolvedRun", device: torch.device,
+        show_progress: bool,
+    ) -> Evaluation:
+        """Predictions on every evaluation split, scored by `compute_metrics`."""
+        from harness.train import predict
+
+        metrics: dict[str, float] = {}
+        seconds = 0.0
+        first = None
+        for split, suffix, ds in eval_sets:
+            data = self.prepare(ds, processor, task, run.max_length)
+            predictions, took = predict(
+                model, data, self, task, batch_size=run.eval_batch_size, precision=run.precision, device=device,
+                label=f"eval {split}", show_progress=show_progress,
+            )
+            seconds += took
+            metrics.update({f"{k}{suffix}": v for k, v in self.compute_metrics(task, predictions, data.references).items()})
+            first = first or data
+        return Evaluation(metrics, seconds, [split for split, _, _ in eval_sets], len(first.dataset), first)
+
+    def inference_costs(self, model: torch.nn.Module, processor, evaluation: Evaluation, run: "ResolvedRun", device: torch.device) -> dict[str, Any]:
+        """Forward latency (batch 1 and the eval batch) and FLOPs per example on evaluation inputs."""
+        from harness.inference import forward_latency
+
+        return forward_latency(model, evaluation.data, run, device)
 
     def load(self, source: DataSource):
         return load_split(source)
@@ -93,11 +179,23 @@ class Suite:
     def build_model(self, location: str, task: Task, train_dataset) -> tuple[torch.nn.Module, Any]:
         raise NotImplementedError
 
+    @staticmethod
+    def check_model_config(config, name: str) -> None:
+        """Refuse, before any work, a model this suite cannot use (`config` from AutoConfig)."""
+
     def head_modules(self, model: torch.nn.Module) -> tuple[str, ...]:
+        """A freshly initialised task head: trained by every method, never compressed."""
+        return ()
+
+    def dense_modules(self, model: torch.nn.Module) -> tuple[str, ...]:
+        """Modules that compression leaves alone besides the head (a causal LM's output layer)."""
         return ()
 
     def prepare(self, dataset, processor, task: Task, max_length: int) -> Prepared:
         raise NotImplementedError
+
+    def prepare_train(self, dataset, processor, task: Task, run: "ResolvedRun") -> Prepared:
+        return self.prepare(dataset, processor, task, run.max_length)
 
     def predictions(self, outputs, task: Task) -> list[Any]:
         raise NotImplementedError

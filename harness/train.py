@@ -47,10 +47,44 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def total_steps(num_examples: int, batch_size: int, epochs: float, max_steps: int | None) -> int:
+def total_steps(
+    num_examples: int, batch_size: int, epochs: float, max_steps: int | None, grad_accum: int = 1,
+    max_tokens: int | None = None, tokens_per_example: float | None = None,
+) -> int:
+    """Optimizer steps: --max-steps, else epochs over the data; a token budget caps either at
+    the steps its tokens fill on average (training also stops when the budget is spent)."""
     if max_steps:
-        return max_steps
-    return max(1, math.ceil(epochs * math.ceil(num_examples / batch_size)))
+        steps = max_steps
+    else:
+        steps = max(1, math.ceil(epochs * math.ceil(num_examples / (batch_size * grad_accum))))
+    if max_tokens and tokens_per_example:
+        steps = min(steps, max(1, math.ceil(max_tokens / (tokens_per_example * batch_size * grad_accum))))
+    return steps
+
+
+def scored_tokens(batch: dict) -> int:
+    """Tokens a causal-LM loss scores: labels other than -100 after the one-position shift."""
+    return int((batch["labels"][..., 1:] != -100).sum())
+
+
+def batch_tokens(batch: dict) -> int:
+    """Non-padding input tokens of a batch (all of them when there is no attention mask, as in packing)."""
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        return int(mask.sum())
+    return int(batch["input_ids"].numel()) if "input_ids" in batch else 0
+
+
+def batch_examples(batch: dict) -> int:
+    """Examples in a batch; a packed batch holds several in one row, each starting at position 0."""
+    if "position_ids" in batch and "attention_mask" not in batch:
+        return int((batch["position_ids"] == 0).sum())
+    return len(next(iter(batch.values())))
+
+
+def _forever(loader: DataLoader):
+    while True:  # a new shuffle each epoch, drawn from the loader's seeded generator
+        yield from loader
 
 
 def sample_batches(data: Prepared, batch_size: int, n: int, seed: int):
@@ -91,8 +125,18 @@ def train(
     device: torch.device,
     seed: int,
     show_progress: bool = True,
+    grad_accum: int = 1,
+    lr_scheduler: str = "linear",
+    max_tokens: int | None = None,
 ) -> TrainStats:
-    from transformers import get_linear_schedule_with_warmup
+    """`steps` optimizer steps of `grad_accum` micro-batches of `batch_size` each (or fewer,
+    when `max_tokens` non-padding tokens are spent first).
+
+    A token-labelled loss (causal LM) is summed over the step's micro-batches and divided by
+    the tokens it scores in all of them, so accumulating k batches of b gives the gradient of
+    one batch of k*b. A per-example loss (classification) is the mean of the micro-batch
+    means, which is the same for equal micro-batches."""
+    from transformers import get_scheduler
 
     stats = TrainStats()
     if steps == 0 or not any(p.requires_grad for p in model.parameters()):
@@ -100,47 +144,53 @@ def train(
     optimizer = build_optimizer(model, pipeline, ctx)
     # Clip over what the optimizer updates: a method may train parameters frozen at the start (LISA).
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
-    loader = DataLoader(
+    scheduler = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=int(warmup_ratio * steps), num_training_steps=steps)
+    batches = _forever(DataLoader(
         data.dataset, batch_size=batch_size, shuffle=True, collate_fn=data.collate,
         generator=torch.Generator().manual_seed(seed),
-    )
+    ))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
     # Loss stays on the device and is read once at the end, so logging never forces a sync.
     tail_from = max(0, steps - max(1, steps // 10))
     tail_loss = torch.zeros((), device=device)
+    tail_count = 0
     model.train()
     with bar("train", steps, show_progress) as progress, Stopwatch(device) as watch, PeakMemory(device) as memory:
-        while stats.steps < steps:
-            for batch in loader:
-                mask = batch.get("attention_mask")
-                stats.tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel()) if "input_ids" in batch else 0
-                stats.samples += len(next(iter(batch.values())))
+        while stats.steps < steps and not (max_tokens and stats.tokens >= max_tokens):
+            micro = [next(batches) for _ in range(grad_accum)]
+            scored = sum(scored_tokens(b) for b in micro) if data.token_labels else None
+            step_loss = torch.zeros((), device=device)
+            for batch in micro:
+                stats.tokens += batch_tokens(batch)
+                stats.samples += batch_examples(batch)
                 batch = to_device(batch, device)
                 with autocast(device, precision):
-                    loss = model(**batch).loss
+                    if scored is not None:  # the model's loss as a sum over tokens / scored
+                        loss = model(**batch, num_items_in_batch=max(scored, 1)).loss
+                    else:
+                        loss = model(**batch).loss / grad_accum
                 (scaler.scale(loss) if scaler else loss).backward()
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                pipeline.on_step(stats.steps, model)
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if stats.steps >= tail_from:
-                    tail_loss += loss.detach().float()
-                stats.steps += 1
-                progress.advance()
-                if stats.steps >= steps:
-                    break
+                step_loss += loss.detach().float()
+            if scaler:
+                scaler.unscale_(optimizer)
+            if max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            pipeline.on_step(stats.steps, model)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if stats.steps >= tail_from:
+                tail_loss += step_loss
+                tail_count += 1
+            stats.steps += 1
+            progress.advance()
     stats.seconds = watch.seconds
     stats.optimizer_state_bytes = optimizer_state_bytes(optimizer)
-    stats.final_loss = float(tail_loss) / (steps - tail_from)
+    stats.final_loss = float(tail_loss) / tail_count if tail_count else None
     stats.peak_memory_bytes = memory.peak_bytes
     stats.peak_memory_reserved_bytes = memory.reserved_bytes
     stats.peak_memory_kind = memory.kind

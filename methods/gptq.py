@@ -134,7 +134,7 @@ class Gptq(Method):
     Params = GptqParams
 
     def apply(self, model, ctx):
-        self.layers = compressible_layers(model, ctx.head_modules)
+        self.layers = compressible_layers(model, ctx.uncompressed_modules)
         if not self.layers:
             raise HarnessError(f"method {self.name!r}: the model has no linear or convolution layer to quantize")
         p = self.params

@@ -155,7 +155,7 @@ class Nf4(Method):
     Params = Nf4Params
 
     def apply(self, model, ctx):
-        layers = compressible_layers(model, ctx.head_modules)
+        layers = compressible_layers(model, ctx.uncompressed_modules)
         if not layers:
             raise HarnessError(f"method {self.name!r}: the model has no linear or convolution layer to quantize")
         double_quant = self.params.double_quant

@@ -91,7 +91,7 @@ class _Pruning(Method):
     default_lr = 0.0  # pruning alone trains nothing; a later adaptation step brings its own rate
 
     def apply(self, model, ctx):
-        layers = compressible_layers(model, ctx.head_modules)
+        layers = compressible_layers(model, ctx.uncompressed_modules)
         if not layers:
             raise HarnessError(f"method {self.name!r}: the model has no linear or convolution layer to prune")
         masks = self.masks_for(model, layers, ctx)

@@ -269,7 +269,7 @@ class ChannelPruning(Method):
 
     def apply(self, model, ctx):
         p = self.params
-        found = find_groups(model, ctx.head_modules)
+        found = find_groups(model, ctx.uncompressed_modules)
         groups = [g for g in found if g.kind != "head" or p.heads > 0]
         if not groups:
             wrapped = any(hasattr(m, "base_layer") for m in model.modules())

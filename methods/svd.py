@@ -106,7 +106,7 @@ class TruncatedSVD(Method):
     Params = SVDParams
 
     def apply(self, model, ctx):
-        layers = compressible_layers(model, ctx.head_modules)
+        layers = compressible_layers(model, ctx.uncompressed_modules)
         if not layers:
             raise HarnessError("method 'svd': the model has no linear or convolution layer to factorise")
         layers = [(n, m) for n, m in layers if not (isinstance(m, nn.Conv2d) and m.groups != 1)]  # depthwise: keep

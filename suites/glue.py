@@ -13,6 +13,7 @@ import torch
 
 from harness.errors import HarnessError
 from harness.metrics import METRICS
+from harness.resolve import from_pretrained
 from harness.suite import SUITES, Prepared, Suite, Task, TrainDefaults
 
 HUB_ID = "nyu-mll/glue"
@@ -73,10 +74,10 @@ class Glue(Suite):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self._check_labels(task, train_dataset)
-        tokenizer = AutoTokenizer.from_pretrained(location)
+        tokenizer = from_pretrained(AutoTokenizer, location)
         # A checkpoint whose head has another label count gets a fresh head, as any new head.
-        model = AutoModelForSequenceClassification.from_pretrained(
-            location, num_labels=task.num_labels, problem_type="regression" if task.num_labels == 1 else None,
+        model = from_pretrained(
+            AutoModelForSequenceClassification, location, num_labels=task.num_labels, problem_type="regression" if task.num_labels == 1 else None,
             ignore_mismatched_sizes=True,
         )
         if tokenizer.pad_token is None:  # decoder-only tokenizers: pad with EOS for classification

@@ -129,7 +129,7 @@ class ImageNet(ImageSuite):
     )
 
     # Data ------------------------------------------------------------------
-    def locate(self, task: ImageNetTask, data_dir) -> dict[str, DataSource]:
+    def locate(self, task: ImageNetTask, data_dir, train_data: str | None = None) -> dict[str, DataSource]:
         sources = super().locate(task, data_dir)
         if task.labelled_by != "imagenet" or not task.wnids:
             return sources

@@ -141,3 +141,64 @@ def loss_before_after(pipeline, model, ctx, data, steps: int) -> tuple[float, fl
     wrapped.eval()
     with torch.no_grad():
         return before, wrapped(**batch).loss.item()
+
+
+# A tiny causal LM for suite gsm8k: a random Llama with its own byte-level BPE vocabulary.
+NAMES = ["Tom", "Ann", "Raj", "Mia", "Li", "Sam"]
+THINGS = ["apples", "pens", "books", "coins", "cards"]
+
+
+def gsm8k_example(rng: random.Random) -> dict[str, str]:
+    name, thing = rng.choice(NAMES), rng.choice(THINGS)
+    a, b = rng.randint(2, 40), rng.randint(2, 40)
+    question = f"{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?"
+    answer = f"{name} has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {thing}.\n#### {a + b}"
+    return {"question": question, "answer": answer}
+
+
+def make_tiny_gsm8k(root: Path, n_train: int = 48, n_test: int = 12) -> Path:
+    from datasets import Dataset
+
+    rng = random.Random(0)
+    folder = root / "openai" / "gsm8k" / "main"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        rows = [gsm8k_example(rng) for _ in range(n)]
+        Dataset.from_list(rows).to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+    return root
+
+
+def make_tiny_llama(directory: Path, max_positions: int = 512) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(1)
+    corpus = [f"Question: {e['question']}\nAnswer: {e['answer']}" for e in (gsm8k_example(rng) for _ in range(200))]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<eos>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    ))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gsm8k(tmp_path_factory) -> Path:
+    return make_tiny_gsm8k(tmp_path_factory.mktemp("gsm8k-mirror"))
