@@ -52,6 +52,9 @@ def run(
     eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", help="Evaluation and latency batch size."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate inputs to this many tokens."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default), bf16 or fp16 (autocast)."),
+    warmup_ratio: Optional[float] = typer.Option(None, "--warmup-ratio", help="Share of steps with linear warm-up (suite default if omitted)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay (suite default if omitted)."),
+    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", help="Clip the gradient norm to this (default 1.0; 0: no clipping)."),
     lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="linear or cosine, after warm-up (suite default if omitted)."),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches of --batch-size per optimizer step (default 1)."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in backward: less memory, more time."),
@@ -76,6 +79,7 @@ def run(
         max_eval_samples=max_eval_samples, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
         eval_batch_size=eval_batch_size, max_length=max_length, precision=precision, device=device,
         data_dir=data_dir, results_dir=results, latency_repeats=latency_repeats, lr_scheduler=lr_scheduler,
+        warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
         gradient_accumulation_steps=grad_accum, gradient_checkpointing=gradient_checkpointing,
         max_train_tokens=max_train_tokens, packing=packing, train_data=train_data, num_fewshot=num_fewshot,
         max_new_tokens=max_new_tokens, preset=preset,
@@ -90,8 +94,10 @@ def run(
         f"{row['suite']}/{row['task']} {row['method']} seed={row['seed']}: {row['metric']}={row['score']:.4f} | "
         f"trainable={row['trainable_params']:,} train={row['train_seconds']:.1f}s "
         f"peak_mem={f'{peak / 2**20:.0f}MiB' if peak is not None else 'n/a'} "
-        f"latency_bs1_p50={row['latency_bs1_p50_ms']:.1f}ms\n"
-        f"wrote {result.path}"
+        f"latency_bs1_p50={row['latency_bs1_p50_ms']:.1f}ms"
+        + (f" ttft_bs1={row['ttft_bs1_p50_ms']:.0f}ms gen_bs1={row['generation_bs1_tokens_per_s']:.1f}tok/s"
+           if row.get("ttft_bs1_p50_ms") is not None else "")
+        + f"\nwrote {result.path}"
     )
 
 

@@ -46,6 +46,10 @@ COST_AXES = (
     CostAxis("stored_model_bytes", "model size (MiB)", scale=2**20),
     CostAxis("flops_per_sample", "forward GFLOPs per sample", scale=1e9),
     CostAxis("latency_bs1_p50_ms", "inference latency at batch 1, p50 (ms)", hardware=True, inference=True),
+    # Causal LMs: the wait for the first generated token, and the time per generated token at the
+    # eval batch (the inverse of throughput, so that lower is better on every axis).
+    CostAxis("ttft_bs1_p50_ms", "time to first token at batch 1, p50 (ms)", hardware=True, inference=True),
+    CostAxis("ms_per_generated_token", "ms per generated token at the eval batch", hardware=True, inference=True),
 )
 
 TABLE_COLUMNS = (
@@ -54,7 +58,9 @@ TABLE_COLUMNS = (
     ("train_samples_per_s", "samples/s"), ("latency_bs1_p50_ms", "lat bs1 p50 ms"),
     ("latency_batch_p50_ms", "lat batch p50 ms"), ("gflops", "GFLOPs/sample"), ("model_mib", "model MiB"),
     ("stored_model_mib", "stored MiB"), ("bits_per_parameter", "bits/param"), ("weight_sparsity", "sparsity"),
-    ("compression_kernel", "kernel"), ("adapter_mib", "adapter MiB"),
+    ("compression_kernel", "kernel"), ("ttft_bs1_p50_ms", "TTFT bs1 ms"),
+    ("generation_bs1_tokens_per_s", "gen tok/s bs1"), ("generation_batch_tokens_per_s", "gen tok/s batch"),
+    ("num_fewshot", "shots"), ("adapter_mib", "adapter MiB"),
     ("optimizer_state_mib", "optim state MiB"), ("model", "model"),
     ("device_name", "device"), ("job_hash", "job"),
 )
@@ -130,6 +136,8 @@ def _table_row(row: pd.Series) -> dict:
         **{k: _plain(row.get(k)) for k in ("method", "seed", "score", "trainable_params", "train_seconds",
                                             "train_samples_per_s", "latency_bs1_p50_ms", "latency_batch_p50_ms",
                                             "bits_per_parameter", "weight_sparsity", "compression_kernel",
+                                            "ttft_bs1_p50_ms", "generation_bs1_tokens_per_s",
+                                            "generation_batch_tokens_per_s", "num_fewshot",
                                             "model", "device_name", "job_hash", "run_id", "metrics", "error")},
         "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
         "gflops": None if _plain(row.get("flops_per_sample")) is None else row["flops_per_sample"] / 1e9,
@@ -140,7 +148,10 @@ def _table_row(row: pd.Series) -> dict:
 
 def build_sections(df: pd.DataFrame) -> list[TaskSection]:
     sections = []
-    df = df.assign(stored_model_bytes=df["compressed_model_bytes"].fillna(df["model_bytes"]))
+    df = df.assign(
+        stored_model_bytes=df["compressed_model_bytes"].fillna(df["model_bytes"]),
+        ms_per_generated_token=1e3 / df["generation_batch_tokens_per_s"],
+    )
     for (suite, task), group in df.groupby(["suite", "task"], sort=True):
         ok = group[group["status"] == "ok"].sort_values("score", ascending=False).reset_index(drop=True)
         failed = group[group["status"] != "ok"]

@@ -4,6 +4,7 @@ Written here because peft has no BitFit. The freshly initialised task head train
 full, as in the paper's GLUE setup.
 """
 
+from harness.errors import HarnessError
 from harness.method import METHODS, Method, freeze_all_but
 
 
@@ -17,5 +18,8 @@ class BitFit(Method):
     default_lr = 1e-3  # the paper's search space tops out at 1e-3, its usual pick for small data
 
     def apply(self, model, ctx):
-        freeze_all_but(model, keep=ctx.head_modules, predicate=lambda name, _: name.endswith(".bias") or name == "bias")
+        is_bias = lambda name, _: name.endswith(".bias") or name == "bias"  # noqa: E731
+        if not any(is_bias(name, p) for name, p in model.named_parameters()):
+            raise HarnessError(f"method 'bitfit': {type(model).__name__} has no bias terms to train")
+        freeze_all_but(model, keep=ctx.head_modules, predicate=is_bias)
         return model

@@ -6,6 +6,7 @@ The baseline that says what the frozen features already hold; after a compressio
 against which a recovering adapter (`wanda:sparsity=0.5+lora`) is compared.
 """
 
+from harness.errors import HarnessError
 from harness.method import METHODS, Method, freeze_all_but
 
 
@@ -19,5 +20,7 @@ class LinearProbe(Method):
     default_lr = 1e-3  # Adam on a linear head: the usual probe rate
 
     def apply(self, model, ctx):
+        if not ctx.head_modules:
+            raise HarnessError(f"method 'linear-probe' trains a fresh task head, and {type(model).__name__} has none here")
         freeze_all_but(model, keep=ctx.head_modules)
         return model

@@ -10,11 +10,16 @@ from harness.peft_method import PeftMethod
 
 
 class LNTuningParams(MethodParams):
-    target_modules: list[str] | None = Field(None, description="default: every LayerNorm of the model")
+    target_modules: list[str] | None = Field(None, description="default: every LayerNorm (or RMSNorm) of the model")
+
+
+def is_norm(module: torch.nn.Module) -> bool:
+    # Llama-style models use their own RMSNorm classes (LlamaRMSNorm), not torch's.
+    return isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)) or type(module).__name__.endswith(("LayerNorm", "RMSNorm"))
 
 
 def layer_norm_names(model: torch.nn.Module) -> list[str]:
-    return sorted({name.split(".")[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)})
+    return sorted({name.split(".")[-1] for name, m in model.named_modules() if name and is_norm(m)})
 
 
 @METHODS.register("ln-tuning")

@@ -127,15 +127,25 @@ class Int8Dynamic(Method):
     compresses = True
     paper = "Jacob et al., Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference, CVPR 2018"
 
+    keep: tuple[str, ...] = ()
+
     def apply(self, model, ctx):
+        self.keep = ctx.uncompressed_modules
         freeze_all_but(model)  # a quantized model is not trained further
         return model
+
+    def linear_layers(self, model) -> list[str]:
+        """The linear layers to quantize: all but the head and the suite's dense modules (a tied
+        output layer among them, which torch's module swap cannot split from its embedding)."""
+        return [name for name, m in compressible_layers(model, self.keep) if isinstance(m, torch.nn.Linear)]
 
     def preflight(self, model, ctx):
         if device_of(model).type != "cpu":
             raise HarnessError("method 'int8-dynamic' runs torch's quantized CPU kernels; use --device cpu")
-        if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
-            raise HarnessError("method 'int8-dynamic': the model has no linear layer")
+        if ctx is not None:
+            self.keep = ctx.uncompressed_modules
+        if not self.linear_layers(model):
+            raise HarnessError("method 'int8-dynamic': the model has no linear layer outside its head")
 
     def finalize(self, model):
         import warnings
@@ -145,7 +155,7 @@ class Int8Dynamic(Method):
         self.preflight(model, None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's own deprecation notice for its quantized tensors
-            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            return quantize_dynamic(model, set(self.linear_layers(model)), dtype=torch.qint8)
 
     def compression(self, model):
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear

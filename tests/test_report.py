@@ -17,7 +17,8 @@ def _row(method, score, trainable, memory, seconds, run_id, status="ok", device=
         method=method, score=score, trainable_params=trainable, total_params=10**6, peak_memory_bytes=memory,
         train_seconds=seconds, run_id=run_id, job_hash=f"h{run_id}", status=status, device_name=device,
         peak_memory_kind="cpu_peak_rss_reset", metric="accuracy", error=None if status == "ok" else "RuntimeError: x",
-        **{"flops_per_sample": None, "latency_bs1_p50_ms": None, "compression_kernel": None, **inference},
+        **{"flops_per_sample": None, "latency_bs1_p50_ms": None, "compression_kernel": None, "ttft_bs1_p50_ms": None,
+           "generation_batch_tokens_per_s": None, **inference},
     )
 
 
@@ -62,7 +63,9 @@ def test_report_command_on_real_runs_is_self_contained(tiny_model, tiny_glue, tm
     assert not re.search(r"<script[^>]+src=", html) and "<link" not in html  # nothing fetched from a CDN
     assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js is inlined
     figures = json.loads(re.search(r"const FIGURES = (\{.*?\});\n", html, re.S).group(1))
-    assert len(figures) == len(COST_AXES)  # one figure per cost axis: parameters, memory, time, size, FLOPs, latency
+    # One figure per cost axis a GLUE run has: parameters, memory, time, size, FLOPs, latency (no generation).
+    generation = {"ttft_bs1_p50_ms", "ms_per_generated_token"}
+    assert len(figures) == len([a for a in COST_AXES if a.column not in generation])
     for method in ("lora:r=4", "bitfit", "full"):
         assert f">{method}<" in html
     assert [p.name for p in out.iterdir()] == ["index.html"]

@@ -117,6 +117,25 @@ def test_accumulating_two_half_batches_is_one_full_batch_step(suite, tiny_llama,
         torch.testing.assert_close(p, q, atol=2e-6, rtol=1e-5)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(suite, tiny_llama, tiny_gsm8k):
+    from harness.job import enable_gradient_checkpointing
+
+    model, tokenizer = build(suite, tiny_llama)
+    data = suite.prepare_train(train_split(suite, tiny_gsm8k), tokenizer, suite.get_task("gsm8k"),
+                               SimpleNamespace(max_length=128, packing=False))
+    batch = data.collate([data.dataset[i] for i in range(4)])
+    grads = []
+    for checkpointing in (False, True):
+        copy_ = copy.deepcopy(model).train()
+        if checkpointing:
+            enable_gradient_checkpointing(copy_)
+            assert copy_.is_gradient_checkpointing
+        copy_(**batch).loss.backward()
+        grads.append([p.grad for p in copy_.parameters()])
+    for plain, recomputed in zip(*grads):
+        torch.testing.assert_close(plain, recomputed)
+
+
 def test_a_token_budget_stops_training_once_spent(suite, tiny_llama, tiny_gsm8k):
     from harness.method import MethodContext, Pipeline
     from harness.train import train
@@ -141,6 +160,32 @@ def test_compression_leaves_the_lm_head_dense(suite, tiny_llama):
     out = Pipeline.parse("int4").apply(model, ctx)
     assert torch.equal(out.lm_head.weight, head)
     assert not torch.equal(out.model.layers[0].self_attn.q_proj.weight, q)
+
+
+def test_methods_meet_a_causal_lm_as_it_is(suite, tiny_llama):
+    """LN tuning finds Llama's RMSNorms; int8-dynamic leaves the tied output layer dense;
+    BitFit (no biases) and the linear probe (no fresh head) are refused, not run empty."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    from harness.meters import count_parameters
+    from harness.method import MethodContext, Pipeline
+
+    def applied(spec):
+        model, _ = build(suite, tiny_llama)
+        ctx = MethodContext(task_type="causal_lm", dense_modules=suite.dense_modules(model))
+        pipeline = Pipeline.parse(spec)
+        return pipeline, pipeline.apply(model, ctx)
+
+    _, tuned = applied("ln-tuning")
+    norms = sum(m.weight.numel() for m in build(suite, tiny_llama)[0].modules() if type(m).__name__ == "LlamaRMSNorm")
+    assert count_parameters(tuned)[0] == norms == 5 * 32  # two per layer, one final
+    pipeline, model = applied("int8-dynamic")
+    quantized = pipeline.finalize(model)
+    assert isinstance(quantized.model.layers[0].self_attn.q_proj, DynamicLinear)
+    assert type(quantized.lm_head) is torch.nn.Linear
+    for spec, message in (("bitfit", "has no bias terms"), ("linear-probe", "has none here")):
+        with pytest.raises(HarnessError, match=message):
+            applied(spec)
 
 
 # lm-eval ------------------------------------------------------------------------------
