@@ -42,7 +42,7 @@ def forward_latency(model: torch.nn.Module, data, run, device: torch.device) -> 
 # number of new tokens (EOS ignored) so that every method generates the same amount.
 GENERATION_NEW_TOKENS = 32
 GENERATION_WARMUP = 1
-GENERATION_REPEATS = 3
+GENERATION_REPEATS = 5
 
 
 def generation_costs(

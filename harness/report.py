@@ -32,6 +32,8 @@ class CostAxis:
     scale: float = 1.0  # divide the column by this for display
     log: bool = False
     hardware: bool = False  # only comparable within one device
+    # Peak memory is also only comparable within one way of measuring it (peak_memory_kind).
+    per_memory_kind: bool = False
     # Measured at inference: a row whose compression only simulated its kernel (fake-quantized
     # or masked dense weights) ran the dense float model, so its point is drawn hollow and kept
     # off the Pareto front: a simulated speedup is never shown as a measured one.
@@ -40,7 +42,7 @@ class CostAxis:
 
 COST_AXES = (
     CostAxis("trainable_params", "trainable parameters", log=True),
-    CostAxis("peak_memory_bytes", "peak memory (MiB)", scale=2**20, hardware=True),
+    CostAxis("peak_memory_bytes", "peak memory (MiB)", scale=2**20, hardware=True, per_memory_kind=True),
     CostAxis("train_seconds", "training time (s)", hardware=True),
     # The size a deployment stores: the compressed format's bytes where a method reports them.
     CostAxis("stored_model_bytes", "model size (MiB)", scale=2**20),
@@ -165,8 +167,11 @@ def build_sections(df: pd.DataFrame) -> list[TaskSection]:
             # nothing trained); a log axis cannot show zeros at all.
             if not len(ok) or not (ok[axis.column] > 0).any():
                 continue
-            groups = ok.groupby(["device_name", "peak_memory_kind"], dropna=False) if axis.hardware else [(None, ok)]
+            keys = ["device_name", "peak_memory_kind"] if axis.per_memory_kind else ["device_name"]
+            groups = ok.groupby(keys, dropna=False) if axis.hardware else [(None, ok)]
             for key, part in groups:
+                if not (part[axis.column] > 0).any():  # e.g. the runs that trained nothing, on a training axis
+                    continue
                 where = f"<br><sup>on {key[0]}</sup>" if key else ""
                 section.figures.append(_figure(part.reset_index(drop=True), axis, metric, f"{suite}/{task}: {metric} vs {axis.title}{where}"))
         sections.append(section)
