@@ -44,7 +44,7 @@ def run(
     model: Optional[str] = typer.Option(None, "--model", help="Model alias, local directory or hub id; default: the suite's."),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling and dropout."),
     max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Train on a fixed subset of this size."),
-    max_eval_samples: Optional[int] = typer.Option(None, "--max-eval-samples", help="Evaluate on a fixed random N examples (the same for every run)."),
+    max_eval_samples: Optional[int] = typer.Option(None, "--max-eval-samples", help="Evaluate on a fixed random N examples (the same for every run); gsm8k: the first N, as lm-eval's --limit."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs (suite default if omitted)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps; overrides --epochs."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (method default if omitted)."),

