@@ -67,8 +67,17 @@ def run_job(spec: RunSpec, show_progress: bool = True) -> JobResult:
     return JobResult(row, write_row(row, run.results_dir))
 
 
+def record_failure(run: ResolvedRun, error: str, detail: str = "") -> Path:
+    """A `failed` row for a job that ended outside `run_job`'s reach (killed, timed out, crashed
+    in its process), written by whoever watched it."""
+    row = _identity_row(run, pick_device(run.device))
+    row.update(status="failed", error=error, traceback=detail or None, created_at=datetime.now(timezone.utc))
+    return write_row(row, run.results_dir)
+
+
 def _describe_error(exc: BaseException) -> str:
-    if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+    text = str(exc).lower()
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text or "can't allocate memory" in text:
         return f"out of memory: {first_line(exc)}"
     message = first_line(exc)
     return type(exc).__name__ if message == type(exc).__name__ else f"{type(exc).__name__}: {message}"

@@ -22,7 +22,7 @@ import pandas as pd
 from harness import __version__
 from harness.atomic import atomic_write
 from harness.pareto import pareto_mask
-from harness.store import read_results
+from harness.store import latest_per_job, read_results
 
 
 @dataclass(frozen=True)
@@ -249,7 +249,8 @@ def _fmt(value, column: str = "") -> str:
 
 
 def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, int]:
-    df = read_results(results_dir)
+    # One row per job: re-runs, retries and stores merged from several machines count once.
+    df = latest_per_job(read_results(results_dir))
     html = render(df, str(results_dir))
     path = Path(out_dir) / "index.html"
     with atomic_write(path, "w") as f:

@@ -58,3 +58,22 @@ def _align(table: pa.Table) -> pa.Table:
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def latest_per_job(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per job hash: its latest ok row, else its latest failed row. Rows of one job from
+    several machines, retries or re-runs resolve the same way whatever order files are read in."""
+    if df.empty:
+        return df
+    ranked = df.assign(_ok=(df["status"] == "ok").astype(int)).sort_values(
+        ["job_hash", "_ok", "created_at", "run_id"], ascending=[True, False, False, False], kind="mergesort",
+    )
+    return ranked.drop_duplicates("job_hash", keep="first").drop(columns="_ok").reset_index(drop=True)
+
+
+def job_status(results_dir: str | os.PathLike) -> dict[str, str]:
+    """job hash -> 'ok' or 'failed', as the store holds it now (latest successful wins)."""
+    if not Path(results_dir).is_dir():
+        return {}
+    latest = latest_per_job(read_results(results_dir))
+    return dict(zip(latest["job_hash"], latest["status"]))

@@ -1,0 +1,58 @@
+"""`python -m harness.worker`: run one job, given as RunSpec JSON on stdin, in this process.
+
+The sweep starts one worker process per job, so a crash, a leak or an out-of-memory
+error ends that job only. Exit status: 0 the job wrote an ok row, 3 it wrote a failed
+row, 2 bad input (nothing written); anything else (a signal, an error outside the job)
+leaves the row to the parent, which records the failure.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import sys
+
+OK, FAILED_ROW, BAD_INPUT = 0, 3, 2
+MEMORY_LIMIT_ENV = "HARNESS_JOB_MEMORY_LIMIT_BYTES"
+
+
+def die_with_parent() -> None:
+    """Linux: be killed when the process that started us dies (a sweep killed with SIGKILL
+    takes its jobs with it, so a resumed sweep never races an orphan for the same job)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call
+        os._exit(FAILED_ROW + 100)
+
+
+def limit_memory() -> None:
+    """Cap the job's data segment (heap and anonymous mappings: where tensors live), so a job
+    that allocates past it fails with an allocation error instead of taking the machine."""
+    limit = os.environ.get(MEMORY_LIMIT_ENV)
+    if limit:
+        resource.setrlimit(resource.RLIMIT_DATA, (int(limit), int(limit)))
+
+
+def main() -> int:
+    die_with_parent()
+    limit_memory()
+    from harness.config import RunSpec
+    from harness.errors import HarnessError
+    from harness.job import run_job
+
+    spec = RunSpec.model_validate_json(sys.stdin.read())
+    try:
+        result = run_job(spec, show_progress=False)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return BAD_INPUT
+    return OK if result.ok else FAILED_ROW
+
+
+if __name__ == "__main__":
+    sys.exit(main())
