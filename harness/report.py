@@ -125,6 +125,7 @@ def _figure(ok: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict:
     fig.update_layout(
         title=title, xaxis_title=axis.title + (" (log)" if axis.log else ""), yaxis_title=metric,
         xaxis_type="log" if axis.log else "linear", template="plotly_white", height=420,
+        yaxis_rangemode="tozero",  # scores near zero (a small LM on GSM8K) sit on the axis, not mid-plot
         margin=dict(l=60, r=20, t=70, b=50), legend=dict(title="method"),
     )
     return json.loads(fig.to_json())

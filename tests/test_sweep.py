@@ -181,3 +181,23 @@ def test_the_latest_successful_row_of_a_job_wins_whatever_the_file_order():
     for order in (df, df.iloc[::-1], df.sample(frac=1, random_state=0)):
         latest = latest_per_job(order).set_index("job_hash")
         assert latest.loc["a", "run_id"] == "3" and latest.loc["b", "run_id"] == "5"
+
+
+def test_slots_per_gpu_and_on_cpu():
+    from harness.sweep import device_slots, parse_devices
+
+    assert device_slots(parse_devices("0,1"), 2, None) == ["0", "0", "1", "1"]
+    assert device_slots(parse_devices("cpu"), 1, None) == [None]  # one CPU job at a time by default
+    assert device_slots(None, 1, 3) == [None, None, None]
+    assert device_slots(["0", "1"], 1, 3) == ["0", "1", "0"]
+
+
+def test_only_jobs_without_a_row_run_unless_failed_ones_are_asked_for():
+    from types import SimpleNamespace
+
+    from harness.sweep import SweepPlan
+
+    jobs = [SimpleNamespace(job_hash=h) for h in ("done", "broke", "new")]
+    plan = SweepPlan(jobs, {"done": "ok", "broke": "failed"})
+    assert [j.job_hash for j in plan.todo(rerun_failed=False)] == ["new"]
+    assert [j.job_hash for j in plan.todo(rerun_failed=True)] == ["broke", "new"]
