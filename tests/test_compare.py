@@ -1,0 +1,198 @@
+"""`compare_stores`: two result stores matched by job identity, regressions beyond tolerance."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from harness.compare import IDENTITY_KEYS, REGRESSION, compare_stores
+from harness.config import ResolvedRun
+from harness.errors import HarnessError
+from harness.store import write_row
+from tests.test_store_and_schema import full_row
+
+MODEL = "bert-base-uncased"
+DEVICE = "NVIDIA H100 80GB HBM3"
+_run_ids = itertools.count()
+
+
+def resolved(method="lora:r=8", seed=0, **overrides) -> ResolvedRun:
+    """A run as `resolve()` makes it, so that the config column is what a job really writes."""
+    values = dict(
+        suite="glue", task="sst2", method=method, method_params=[{"method": method.split(":")[0], "params": {}}],
+        model=MODEL, model_hub_id=MODEL, model_location=f"/mirror/models/{MODEL}", model_source="mirror", seed=seed,
+        max_train_samples=2000, max_eval_samples=None, epochs=1.0, max_steps=None, lr=3e-4, batch_size=32,
+        eval_batch_size=64, max_length=128, warmup_ratio=0.06, weight_decay=0.0, max_grad_norm=1.0, precision="bf16",
+        lr_scheduler="linear", gradient_accumulation_steps=1, gradient_checkpointing=False, max_train_tokens=None,
+        packing=False, train_data=None, num_fewshot=None, max_new_tokens=None, preset=None, device="auto",
+        latency_warmup=3, latency_repeats=20, data_dir="/mirror", data_sources={"train": "mirror"},
+        results_dir="results", harness_version="0.4.0",
+    )
+    values.update(overrides)
+    return ResolvedRun(**values)
+
+
+def run_row(method="lora:r=8", seed=0, config=None, **columns):
+    """A complete ok result row of one run with realistic costs; `columns` override any of them."""
+    run = resolved(method, seed, **(config or {}))
+    row = full_row(
+        job_hash=run.job_hash, run_id=f"r{next(_run_ids)}", suite=run.suite, task=run.task, method=run.method,
+        model=run.model, model_hub_id=run.model_hub_id, seed=run.seed, config=run.model_dump_json(),
+        status="ok", error=None, traceback=None, metric="accuracy", score=0.90, harness_version=run.harness_version,
+        device_name=DEVICE, git_commit="1111111",
+        train_seconds=100.0, peak_memory_bytes=3 * 2**30,
+        latency_bs1_p50_ms=10.0, latency_bs1_p90_ms=10.4, latency_batch_p50_ms=40.0, latency_batch_p90_ms=41.0,
+        ttft_bs1_p50_ms=None, trainable_params=600_000, model_bytes=438_000_000, compressed_model_bytes=None,
+        flops_per_sample=2.2e10,
+    )
+    row.update(columns)
+    return row
+
+
+def store(path, *rows):
+    path.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        write_row(row, path)
+    return path
+
+
+def found(comparison):
+    return {(c.kind, c.run, c.column) for c in comparison.changes}
+
+
+def test_identity_keys_are_those_of_the_job_hash_except_the_version():
+    assert set(IDENTITY_KEYS) == set(resolved().identity()) - {"harness_version"}
+
+
+def test_reports_exactly_the_lowered_accuracy_and_the_doubled_latency(tmp_path):
+    methods = ["lora:r=8", "bitfit", "full"]
+    base = store(tmp_path / "base", *(run_row(m, seed) for m in methods for seed in (0, 1)))
+    later = datetime(2026, 1, 3, tzinfo=timezone.utc)
+    new_rows = []
+    for m in methods:
+        for seed in (0, 1):
+            row = run_row(m, seed, created_at=later)
+            if (m, seed) == ("lora:r=8", 0):
+                row["score"] = 0.88
+            if (m, seed) == ("bitfit", 1):
+                row.update(latency_bs1_p50_ms=20.0, latency_bs1_p90_ms=20.5)
+            new_rows.append(row)
+    comparison = compare_stores(base, store(tmp_path / "new", *new_rows))
+
+    assert found(comparison) == {
+        (REGRESSION, f"glue/sst2 lora:r=8 {MODEL} 0", "score"),
+        (REGRESSION, f"glue/sst2 bitfit {MODEL} 1", "latency_bs1_p50_ms"),
+    }
+    score = next(c for c in comparison.regressions if c.column == "score")
+    assert (score.base, score.new) == (0.90, 0.88)
+    latency = next(c for c in comparison.regressions if c.column.startswith("latency"))
+    assert (latency.base, latency.new, latency.relative) == (10.0, 20.0, 1.0)
+    assert comparison.compared == 6
+    table = comparison.table()
+    assert table.splitlines()[-1] == "2 regressions, 0 improvements, 6 runs compared"
+    assert "lora:r=8" in table and "+100.0%" in table
+    frame = comparison.to_frame()
+    assert list(frame["kind"]) == [REGRESSION, REGRESSION]
+    assert set(frame["column"]) == {"score", "latency_bs1_p50_ms"}
+
+
+def test_identical_stores_have_no_changes(tmp_path):
+    rows = [run_row("lora:r=8"), run_row("bitfit"), run_row("full", ttft_bs1_p50_ms=5.0)]
+    comparison = compare_stores(store(tmp_path / "base", *rows), store(tmp_path / "new", *rows))
+    assert comparison.changes == [] and comparison.regressions == []
+    assert comparison.compared == 3
+    assert comparison.table() == "0 regressions, 0 improvements, 3 runs compared"
+
+
+def test_score_changes_within_tolerance_are_not_reported(tmp_path):
+    base = store(tmp_path / "base", run_row("lora:r=8", score=0.900), run_row("bitfit", score=0.800))
+    new = store(tmp_path / "new", run_row("lora:r=8", score=0.896), run_row("bitfit", score=0.820))
+    comparison = compare_stores(base, new, metric_tolerance=0.005)
+    assert found(comparison) == {("improvement", f"glue/sst2 bitfit {MODEL} 0", "score")}
+    assert compare_stores(base, new, metric_tolerance=0.003).regressions[0].column == "score"
+
+
+@pytest.mark.parametrize("p90, regression", [(14.0, False), (None, True)])
+def test_latency_rise_within_the_measured_spread_is_noise(tmp_path, p90, regression):
+    # +15% on the median: beyond a 10% tolerance, but not beyond it plus a 4 ms p50-p90 spread.
+    base = store(tmp_path / "base", run_row(latency_bs1_p50_ms=10.0, latency_bs1_p90_ms=p90 or 10.0))
+    new = store(tmp_path / "new", run_row(latency_bs1_p50_ms=11.5, latency_bs1_p90_ms=p90 or 11.5))
+    comparison = compare_stores(base, new, time_tolerance=0.10)
+    assert found(comparison) == ({(REGRESSION, f"glue/sst2 lora:r=8 {MODEL} 0", "latency_bs1_p50_ms")} if regression else set())
+
+
+def test_costs_without_a_spread_use_the_relative_tolerance(tmp_path):
+    base = store(tmp_path / "base", run_row(train_seconds=100.0, peak_memory_bytes=1000))
+    new = store(tmp_path / "new", run_row(train_seconds=109.0, peak_memory_bytes=1200))
+    assert found(compare_stores(base, new, time_tolerance=0.10)) == {
+        (REGRESSION, f"glue/sst2 lora:r=8 {MODEL} 0", "peak_memory_bytes"),
+    }
+
+
+def test_hardware_costs_on_another_device_are_not_comparable(tmp_path):
+    base = store(tmp_path / "base", run_row())
+    new = store(tmp_path / "new", run_row(device_name="NVIDIA A100-SXM4-40GB", latency_bs1_p50_ms=20.0,
+                                          latency_bs1_p90_ms=20.4, train_seconds=300.0))
+    comparison = compare_stores(base, new)
+    assert comparison.regressions == []
+    [note] = comparison.changes
+    assert note.kind == "info" and note.column == "device_name" and "not comparable (device differs)" in note.note
+
+
+def test_exact_costs_regress_on_any_rise_whatever_the_device(tmp_path):
+    base = store(tmp_path / "base", run_row())
+    new = store(tmp_path / "new", run_row(device_name="other", trainable_params=600_001, model_bytes=437_000_000))
+    comparison = compare_stores(base, new, time_tolerance=10.0)
+    assert {(c.kind, c.column) for c in comparison.changes if c.kind != "info"} == {
+        (REGRESSION, "trainable_params"), ("improvement", "model_bytes"),
+    }
+
+
+def test_run_missing_in_new_is_a_regression_and_a_new_run_is_information(tmp_path):
+    base = store(tmp_path / "base", run_row("lora:r=8"), run_row("bitfit"), run_row("full"))
+    new = store(tmp_path / "new", run_row("lora:r=8"), run_row("dora:r=8"),
+                run_row("full", status="failed", score=None, error="RuntimeError: CUDA out of memory"))
+    comparison = compare_stores(base, new)
+    assert found(comparison) == {
+        (REGRESSION, f"glue/sst2 bitfit {MODEL} 0", "run"),
+        (REGRESSION, f"glue/sst2 full {MODEL} 0", "run"),
+        ("info", f"glue/sst2 dora:r=8 {MODEL} 0", "run"),
+    }
+    notes = {c.run.split()[1]: c.note for c in comparison.changes}
+    assert notes == {"bitfit": "missing in new", "full": "failed in new: RuntimeError: CUDA out of memory",
+                     "dora:r=8": "new run"}
+    assert comparison.compared == 1
+
+
+def test_runs_match_across_versions_commits_and_paths(tmp_path):
+    base = store(tmp_path / "base", run_row(git_commit="aaaaaaa"))
+    elsewhere = dict(harness_version="0.5.0", results_dir="/ci/night-2/results", data_dir="/ci/mirror",
+                     model_location="/ci/mirror/models/bert", latency_repeats=50, device="cuda:0")
+    new_row = run_row(config=elsewhere, git_commit="bbbbbbb-dirty", harness_version="0.5.0")
+    assert new_row["job_hash"] != run_row()["job_hash"]  # so the hash alone would not match them
+    comparison = compare_stores(base, store(tmp_path / "new", new_row))
+    assert comparison.changes == [] and comparison.compared == 1
+    # An identity setting does change the run: then it is a different experiment.
+    other = compare_stores(base, store(tmp_path / "other", run_row(config={"lr": 1e-4})))
+    assert {c.note for c in other.changes} == {"missing in new", "new run"}
+
+
+def test_latest_run_of_one_identity_wins_within_a_store(tmp_path):
+    day = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    base = store(tmp_path / "base", run_row(score=0.90))
+    new = store(tmp_path / "new",
+                run_row(score=0.80, created_at=day + timedelta(days=2)),
+                run_row(score=0.70, created_at=day, config={"harness_version": "0.3.0"}))
+    [change] = compare_stores(base, new).changes
+    assert (change.column, change.new) == ("score", 0.80)
+
+
+def test_missing_folder_or_empty_store_is_bad_input(tmp_path):
+    base = store(tmp_path / "base", run_row())
+    with pytest.raises(HarnessError, match="no such folder"):
+        compare_stores(base, tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HarnessError, match="no results"):
+        compare_stores(tmp_path / "empty", base)
