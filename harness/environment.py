@@ -50,12 +50,22 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _driver_version() -> str:
+    """The CUDA driver's version as major.minor (torch reports it as 1000*major + 10*minor)."""
+    try:
+        v = torch._C._cuda_getDriverVersion()
+    except (AttributeError, RuntimeError):
+        return ""
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
 def describe(device: torch.device) -> dict[str, object]:
     cuda = device.type == "cuda"
     return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_model(),
         "cuda_version": torch.version.cuda or "",
+        "cuda_driver_version": _driver_version() if cuda else "",
         "cpu_model": _cpu_model(),
         "cpu_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,

@@ -21,6 +21,7 @@ import torch
 
 from harness import environment
 from harness.config import DATA_SEED, ResolvedRun, RunSpec, resolve
+from harness.devices import mfu
 from harness.errors import HarnessError, first_line
 from harness.method import Compression, MethodContext
 from harness.meters import count_parameters, model_bytes, stored_parameter_count, trainable_bytes, weight_sparsity
@@ -99,8 +100,12 @@ def _identity_row(run: ResolvedRun, device: torch.device) -> dict[str, Any]:
         "status": "failed",
     }
     env = environment.describe(device)
-    row.update({k: v for k, v in env.items() if k not in ("pid", "cpu_model")})
+    row.update({k: v for k, v in env.items() if k != "pid"})
     return row
+
+
+def row_device_name(device: torch.device) -> str:
+    return str(environment.describe(device)["device_name"])
 
 
 def fixed_subset(dataset, max_samples: int | None):
@@ -197,6 +202,11 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         "pipeline_seconds": sum(c.seconds for c in pipeline.costs),
         "pipeline_costs": json.dumps([asdict(c) for c in pipeline.costs]),
         "optimizer_state_bytes": stats.optimizer_state_bytes,
+        "parameter_bytes": stats.memory.parameter_bytes if stats.memory else None,
+        "gradient_bytes": stats.memory.gradient_bytes if stats.memory else None,
+        "activation_bytes": stats.memory.activation_bytes if stats.memory else None,
+        "train_flops_per_step": stats.flops_per_step,
+        "mfu": mfu(stats.flops_per_step, stats.steps, stats.seconds, row_device_name(device), run.precision),
         "peak_memory_bytes": stats.peak_memory_bytes,
         "peak_memory_reserved_bytes": stats.peak_memory_reserved_bytes,
         "peak_memory_kind": stats.peak_memory_kind or None,

@@ -68,15 +68,19 @@ class _Paused:
         self.watch._start = time.perf_counter()
 
 
-def _read_vm_hwm() -> int | None:
+def _read_status(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def _read_vm_hwm() -> int | None:
+    return _read_status("VmHWM")
 
 
 def _reset_vm_hwm() -> bool:
@@ -100,14 +104,20 @@ class PeakMemory:
         self.device = device
         self.peak_bytes: int | None = None
         self.reserved_bytes: int | None = None
+        # Memory in use when the region starts (allocated on CUDA, resident on CPU): the model,
+        # and on CPU the process's libraries. Peak minus it is what the region itself added.
+        self.start_bytes: int | None = None
         self.kind = ""
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_bytes = int(torch.cuda.memory_allocated(self.device))
             self.kind = "cuda_max_allocated"
-        elif _reset_vm_hwm() and _read_vm_hwm() is not None:
+            return self
+        self.start_bytes = _read_status("VmRSS")
+        if _reset_vm_hwm() and _read_vm_hwm() is not None:
             self.kind = "cpu_peak_rss_reset"
         else:
             self.kind = "cpu_peak_rss_process"
@@ -153,6 +163,32 @@ def measure_latency(fn: Callable[[], object], device: torch.device, warmup: int,
             times_ms.append((time.perf_counter() - t0) * 1e3)
     arr = np.asarray(times_ms)
     return Latency(float(np.percentile(arr, 50)), float(np.percentile(arr, 90)), float(arr.mean()), repeats)
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Where training memory went: weights, their gradients, optimizer state, and activations.
+
+    Gradients are one per trainable parameter in its dtype; activations (and temporaries)
+    are the peak minus what was in use when training started minus gradients and optimizer
+    state, an estimate that is exact on CUDA (allocated bytes) and on CPU also absorbs the
+    allocator's slack."""
+
+    parameter_bytes: int
+    gradient_bytes: int
+    optimizer_state_bytes: int
+    activation_bytes: int | None
+
+
+def memory_breakdown(model: torch.nn.Module, trainable_params: list[torch.nn.Parameter], optimizer_bytes: int | None,
+                     peak_bytes: int | None, start_bytes: int | None) -> MemoryBreakdown:
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    grads = sum(p.numel() * p.element_size() for p in trainable_params)
+    optim = optimizer_bytes or 0
+    activations = None
+    if peak_bytes is not None and start_bytes is not None:
+        activations = max(0, peak_bytes - start_bytes - grads - optim)
+    return MemoryBreakdown(params, grads, optim, activations)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -226,6 +262,23 @@ def weight_sparsity(model: torch.nn.Module) -> float | None:
 def _quantized_linear_flops(input_shape, packed_weight, *args, out_shape=None, **kwargs) -> int:
     # torch's dynamic int8 linear: (..., in) x (in, out), one multiply-add per pair, as aten.mm counts.
     return 2 * math.prod(input_shape[:-1]) * input_shape[-1] * out_shape[-1]
+
+
+def train_step_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, precision: str) -> int:
+    """Operations of one forward and backward pass on `batch` (the optimizer's update is not
+    counted), by FlopCounterMode. The random state is restored and the gradients cleared,
+    so training afterwards is exactly what it would have been."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.train import autocast
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with FlopCounterMode(display=False) as counter:
+            with autocast(device, precision):
+                loss = model(**batch).loss
+            loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
 
 
 def forward_flops(model: torch.nn.Module, inputs: dict[str, torch.Tensor], device: torch.device, precision: str) -> int:

@@ -105,6 +105,14 @@ COLUMNS: tuple[Column, ...] = (
     Column("generation_batch_size", pa.int64(), "batch size of the *_batch_* generation columns (left-padded eval prompts)"),
     Column("generation_new_tokens", pa.int64(), "new tokens per sequence in the throughput measurement (EOS ignored, so every method generates as many)"),
     Column("generation_repeats", pa.int64(), "timed repeats behind each generation median (after warm-up)"),
+    # measurement depth
+    Column("parameter_bytes", pa.int64(), "training memory: bytes of the model's parameters as trained"),
+    Column("gradient_bytes", pa.int64(), "training memory: one gradient per trainable parameter, in its dtype"),
+    Column("activation_bytes", pa.int64(), "training memory: peak minus what was in use when training started minus gradients and optimizer state (activations and temporaries; exact on CUDA, an estimate on CPU)"),
+    Column("train_flops_per_step", pa.float64(), "FLOPs of one optimizer step's forward and backward passes (FlopCounterMode on the training split's first batch; the update itself not counted)"),
+    Column("mfu", pa.float64(), "model FLOP utilisation: train_flops_per_step x train_steps / train_seconds over the device's datasheet peak (harness/devices.py); empty for devices not in the table (CPUs)"),
+    Column("cpu_model", pa.string(), "CPU model of the host (on GPU runs too)"),
+    Column("cuda_driver_version", pa.string(), "CUDA driver version (GPU runs)"),
 )
 
 SCHEMA = pa.schema(

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.method import MethodContext, Pipeline
-from harness.meters import PeakMemory, Stopwatch, optimizer_state_bytes
+from harness.meters import MemoryBreakdown, PeakMemory, Stopwatch, memory_breakdown, optimizer_state_bytes, train_step_flops
 from harness.progress import bar
 from harness.suite import Prepared, Suite, Task
 
@@ -34,6 +34,8 @@ class TrainStats:
     peak_memory_reserved_bytes: int | None = None
     peak_memory_kind: str = ""
     optimizer_state_bytes: int | None = None
+    memory: MemoryBreakdown | None = None
+    flops_per_step: int | None = None  # forward + backward of one optimizer step's micro-batches
 
 
 def autocast(device: torch.device, precision: str):
@@ -150,6 +152,10 @@ def train(
         generator=torch.Generator().manual_seed(seed),
     ))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
+    # Counted on the split's first examples, outside the timed region, before the first step.
+    first = to_device(data.collate([data.dataset[i] for i in range(min(batch_size, len(data.dataset)))]), device)
+    model.train()
+    stats.flops_per_step = train_step_flops(model, first, device, precision) * grad_accum
     # Loss stays on the device and is read once at the end, so logging never forces a sync.
     tail_from = max(0, steps - max(1, steps // 10))
     tail_loss = torch.zeros((), device=device)
@@ -194,6 +200,7 @@ def train(
     stats.peak_memory_bytes = memory.peak_bytes
     stats.peak_memory_reserved_bytes = memory.reserved_bytes
     stats.peak_memory_kind = memory.kind
+    stats.memory = memory_breakdown(model, params, stats.optimizer_state_bytes, memory.peak_bytes, memory.start_bytes)
     return stats
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from harness.meters import (
@@ -65,3 +66,52 @@ def test_stored_parameter_count_includes_packed_quantized_weights():
         quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     assert sum(p.numel() for p in quantized.parameters()) == 0  # packed: no longer nn.Parameters
     assert stored_parameter_count(quantized) == expected
+
+
+def test_train_step_flops_count_forward_and_weight_gradient_and_leave_no_trace():
+    from types import SimpleNamespace
+
+    import torch
+
+    from harness.meters import train_step_flops
+
+    class Regressor(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(32, 16, bias=False)
+
+        def forward(self, x, labels):
+            return SimpleNamespace(loss=((self.linear(x) - labels) ** 2).mean())
+
+    torch.manual_seed(0)
+    model, batch = Regressor(), {"x": torch.randn(8, 32), "labels": torch.randn(8, 16)}
+    flops = train_step_flops(model, batch, torch.device("cpu"), "fp32")
+    assert flops == 2 * (2 * 8 * 32 * 16)  # forward x W^T, and the weight's gradient (the input needs none)
+    assert model.linear.weight.grad is None
+    state = torch.random.get_rng_state()
+    train_step_flops(model, batch, torch.device("cpu"), "fp32")
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_mfu_is_achieved_flops_over_the_datasheet_peak():
+    from harness.devices import mfu, peak_tflops
+
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.4
+    assert peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5
+    assert peak_tflops("Intel(R) Xeon(R) Processor", "fp32") is None
+    assert mfu(1e12, 10, 2.0, "NVIDIA A100-SXM4-80GB", "bf16") == pytest.approx(1e13 / 2.0 / 312e12)
+    assert mfu(1e12, 10, 2.0, "Intel(R) Xeon(R) Processor", "fp32") is None
+
+
+def test_memory_breakdown_splits_the_peak():
+    import torch
+
+    from harness.meters import memory_breakdown
+
+    model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 2))
+    trainable = list(model[1].parameters())
+    mb = memory_breakdown(model, trainable, optimizer_bytes=2 * 22 * 4, peak_bytes=10_000, start_bytes=4_000)
+    assert mb.parameter_bytes == (110 + 22) * 4 and mb.gradient_bytes == 22 * 4
+    assert mb.activation_bytes == 10_000 - 4_000 - 22 * 4 - 2 * 22 * 4
+    assert memory_breakdown(model, trainable, None, None, None).activation_bytes is None
