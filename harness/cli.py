@@ -189,6 +189,24 @@ def _run_with_display(todo, slots, quiet: bool):
         return run_local(todo, slots, update)
 
 
+@app.command()
+def compare(
+    base: str = typer.Argument(..., help="Result store of the reference (e.g. last night's)."),
+    new: str = typer.Argument(..., help="Result store to check against it."),
+    metric_tolerance: float = typer.Option(0.005, "--metric-tolerance", help="Largest score drop that is not a regression (metric units)."),
+    time_tolerance: float = typer.Option(0.10, "--time-tolerance", help="Largest relative rise of time, memory or latency that is not a regression (beyond the measured spread)."),
+) -> None:
+    """Match runs of two stores by job identity; print what changed; exit 1 on a regression."""
+    from harness.compare import compare_stores
+
+    if metric_tolerance < 0 or time_tolerance < 0:
+        raise HarnessError("--metric-tolerance and --time-tolerance must be 0 or more")
+    comparison = compare_stores(base, new, metric_tolerance, time_tolerance)
+    print(comparison.table())
+    if comparison.regressions:
+        raise typer.Exit(1)
+
+
 class ListWhat(str, Enum):
     methods = "methods"
     suites = "suites"

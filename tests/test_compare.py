@@ -196,3 +196,17 @@ def test_missing_folder_or_empty_store_is_bad_input(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(HarnessError, match="no results"):
         compare_stores(tmp_path / "empty", base)
+
+
+def test_the_compare_command_exits_1_on_a_regression_and_0_on_identical_stores(tmp_path, capsys):
+    from harness.cli import main
+
+    rows = [run_row("lora:r=8"), run_row("bitfit")]
+    base = store(tmp_path / "base", *rows)
+    assert main(["compare", str(base), str(store(tmp_path / "same", *rows))]) == 0
+    assert "0 regressions" in capsys.readouterr().out
+    worse = store(tmp_path / "worse", run_row("lora:r=8", score=0.85), run_row("bitfit"))
+    assert main(["compare", str(base), str(worse)]) == 1
+    assert "1 regression" in capsys.readouterr().out
+    assert main(["compare", str(base), str(tmp_path / "nowhere")]) == 2
+    assert "no such folder" in capsys.readouterr().err
