@@ -64,3 +64,19 @@ def test_pareto_matches_brute_force_on_random_points():
         for c, s in zip(costs, scores)
     ]
     assert pareto_mask(costs, scores).tolist() == brute
+
+
+def test_mean_ci_brackets_the_mean_and_narrows_with_more_seeds():
+    import numpy as np
+
+    from harness.stats import mean_ci
+
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(0.8, 0.02, 3), rng.normal(0.8, 0.02, 30)
+    a, b = mean_ci(few), mean_ci(many)
+    assert a.low <= a.mean <= a.high and b.low <= b.mean <= b.high
+    assert (b.high - b.low) < (a.high - a.low)
+    assert 0.78 < b.low < 0.8 < b.high < 0.82
+    assert mean_ci([0.5]).low is None and str(mean_ci([0.5])) == "0.5000"
+    assert mean_ci([0.7, 0.7]).low == 0.7
+    assert mean_ci([0.1, 0.2, 0.3]) == mean_ci([0.1, 0.2, 0.3])  # seeded: the same report twice
