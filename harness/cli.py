@@ -63,6 +63,7 @@ def run(
     train_data: Optional[str] = typer.Option(None, "--train-data", help="Causal LM: train on this hub data set (ID[:CONFIG], e.g. meta-math/MetaMathQA) instead of the task's train split."),
     num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Generative eval: few-shot examples per prompt (suite default: 0)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generative eval: most tokens generated per answer (suite default: 256)."),
+    kernel_profile: bool = typer.Option(True, "--kernel-profile/--no-kernel-profile", help="Profile a few training steps and inference batches with torch.profiler (kernel table in <results>/_kernels)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="A published setup by name (e.g. gsm8k's peft-metamathqa); flags given still win."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Local mirror root laid out as <root>/<hub id>/<config>/<split>-*.parquet [env: HARNESS_DATA_DIR]."),
@@ -82,7 +83,7 @@ def run(
         warmup_ratio=warmup_ratio, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
         gradient_accumulation_steps=grad_accum, gradient_checkpointing=gradient_checkpointing,
         max_train_tokens=max_train_tokens, packing=packing, train_data=train_data, num_fewshot=num_fewshot,
-        max_new_tokens=max_new_tokens, preset=preset,
+        max_new_tokens=max_new_tokens, preset=preset, kernel_profile=kernel_profile,
     )
     result = run_job(spec, show_progress=not quiet)
     row = result.row
@@ -207,6 +208,26 @@ def compare(
         raise typer.Exit(1)
 
 
+@app.command()
+def leaderboard(
+    history: str = typer.Option(..., "--history", help="Folder of nightly stores, one sub-folder per night (YYYY-MM-DD)."),
+    add: Optional[str] = typer.Option(None, "--add", help="A result store to append as a night first."),
+    date: Optional[str] = typer.Option(None, "--date", help="The night's date, YYYY-MM-DD (default: today, UTC)."),
+    replace: bool = typer.Option(False, "--replace", help="Replace a night already in the history."),
+    out: str = typer.Option("leaderboard", "--out", help="Folder to write the trend page (index.html) into."),
+    metric_tolerance: float = typer.Option(0.005, "--metric-tolerance", help="As `harness compare`: for the latest night's changes."),
+    time_tolerance: float = typer.Option(0.10, "--time-tolerance", help="As `harness compare`: for the latest night's changes."),
+) -> None:
+    """Append a night to the history (--add), then render each method's metric and costs over nights."""
+    from harness.leaderboard import append_night, write_leaderboard
+
+    if add is not None:
+        night = append_night(add, history, date, replace=replace)
+        print(f"added {add} as {night}")
+    path = write_leaderboard(history, out, metric_tolerance, time_tolerance)
+    print(f"wrote {path}")
+
+
 class ListWhat(str, Enum):
     methods = "methods"
     suites = "suites"
@@ -263,7 +284,7 @@ def list_(what: ListWhat = typer.Argument(..., help="methods, suites, tasks, mod
 @app.command()
 def report(
     results: str = typer.Option("results", "--results", help="Result store folder to read."),
-    out: str = typer.Option("reports", "--out", help="Folder to write index.html into."),
+    out: str = typer.Option("reports", "--out", help="Folder to write the site into (index.html, Pareto and run pages)."),
 ) -> None:
     """Write a self-contained static HTML report (leaderboards and Pareto plots) from a result store."""
     from harness.report import write_report

@@ -57,6 +57,7 @@ class RunSpec(BaseModel):
     num_fewshot: int | None = Field(None, ge=0)
     max_new_tokens: int | None = Field(None, gt=0)
     preset: str | None = None
+    kernel_profile: bool = True
     device: str = "auto"
     latency_warmup: int = Field(3, ge=0)
     latency_repeats: int = Field(20, gt=0)
@@ -109,6 +110,7 @@ class ResolvedRun(BaseModel):
     num_fewshot: int | None
     max_new_tokens: int | None
     preset: str | None
+    kernel_profile: bool = True
     device: str
     latency_warmup: int
     latency_repeats: int
@@ -204,6 +206,7 @@ def resolve(spec: RunSpec) -> tuple[ResolvedRun, Suite, Task, Pipeline, dict[str
         num_fewshot=pick(spec.num_fewshot, d.num_fewshot),
         max_new_tokens=pick(spec.max_new_tokens, d.max_new_tokens),
         preset=spec.preset,
+        kernel_profile=spec.kernel_profile,
         device=spec.device,
         latency_warmup=spec.latency_warmup,
         latency_repeats=spec.latency_repeats,

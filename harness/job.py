@@ -28,6 +28,7 @@ from harness.meters import count_parameters, model_bytes, stored_parameter_count
 from harness.resolve import gguf_origin, model_load_error
 from harness.schema import SCHEMA_VERSION
 from harness.store import write_row
+from harness.profiling import profile_inference, profile_training, write_kernel_tables
 from harness.train import sample_batches, total_steps, train
 
 
@@ -165,6 +166,9 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         max_tokens=run.max_train_tokens,
     )
     pipeline.record("train", "training", False, stats.seconds, model)
+    profiles = {}
+    if run.kernel_profile and stats.steps:  # the model as trained, adapters still in place
+        profiles["train"] = profile_training(model, first_batch(train_data, run.batch_size), device, run.precision)
     model = pipeline.finalize(model).to(device)
     compression = pipeline.compression(model) or Compression()
     final_bytes = model_bytes(model)
@@ -173,6 +177,9 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
 
     evaluation = suite.evaluate(model, processor, task, eval_sets, run, device, show_progress)
     inference = suite.inference_costs(model, processor, evaluation, run, device)
+    if run.kernel_profile:
+        profiles["inference"] = profile_inference(model, first_batch(evaluation.data, run.eval_batch_size), device, run.precision)
+        write_kernel_tables(run.results_dir, run.job_hash, profiles)
     return {
         "metric": task.primary_metric,
         "score": evaluation.metrics[task.primary_metric],
@@ -212,7 +219,16 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         "peak_memory_kind": stats.peak_memory_kind or None,
         **evaluation.row,
         **inference,
+        "adapter_overhead_share": profiles["train"].adapter_share if "train" in profiles else None,
+        "adapter_overhead_share_inference": profiles["inference"].adapter_share if "inference" in profiles else None,
+        "top_kernel_category": profiles["train"].top_category if "train" in profiles else (
+            profiles["inference"].top_category if "inference" in profiles else None),
     }
+
+
+def first_batch(data, batch_size: int) -> dict:
+    """The first `batch_size` examples of a prepared split, collated: fixed profiling inputs."""
+    return data.collate([data.dataset[i] for i in range(min(batch_size, len(data.dataset)))])
 
 
 def mean_tokens(data) -> float:

@@ -112,6 +112,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("train_flops_per_step", pa.float64(), "FLOPs of one optimizer step's forward and backward passes (FlopCounterMode on the training split's first batch; the update itself not counted)"),
     Column("mfu", pa.float64(), "model FLOP utilisation: train_flops_per_step x train_steps / train_seconds over the device's datasheet peak (harness/devices.py); empty for devices not in the table (CPUs)"),
     Column("cpu_model", pa.string(), "CPU model of the host (on GPU runs too)"),
+    Column("adapter_overhead_share", pa.float64(), "share of a training step's profiled operator/kernel time spent in the method's own modules (forward and backward; harness/kernels.py); 0 without adapters; null when not profiled"),
+    Column("adapter_overhead_share_inference", pa.float64(), "the same share over inference forward passes of the final model (0 once an adapter is merged)"),
+    Column("top_kernel_category", pa.string(), "category with the most profiled time in training (inference if nothing trained): matmul, attention, normalisation, elementwise, memory copy, adapter op, other; the table is <results>/_kernels/<job_hash>.parquet"),
     Column("cuda_driver_version", pa.string(), "CUDA driver version (GPU runs)"),
 )
 

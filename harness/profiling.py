@@ -1,0 +1,66 @@
+"""Kernel profiles of a run: a few training steps and inference batches under torch.profiler.
+
+The training profile times forward and backward on the training split's first batch
+(the optimizer's update is left out, so the model is not changed by being measured; the
+random state is restored), on the model as trained, with its adapters. The inference
+profile times forward passes of the latency batch on the final model. Both tables go to
+`<results>/_kernels/<job_hash>.parquet`; the rows carry the adapter-overhead shares.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from harness.atomic import atomic_write
+from harness.kernels import KernelProfile, adapter_scopes, profile_steps
+from harness.train import autocast, to_device
+
+
+def _steps(device: torch.device) -> tuple[int, int]:
+    return (2, 3) if device.type == "cuda" else (1, 2)  # (warm-up, timed steps): CPU steps are slow
+
+
+def profile_training(model: torch.nn.Module, batch: dict, device: torch.device, precision: str) -> KernelProfile:
+    warmup, steps = _steps(device)
+    batch = to_device(batch, device)
+    model.train()
+
+    def step():
+        with autocast(device, precision):
+            loss = model(**batch).loss
+        loss.backward()
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        profile = profile_steps(step, device, warmup=warmup, steps=steps, adapters=adapter_scopes(model))
+    model.zero_grad(set_to_none=True)
+    return profile
+
+
+def profile_inference(model: torch.nn.Module, batch: dict, device: torch.device, precision: str) -> KernelProfile:
+    warmup, steps = _steps(device)
+    batch = {k: v for k, v in to_device(batch, device).items() if k != "labels"}
+    model.eval()
+
+    @torch.inference_mode()
+    def forward():
+        with autocast(device, precision):
+            model(**batch)
+
+    return profile_steps(forward, device, warmup=warmup, steps=steps, adapters=adapter_scopes(model))
+
+
+def kernel_table_path(results_dir: str, job_hash: str) -> Path:
+    return Path(results_dir) / "_kernels" / f"{job_hash}.parquet"
+
+
+def write_kernel_tables(results_dir: str, job_hash: str, profiles: dict[str, KernelProfile]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables([p.to_table(job_hash, phase) for phase, p in profiles.items()])
+    path = kernel_table_path(results_dir, job_hash)
+    with atomic_write(path) as f:
+        pq.write_table(table, f)
+    return path
