@@ -20,16 +20,14 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.atomic import atomic_write
 from harness.config import RunSpec, resolve
 from harness.environment import describe
 from harness.sweep import SweepJob, device_slots, run_local
 from harness.sweep_file import Resources
+from harness.store import append_records
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -92,13 +90,7 @@ def main() -> None:
         "process_start_imports_s": imports, "store_write_ms": store_write * 1e3, "within_target": within,
         "device_name": env.get("device_name"), "git_commit": env.get("git_commit"),
     }
-    out = Path(args.out)
-    table = pa.Table.from_pylist([record])
-    if out.exists():
-        table = pa.concat_tables([pq.read_table(out), table], promote_options="default")
-    with atomic_write(out) as f:
-        pq.write_table(table, f)
-    print(f"appended to {out}")
+    print(f"appended to {append_records(args.out, [record])}")
 
 
 if __name__ == "__main__":

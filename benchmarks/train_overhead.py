@@ -15,20 +15,17 @@ import copy
 import statistics
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
 from harness.config import RunSpec, resolve
-from harness.atomic import atomic_write
 from harness.environment import describe
 from harness.job import fixed_subset
 from harness.method import MethodContext
 from harness.train import default_optimizer, train
+from harness.store import append_records
 
 
 def plain_loop(model, data, *, steps, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm, seed) -> float:
@@ -118,13 +115,7 @@ def main() -> None:
         "plain_seconds_median": statistics.median(plain_s), "ratio": ratio,
         "device_name": env["device_name"], "torch_version": env["torch_version"], "git_commit": env["git_commit"],
     }
-    out = Path(args.out)
-    table = pa.Table.from_pylist([row])
-    if out.exists():
-        table = pa.concat_tables([pq.read_table(out), table], promote_options="default")
-    with atomic_write(out) as f:
-        pq.write_table(table, f)
-    print(f"wrote {out}")
+    print(f"wrote {append_records(args.out, [row])}")
 
 
 if __name__ == "__main__":

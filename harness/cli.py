@@ -123,7 +123,7 @@ def sweep(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
 ) -> None:
     """Run every job of a sweep file that is not done yet, each in its own process; resumable."""
-    from harness.sweep import device_slots, load_sweep, parse_devices, plan, run_local, summary
+    from harness.sweep import device_slots, load_sweep, parse_devices, plan, summary
 
     for flag, value in (("--max-parallel", max_parallel), ("--timeout", timeout)):
         if value is not None and value <= 0:

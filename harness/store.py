@@ -77,3 +77,15 @@ def job_status(results_dir: str | os.PathLike) -> dict[str, str]:
         return {}
     latest = latest_per_job(read_results(results_dir))
     return dict(zip(latest["job_hash"], latest["status"]))
+
+
+def append_records(path: str | os.PathLike, records: list[dict[str, Any]]) -> Path:
+    """Add free-form records (a benchmark's results, not run rows) to a Parquet file, atomically;
+    columns new to the file are added, missing ones are null."""
+    path = Path(path)
+    table = pa.Table.from_pylist(records)
+    if path.exists():
+        table = pa.concat_tables([pq.read_table(path), table], promote_options="default")
+    with atomic_write(path) as f:
+        pq.write_table(table, f)
+    return path
