@@ -9,6 +9,9 @@ profile times forward passes of the latency batch on the final model. Both table
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +19,22 @@ import torch
 from harness.atomic import atomic_write
 from harness.kernels import KernelProfile, adapter_scopes, profile_steps
 from harness.train import autocast, to_device
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """torch's profiler backend (kineto) writes a line to file descriptor 2 at every start and
+    stop, below Python's reach; a run's output should not carry them. Exceptions still
+    propagate and are printed after the descriptor is restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _steps(device: torch.device) -> tuple[int, int]:
@@ -32,7 +51,7 @@ def profile_training(model: torch.nn.Module, batch: dict, device: torch.device, 
             loss = model(**batch).loss
         loss.backward()
 
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _native_stderr_silenced():
         profile = profile_steps(step, device, warmup=warmup, steps=steps, adapters=adapter_scopes(model))
     model.zero_grad(set_to_none=True)
     return profile
@@ -48,7 +67,8 @@ def profile_inference(model: torch.nn.Module, batch: dict, device: torch.device,
         with autocast(device, precision):
             model(**batch)
 
-    return profile_steps(forward, device, warmup=warmup, steps=steps, adapters=adapter_scopes(model))
+    with _native_stderr_silenced():
+        return profile_steps(forward, device, warmup=warmup, steps=steps, adapters=adapter_scopes(model))
 
 
 def kernel_table_path(results_dir: str, job_hash: str) -> Path:
