@@ -59,11 +59,16 @@ def _driver_version() -> str:
     return f"{v // 1000}.{(v % 1000) // 10}"
 
 
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model: what hardware-dependent costs are compared within."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()
+
+
 def describe(device: torch.device) -> dict[str, object]:
     cuda = device.type == "cuda"
     return {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_model(),
+        "device_name": device_name(device),
         "cuda_version": torch.version.cuda or "",
         "cuda_driver_version": _driver_version() if cuda else "",
         "cpu_model": _cpu_model(),

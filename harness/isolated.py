@@ -23,12 +23,15 @@ from harness.config import ResolvedRun, RunSpec
 # Live worker processes, so that an interrupted sweep can kill every one of them.
 _LIVE: set[subprocess.Popen] = set()
 _LIVE_LOCK = threading.Lock()
+# Set by kill_all: a job killed because the sweep was interrupted is not done, not failed
+# (a failed row would make the resumed sweep skip it).
+_INTERRUPTED = threading.Event()
 
 
 @dataclass(frozen=True)
 class Outcome:
     job_hash: str
-    status: str  # ok or failed (a row says why)
+    status: str  # ok or failed (a row says why), or interrupted (no row: the job is not done)
     seconds: float
     error: str | None = None
 
@@ -74,6 +77,8 @@ def execute_isolated(
             with _LIVE_LOCK:
                 _LIVE.discard(proc)
     seconds = time.perf_counter() - start
+    if _INTERRUPTED.is_set() and code != worker.OK:
+        return Outcome(run.job_hash, "interrupted", seconds, "the sweep was interrupted")
     if code == worker.OK:
         return Outcome(run.job_hash, "ok", seconds)
     if code == worker.FAILED_ROW:
@@ -105,6 +110,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 def kill_all() -> None:
     """Kill every live worker (an interrupted sweep). Their rows are written atomically, so
     none is left half-written; the jobs they ran are simply not done."""
+    _INTERRUPTED.set()
     with _LIVE_LOCK:
         live = list(_LIVE)
     for proc in live:

@@ -29,7 +29,7 @@ from harness.resolve import gguf_origin, model_load_error
 from harness.schema import SCHEMA_VERSION
 from harness.store import write_row
 from harness.profiling import profile_inference, profile_training, write_kernel_tables
-from harness.train import sample_batches, total_steps, train
+from harness.train import first_batch, sample_batches, total_steps, train
 
 
 @dataclass
@@ -103,10 +103,6 @@ def _identity_row(run: ResolvedRun, device: torch.device) -> dict[str, Any]:
     env = environment.describe(device)
     row.update({k: v for k, v in env.items() if k != "pid"})
     return row
-
-
-def row_device_name(device: torch.device) -> str:
-    return str(environment.describe(device)["device_name"])
 
 
 def fixed_subset(dataset, max_samples: int | None):
@@ -213,7 +209,7 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         "gradient_bytes": stats.memory.gradient_bytes if stats.memory else None,
         "activation_bytes": stats.memory.activation_bytes if stats.memory else None,
         "train_flops_per_step": stats.flops_per_step,
-        "mfu": mfu(stats.flops_per_step, stats.steps, stats.seconds, row_device_name(device), run.precision),
+        "mfu": mfu(stats.flops_per_step, stats.steps, stats.seconds, environment.device_name(device), run.precision),
         "peak_memory_bytes": stats.peak_memory_bytes,
         "peak_memory_reserved_bytes": stats.peak_memory_reserved_bytes,
         "peak_memory_kind": stats.peak_memory_kind or None,
@@ -225,10 +221,6 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
             profiles["inference"].top_category if "inference" in profiles else None),
     }
 
-
-def first_batch(data, batch_size: int) -> dict:
-    """The first `batch_size` examples of a prepared split, collated: fixed profiling inputs."""
-    return data.collate([data.dataset[i] for i in range(min(batch_size, len(data.dataset)))])
 
 
 def mean_tokens(data) -> float:

@@ -270,14 +270,10 @@ def train_step_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor], dev
     so training afterwards is exactly what it would have been."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harness.train import autocast
+    from harness.train import loss_backward, untraced_backward
 
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        with FlopCounterMode(display=False) as counter:
-            with autocast(device, precision):
-                loss = model(**batch).loss
-            loss.backward()
-    model.zero_grad(set_to_none=True)
+    with untraced_backward(model, device), FlopCounterMode(display=False) as counter:
+        loss_backward(model, batch, device, precision)
     return int(counter.get_total_flops())
 
 

@@ -18,7 +18,7 @@ import torch
 
 from harness.atomic import atomic_write
 from harness.kernels import KernelProfile, adapter_scopes, profile_steps
-from harness.train import autocast, to_device
+from harness.train import autocast, loss_backward, to_device, untraced_backward
 
 
 @contextlib.contextmanager
@@ -45,16 +45,9 @@ def profile_training(model: torch.nn.Module, batch: dict, device: torch.device, 
     warmup, steps = _steps(device)
     batch = to_device(batch, device)
     model.train()
-
-    def step():
-        with autocast(device, precision):
-            loss = model(**batch).loss
-        loss.backward()
-
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _native_stderr_silenced():
-        profile = profile_steps(step, device, warmup=warmup, steps=steps, adapters=adapter_scopes(model))
-    model.zero_grad(set_to_none=True)
-    return profile
+    with untraced_backward(model, device), _native_stderr_silenced():
+        return profile_steps(lambda: loss_backward(model, batch, device, precision), device, warmup=warmup,
+                             steps=steps, adapters=adapter_scopes(model))
 
 
 def profile_inference(model: torch.nn.Module, batch: dict, device: torch.device, precision: str) -> KernelProfile:

@@ -130,9 +130,7 @@ class Suite:
     # Data ------------------------------------------------------------------
     def locate(self, task: Task, data_dir, train_data: str | None = None) -> dict[str, DataSource]:
         """Every split the job needs, found before any work starts. `train_data` (another
-        training set by hub id) is for the suites that accept one."""
-        if train_data is not None:
-            raise HarnessError(f"suite {self.name!r} trains on its own tasks' data; --train-data is not for it")
+        training set by hub id) is read by the suites that accept one (resolve refuses it for the others)."""
         splits = [task.train_split] + [split for split, _ in task.eval_splits]
         return {split: locate_split(task.dataset, task.config, split, data_dir) for split in splits}
 

@@ -9,7 +9,6 @@ same sweep again resumes it.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -151,7 +150,6 @@ def run_local(jobs: list[SweepJob], slots: list[str | None],
     queue = [(job, 0) for job in jobs]
     free = list(slots)
     outcomes: list[Outcome] = []
-    lock = threading.Lock()
     pool = ThreadPoolExecutor(max_workers=len(slots))
     running: dict[Future, tuple[SweepJob, int, str | None]] = {}
     try:
@@ -172,15 +170,14 @@ def run_local(jobs: list[SweepJob], slots: list[str | None],
                 job, attempt, slot = running.pop(future)
                 free.append(slot)
                 outcome = future.result()
-                with lock:
-                    progress.running -= 1
-                    progress.seconds.append(outcome.seconds)
-                    if outcome.status == "failed" and attempt < job.resources.retries:
-                        queue.append((job, attempt + 1))
-                    else:
-                        outcomes.append(outcome)
-                        progress.done += outcome.status == "ok"
-                        progress.failed += outcome.status != "ok"
+                progress.running -= 1
+                progress.seconds.append(outcome.seconds)
+                if outcome.status == "failed" and attempt < job.resources.retries:
+                    queue.append((job, attempt + 1))
+                else:
+                    outcomes.append(outcome)
+                    progress.done += outcome.status == "ok"
+                    progress.failed += outcome.status != "ok"
                 if on_update:
                     on_update(progress, job, outcome)
             if on_update and not finished:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +89,26 @@ def _forever(loader: DataLoader):
         yield from loader
 
 
+def first_batch(data: Prepared, batch_size: int) -> dict:
+    """The first `batch_size` examples of a prepared split, collated: fixed measuring inputs."""
+    return data.collate([data.dataset[i] for i in range(min(batch_size, len(data.dataset)))])
+
+
+@contextmanager
+def untraced_backward(model: torch.nn.Module, device: torch.device):
+    """Forward and backward passes that leave no trace on training: the random state is
+    restored (dropout) and the gradients cleared afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+    model.zero_grad(set_to_none=True)
+
+
+def loss_backward(model: torch.nn.Module, batch: dict, device: torch.device, precision: str) -> None:
+    with autocast(device, precision):
+        loss = model(**batch).loss
+    loss.backward()
+
+
 def sample_batches(data: Prepared, batch_size: int, n: int, seed: int):
     """n shuffled training batches (on CPU) for methods that calibrate or initialise from data."""
     loader = DataLoader(data.dataset, batch_size=batch_size, shuffle=True, collate_fn=data.collate,
@@ -153,7 +173,7 @@ def train(
     ))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
     # Counted on the split's first examples, outside the timed region, before the first step.
-    first = to_device(data.collate([data.dataset[i] for i in range(min(batch_size, len(data.dataset)))]), device)
+    first = to_device(first_batch(data, batch_size), device)
     model.train()
     stats.flops_per_step = train_step_flops(model, first, device, precision) * grad_accum
     # Loss stays on the device and is read once at the end, so logging never forces a sync.

@@ -128,6 +128,7 @@ def test_ctrl_c_stops_the_sweep_and_its_jobs_cleanly(tmp_path, tiny_model, tiny_
     written = {p.name for p in result_files(results_dir)}
     time.sleep(2)
     assert {p.name for p in result_files(results_dir)} == written and 1 <= len(written) < 6  # its jobs were killed
+    assert (read_results(results_dir)["status"] == "ok").all()  # and not recorded as failed: a resume runs them
     assert not [p for p in results_dir.rglob(".*") if p.is_file()]  # no temporary left behind
 
 
