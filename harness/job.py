@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import traceback
 import warnings
 import uuid
@@ -21,15 +22,16 @@ import torch
 
 from harness import environment
 from harness.config import DATA_SEED, ResolvedRun, RunSpec, resolve
-from harness.devices import mfu
+from harness.devices import fp32_uses_tf32, mfu
 from harness.errors import HarnessError, first_line
-from harness.method import Compression, MethodContext
-from harness.meters import count_parameters, model_bytes, stored_parameter_count, trainable_bytes, weight_sparsity
+from harness.method import Compression, MethodContext, head_is_fresh
+from harness.meters import (count_parameters, model_bytes, model_memory_bytes, stored_parameter_count, trainable_bytes,
+                            weight_sparsity)
 from harness.resolve import gguf_origin, model_load_error
 from harness.schema import SCHEMA_VERSION
 from harness.store import write_row
 from harness.profiling import profile_inference, profile_training, write_kernel_tables
-from harness.train import first_batch, sample_batches, total_steps, train
+from harness.train import check_precision, first_batch, sample_batches, total_steps, train
 
 
 @dataclass
@@ -57,9 +59,10 @@ def pick_device(name: str) -> torch.device:
 def run_job(spec: RunSpec, show_progress: bool = True) -> JobResult:
     run, suite, task, pipeline, sources = resolve(spec)
     device = pick_device(run.device)
+    check_precision(run.precision, device)  # before any model is loaded
     row = _identity_row(run, device)
     try:
-        row.update(_execute(run, suite, task, pipeline, sources, device, show_progress))
+        row.update(_execute(run, suite, task, pipeline, sources, device, show_progress, row["run_id"]))
         row["status"] = "ok"
     except (HarnessError, KeyboardInterrupt):
         raise
@@ -69,23 +72,25 @@ def run_job(spec: RunSpec, show_progress: bool = True) -> JobResult:
     return JobResult(row, write_row(row, run.results_dir))
 
 
-def record_failure(run: ResolvedRun, error: str, detail: str = "") -> Path:
+def record_failure(run: ResolvedRun, error: str, detail: str = "", env: dict[str, Any] | None = None) -> Path:
     """A `failed` row for a job that ended outside `run_job`'s reach (killed, timed out, crashed
-    in its process), written by whoever watched it."""
-    row = _identity_row(run, pick_device(run.device))
+    in its process), written by whoever watched it. `env`: the environment the job had (the
+    slot's device, named without initialising CUDA in the watcher; harness/isolated.py)."""
+    row = _identity_row(run, pick_device(run.device) if env is None else None, env)
     row.update(status="failed", error=error, traceback=detail or None, created_at=datetime.now(timezone.utc))
     return write_row(row, run.results_dir)
 
 
 def _describe_error(exc: BaseException) -> str:
     text = str(exc).lower()
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text or "can't allocate memory" in text:
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text or "can't allocate memory" in text \
+            or "cannot allocate memory" in text:  # ENOMEM's own words (e.g. mmap of a checkpoint under RLIMIT_DATA)
         return f"out of memory: {first_line(exc)}"
     message = first_line(exc)
     return type(exc).__name__ if message == type(exc).__name__ else f"{type(exc).__name__}: {message}"
 
 
-def _identity_row(run: ResolvedRun, device: torch.device) -> dict[str, Any]:
+def _identity_row(run: ResolvedRun, device: torch.device | None, env: dict[str, Any] | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "job_hash": run.job_hash,
@@ -96,13 +101,27 @@ def _identity_row(run: ResolvedRun, device: torch.device) -> dict[str, Any]:
         "method_params": json.dumps(run.method_params, sort_keys=True),
         "model": run.model,
         "model_hub_id": run.model_hub_id,
+        "model_digest": run.model_digest,
         "seed": run.seed,
         "config": run.model_dump_json(),
         "status": "failed",
     }
-    env = environment.describe(device)
+    env = environment.describe(device) if env is None else env
     row.update({k: v for k, v in env.items() if k != "pid"})
+    row.setdefault("concurrent_jobs", concurrent_jobs())
     return row
+
+
+CONCURRENT_JOBS_ENV = "HARNESS_CONCURRENT_JOBS"
+
+
+def concurrent_jobs() -> int | None:
+    """Jobs sharing this job's device, as the executor that started it says; a job started by
+    hand (`harness run`) has it alone; an executor that cannot say sets it empty (null)."""
+    value = os.environ.get(CONCURRENT_JOBS_ENV)
+    if value is None:
+        return 1
+    return int(value) if value.strip() else None
 
 
 def fixed_subset(dataset, max_samples: int | None):
@@ -114,7 +133,8 @@ def fixed_subset(dataset, max_samples: int | None):
     return dataset
 
 
-def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.device, show_progress: bool) -> dict[str, Any]:
+def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.device, show_progress: bool,
+             run_id: str) -> dict[str, Any]:
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
@@ -146,9 +166,11 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         len(train_data.dataset), run.batch_size, run.epochs, run.max_steps, run.gradient_accumulation_steps,
         run.max_train_tokens, mean_tokens(train_data) if run.max_train_tokens else None,
     )
+    head = suite.head_modules(model)
     ctx = MethodContext(
-        task_type=suite.task_type, head_modules=suite.head_modules(model), dense_modules=suite.dense_modules(model),
+        task_type=suite.task_type, head_modules=head, dense_modules=suite.dense_modules(model),
         total_steps=steps, lr=run.lr, weight_decay=run.weight_decay, seed=run.seed,
+        gradient_checkpointing=run.gradient_checkpointing, fresh_head=head_is_fresh(model, head),
         sample_batches=lambda n: sample_batches(train_data, run.batch_size, n, run.seed),
     )
     # On the job's device before the steps apply: calibration (Wanda, GPTQ) runs where training does.
@@ -175,7 +197,7 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
     inference = suite.inference_costs(model, processor, evaluation, run, device)
     if run.kernel_profile:
         profiles["inference"] = profile_inference(model, first_batch(evaluation.data, run.eval_batch_size), device, run.precision)
-        write_kernel_tables(run.results_dir, run.job_hash, profiles)
+        write_kernel_tables(run.results_dir, run.job_hash, run_id, profiles)
     return {
         "metric": task.primary_metric,
         "score": evaluation.metrics[task.primary_metric],
@@ -195,6 +217,7 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         "trainable_params": trainable,
         "total_params": total,
         "model_bytes": final_bytes,
+        "model_memory_bytes": model_memory_bytes(model),
         "adapter_bytes": trainable_bytes(model),
         "weight_sparsity": weight_sparsity(model),
         "weight_bits": compression.weight_bits,
@@ -202,17 +225,22 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         "compressed_model_bytes": compression.compressed_bytes,
         "bits_per_parameter": 8 * stored_bytes / final_params if final_params else None,
         "compress_seconds": sum(c.seconds for c in pipeline.costs if c.compresses),
+        "init_seconds": sum(c.seconds for c in pipeline.costs if c.phase == "before training"),
         "pipeline_seconds": sum(c.seconds for c in pipeline.costs),
         "pipeline_costs": json.dumps([asdict(c) for c in pipeline.costs]),
         "optimizer_state_bytes": stats.optimizer_state_bytes,
         "parameter_bytes": stats.memory.parameter_bytes if stats.memory else None,
         "gradient_bytes": stats.memory.gradient_bytes if stats.memory else None,
         "activation_bytes": stats.memory.activation_bytes if stats.memory else None,
+        "train_flops": stats.flops,
         "train_flops_per_step": stats.flops_per_step,
-        "mfu": mfu(stats.flops_per_step, stats.steps, stats.seconds, environment.device_name(device), run.precision),
+        "mfu": mfu(stats.flops, stats.seconds, environment.device_name(device), run.precision,
+                   tf32=device.type == "cuda" and fp32_uses_tf32(model)),
+        "mfu_flops_kind": "executed" if stats.flops is not None else None,
         "peak_memory_bytes": stats.peak_memory_bytes,
         "peak_memory_reserved_bytes": stats.peak_memory_reserved_bytes,
         "peak_memory_kind": stats.peak_memory_kind or None,
+        "peak_process_memory_bytes": stats.peak_process_memory_bytes,
         **evaluation.row,
         **inference,
         "adapter_overhead_share": profiles["train"].adapter_share if "train" in profiles else None,

@@ -4,23 +4,28 @@
   never a bare wall clock around asynchronous kernel launches; on CPU,
   `time.perf_counter`.
 - Peak memory on GPU is `max_memory_allocated` / `max_memory_reserved` after a reset.
-  On CPU it is the process's peak resident set size; on Linux the peak is reset first
-  (writing 5 to /proc/self/clear_refs resets VmHWM), elsewhere it is the peak since the
-  process started. `kind` records which, so such numbers are never mixed unknowingly.
+  On CPU the primary figure is what the region added: its peak resident set size minus the
+  resident set when it started (libraries, datasets and the model already loaded are not
+  the region's); the process's own peak is kept beside it. On Linux the peak is reset at
+  the start (writing 5 to /proc/self/clear_refs resets VmHWM); elsewhere only the peak
+  since the process started is known, so the added figure is an upper bound. `kind`
+  records which, so such numbers are never mixed unknowingly.
 - Latency is a percentile over repeats after warm-up, never a single number.
 """
 
 from __future__ import annotations
 
-import math
 import resource
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
+
+from harness.flops import flop_counter
+from harness.passes import autocast, loss_backward, unchanged, untraced_backward
 
 
 def device_of(model: torch.nn.Module) -> torch.device:
@@ -98,12 +103,17 @@ def _ru_maxrss_bytes() -> int:
 
 
 class PeakMemory:
-    """Context manager: peak memory of the enclosed region (see module doc for `kind`)."""
+    """Context manager: peak memory of the enclosed region (see module doc for `kind`).
+
+    `peak_bytes` is the primary figure (CUDA: peak allocated; CPU: peak resident set added
+    above the start), `added_bytes` what the region added on either device, and
+    `process_peak_bytes` the CPU process's whole peak resident set (null on CUDA)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.peak_bytes: int | None = None
         self.reserved_bytes: int | None = None
+        self.process_peak_bytes: int | None = None
         # Memory in use when the region starts (allocated on CUDA, resident on CPU): the model,
         # and on CPU the process's libraries. Peak minus it is what the region itself added.
         self.start_bytes: int | None = None
@@ -116,11 +126,10 @@ class PeakMemory:
             self.start_bytes = int(torch.cuda.memory_allocated(self.device))
             self.kind = "cuda_max_allocated"
             return self
+        # Reset first, then read: VmHWM restarts from the resident set read here.
+        reset = _reset_vm_hwm() and _read_vm_hwm() is not None
         self.start_bytes = _read_status("VmRSS")
-        if _reset_vm_hwm() and _read_vm_hwm() is not None:
-            self.kind = "cpu_peak_rss_reset"
-        else:
-            self.kind = "cpu_peak_rss_process"
+        self.kind = "cpu_rss_added" if reset and self.start_bytes is not None else "cpu_rss_added_upper_bound"
         return self
 
     def __exit__(self, *exc) -> None:
@@ -128,10 +137,17 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
             self.reserved_bytes = int(torch.cuda.max_memory_reserved(self.device))
-        elif self.kind == "cpu_peak_rss_reset":
-            self.peak_bytes = _read_vm_hwm()
-        else:
-            self.peak_bytes = _ru_maxrss_bytes()
+            return
+        self.process_peak_bytes = _read_vm_hwm() if self.kind == "cpu_rss_added" else _ru_maxrss_bytes()
+        if self.process_peak_bytes is not None and self.start_bytes is not None:
+            self.peak_bytes = max(0, self.process_peak_bytes - self.start_bytes)
+
+    @property
+    def added_bytes(self) -> int | None:
+        """Peak bytes the region added above what was in use when it started."""
+        if self.device.type == "cuda":
+            return None if self.peak_bytes is None else self.peak_bytes - (self.start_bytes or 0)
+        return self.peak_bytes
 
 
 @dataclass(frozen=True)
@@ -169,10 +185,11 @@ def measure_latency(fn: Callable[[], object], device: torch.device, warmup: int,
 class MemoryBreakdown:
     """Where training memory went: weights, their gradients, optimizer state, and activations.
 
-    Gradients are one per trainable parameter in its dtype; activations (and temporaries)
-    are the peak minus what was in use when training started minus gradients and optimizer
-    state, an estimate that is exact on CUDA (allocated bytes) and on CPU also absorbs the
-    allocator's slack."""
+    Gradients are those actually held (the most held at once, at the end of a step's
+    backward passes): a method that trains a few layers at a time (LISA) holds only theirs.
+    Activations (and temporaries) are what training added above its start minus gradients
+    and optimizer state, an estimate that is exact on CUDA (allocated bytes) and on CPU also
+    absorbs the allocator's slack."""
 
     parameter_bytes: int
     gradient_bytes: int
@@ -180,21 +197,34 @@ class MemoryBreakdown:
     activation_bytes: int | None
 
 
-def memory_breakdown(model: torch.nn.Module, trainable_params: list[torch.nn.Parameter], optimizer_bytes: int | None,
-                     peak_bytes: int | None, start_bytes: int | None) -> MemoryBreakdown:
+def held_gradient_bytes(params: list[torch.nn.Parameter]) -> int:
+    """Bytes of the gradients the parameters hold now."""
+    return sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
+
+
+def memory_breakdown(model: torch.nn.Module, gradient_bytes: int, optimizer_bytes: int | None,
+                     added_bytes: int | None) -> MemoryBreakdown:
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    grads = sum(p.numel() * p.element_size() for p in trainable_params)
     optim = optimizer_bytes or 0
-    activations = None
-    if peak_bytes is not None and start_bytes is not None:
-        activations = max(0, peak_bytes - start_bytes - grads - optim)
-    return MemoryBreakdown(params, grads, optim, activations)
+    activations = None if added_bytes is None else max(0, added_bytes - gradient_bytes - optim)
+    return MemoryBreakdown(params, gradient_bytes, optim, activations)
+
+
+def parameter_numel(param: torch.Tensor) -> int:
+    """The weights a parameter stands for: a bitsandbytes 4-bit `Params4bit` packs two codes
+    per uint8 element into shape (n/2, 1) and keeps the weight's true shape in its
+    `quant_state`; every other tensor is its own numel."""
+    state = getattr(param, "quant_state", None)
+    if state is not None and not param.is_floating_point() and getattr(state, "shape", None) is not None:
+        return int(torch.Size(state.shape).numel())
+    return param.numel()
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters; `parameters()` yields a shared (tied) tensor once."""
+    """(trainable, total) parameters; `parameters()` yields a shared (tied) tensor once. A
+    packed 4-bit weight counts the weights it holds, not its bytes."""
     params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    return sum(parameter_numel(p) for p in params if p.requires_grad), sum(parameter_numel(p) for p in params)
 
 
 def stored_parameter_count(model: torch.nn.Module) -> int:
@@ -208,16 +238,52 @@ def stored_parameter_count(model: torch.nn.Module) -> int:
     return total
 
 
-def model_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the model's parameters and buffers as they sit in memory (shared tensors once)."""
-    seen: set[int] = set()
+def _tensors(value):
+    """The tensors in a state-dict value (torch's packed quantized params are a tuple)."""
+    if torch.is_tensor(value):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def _unique_bytes(tensors) -> int:
+    seen: set[tuple[int, int]] = set()
     size = 0
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.data_ptr() in seen:
+    for tensor in tensors:
+        if tensor.numel() == 0:
             continue
-        seen.add(tensor.data_ptr())
+        key = (tensor.data_ptr(), tensor.numel())  # a tied (shared) tensor once
+        if key in seen:
+            continue
+        seen.add(key)
         size += tensor.numel() * tensor.element_size()
     return size
+
+
+def model_bytes(model: torch.nn.Module, without_weights_of: Iterable[torch.nn.Module] = ()) -> int:
+    """Bytes a checkpoint of the model holds: its `state_dict`, i.e. parameters, persistent
+    buffers (batch-norm statistics) and what quantized modules store in their place (torch's
+    packed int8 weights with scales and zero points, a bitsandbytes weight's packed codes and
+    quantization state), shared tensors once. Non-persistent buffers (NOLA's bases, drawn
+    again from a seed) are not stored, so they are not counted (see `model_memory_bytes`).
+
+    `without_weights_of`: modules whose weight (and its quantization state) is left out, for a
+    compression step that prices those weights in its own format."""
+    skip = {id(m) for m in without_weights_of}
+    prefixes = [f"{name}." if name else "" for name, m in model.named_modules(remove_duplicate=False) if id(m) in skip]
+
+    def kept(key: str) -> bool:
+        return not any(key == p + "weight" or key.startswith(p + "weight.") for p in prefixes)
+
+    state = model.state_dict(keep_vars=True)
+    return _unique_bytes(t for key, value in state.items() if kept(key) for t in _tensors(value))
+
+
+def model_memory_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers as they sit in memory, non-persistent
+    buffers included (shared tensors once)."""
+    return _unique_bytes(list(model.parameters()) + list(model.buffers()))
 
 
 def trainable_bytes(model: torch.nn.Module) -> int:
@@ -248,31 +314,35 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return sum(walk(state) for state in optimizer.state.values())
 
 
+def _dense_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A layer's weight as numbers: a bitsandbytes 4-bit weight (packed uint8 codes) dequantized."""
+    state = getattr(weight, "quant_state", None)
+    if state is not None and not weight.is_floating_point():
+        import bitsandbytes.functional as bnb_functional
+
+        return bnb_functional.dequantize_4bit(weight.data, state)
+    return weight
+
+
+@torch.no_grad()
 def weight_sparsity(model: torch.nn.Module) -> float | None:
-    """Share of exactly-zero entries in the weights of linear and convolution layers."""
+    """Share of exactly-zero entries in the weights of linear and convolution layers (a
+    bitsandbytes 4-bit layer's weights dequantized, not its packed bytes)."""
     zeros = total = 0
     for module in model.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)):
-            weight = module.weight
+            weight = _dense_weight(module.weight)
             zeros += int((weight == 0).sum())
             total += weight.numel()
     return zeros / total if total else None
 
 
-def _quantized_linear_flops(input_shape, packed_weight, *args, out_shape=None, **kwargs) -> int:
-    # torch's dynamic int8 linear: (..., in) x (in, out), one multiply-add per pair, as aten.mm counts.
-    return 2 * math.prod(input_shape[:-1]) * input_shape[-1] * out_shape[-1]
-
-
 def train_step_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, precision: str) -> int:
     """Operations of one forward and backward pass on `batch` (the optimizer's update is not
-    counted), by FlopCounterMode. The random state is restored and the gradients cleared,
-    so training afterwards is exactly what it would have been."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from harness.train import loss_backward, untraced_backward
-
-    with untraced_backward(model, device), FlopCounterMode(display=False) as counter:
+    counted), by FlopCounterMode with harness/flops.py's formulas. Executed operations: a
+    frozen weight's gradient is not computed, so it is not counted. The model is left
+    exactly as it was (harness/passes.py), so training afterwards is what it would have been."""
+    with untraced_backward(model, device), flop_counter() as counter:
         loss_backward(model, batch, device, precision)
     return int(counter.get_total_flops())
 
@@ -280,21 +350,12 @@ def train_step_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor], dev
 def forward_flops(model: torch.nn.Module, inputs: dict[str, torch.Tensor], device: torch.device, precision: str) -> int:
     """Floating-point (or integer) operations of one forward pass on `inputs`, counted by
     torch's FlopCounterMode from the operators that actually run (matmuls, convolutions,
-    attention): a model made smaller (SVD, channel pruning, token merging) counts less; a
-    masked sparse model run by dense kernels counts the same as the dense model."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from harness.train import autocast
-
-    mapping = {}
-    if hasattr(torch.ops, "quantized") and hasattr(torch.ops.quantized, "linear_dynamic"):
-        mapping[torch.ops.quantized.linear_dynamic] = _quantized_linear_flops
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False, custom_mapping=mapping) as counter, torch.inference_mode():
+    attention; harness/flops.py): a model made smaller (SVD, channel pruning, token merging)
+    counts less; a masked sparse model run by dense kernels counts the same as the dense model.
+    The pass runs in eval mode; the model's modes and buffers are left as they were."""
+    with unchanged(model):
+        model.eval()
+        with flop_counter() as counter, torch.inference_mode():
             with autocast(device, precision):
                 model(**inputs)
-    finally:
-        model.train(was_training)
     return int(counter.get_total_flops())

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
 
+from harness.errors import HarnessError
 from harness.method import MethodContext, Pipeline
-from harness.meters import MemoryBreakdown, PeakMemory, Stopwatch, memory_breakdown, optimizer_state_bytes, train_step_flops
+from harness.meters import MemoryBreakdown, PeakMemory, Stopwatch, held_gradient_bytes, memory_breakdown, optimizer_state_bytes
+# Re-exported: the measuring passes live below the loop, so meters and profiling need not import it.
+from harness.passes import autocast, loss_backward, to_device, untraced_backward  # noqa: F401
 from harness.progress import bar
 from harness.suite import Prepared, Suite, Task
+from harness.train_flops import StepFlops
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
@@ -33,20 +36,22 @@ class TrainStats:
     peak_memory_bytes: int | None = None
     peak_memory_reserved_bytes: int | None = None
     peak_memory_kind: str = ""
+    peak_process_memory_bytes: int | None = None  # CPU: the whole process's peak resident set
     optimizer_state_bytes: int | None = None
     memory: MemoryBreakdown | None = None
-    flops_per_step: int | None = None  # forward + backward of one optimizer step's micro-batches
+    flops: int | None = None  # forward + backward of every micro-batch trained on (harness/train_flops.py)
+
+    @property
+    def flops_per_step(self) -> float | None:
+        return self.flops / self.steps if self.flops is not None and self.steps else None
 
 
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+def check_precision(precision: str, device: torch.device) -> None:
+    """fp16 needs loss scaling, which the loop does with CUDA's GradScaler only: on another
+    device small fp16 gradients would underflow to zero unnoticed."""
+    if precision == "fp16" and device.type != "cuda":
+        raise HarnessError(f"--precision fp16 on {device.type} has no loss scaling here (only on CUDA), so small "
+                           "gradients would underflow; use --precision bf16 or fp32")
 
 
 def total_steps(
@@ -92,21 +97,6 @@ def _forever(loader: DataLoader):
 def first_batch(data: Prepared, batch_size: int) -> dict:
     """The first `batch_size` examples of a prepared split, collated: fixed measuring inputs."""
     return data.collate([data.dataset[i] for i in range(min(batch_size, len(data.dataset)))])
-
-
-@contextmanager
-def untraced_backward(model: torch.nn.Module, device: torch.device):
-    """Forward and backward passes that leave no trace on training: the random state is
-    restored (dropout) and the gradients cleared afterwards."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        yield
-    model.zero_grad(set_to_none=True)
-
-
-def loss_backward(model: torch.nn.Module, batch: dict, device: torch.device, precision: str) -> None:
-    with autocast(device, precision):
-        loss = model(**batch).loss
-    loss.backward()
 
 
 def sample_batches(data: Prepared, batch_size: int, n: int, seed: int):
@@ -160,6 +150,7 @@ def train(
     means, which is the same for equal micro-batches."""
     from transformers import get_scheduler
 
+    check_precision(precision, device)
     stats = TrainStats()
     if steps == 0 or not any(p.requires_grad for p in model.parameters()):
         return stats  # nothing to train (e.g. a compression-only method)
@@ -171,11 +162,10 @@ def train(
         data.dataset, batch_size=batch_size, shuffle=True, collate_fn=data.collate,
         generator=torch.Generator().manual_seed(seed),
     ))
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
-    # Counted on the split's first examples, outside the timed region, before the first step.
-    first = to_device(first_batch(data, batch_size), device)
-    model.train()
-    stats.flops_per_step = train_step_flops(model, first, device, precision) * grad_accum
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    flops = StepFlops(model)
+    # Gradients actually held, at the end of each step's backward passes (before zero_grad).
+    held, held_bytes = list(model.parameters()), 0
     # Loss stays on the device and is read once at the end, so logging never forces a sync.
     tail_from = max(0, steps - max(1, steps // 10))
     tail_loss = torch.zeros((), device=device)
@@ -184,9 +174,11 @@ def train(
     with bar("train", steps, show_progress) as progress, Stopwatch(device) as watch, PeakMemory(device) as memory:
         while stats.steps < steps and not (max_tokens and stats.tokens >= max_tokens):
             micro = [next(batches) for _ in range(grad_accum)]
+            flops.start_step()
             scored = sum(scored_tokens(b) for b in micro) if data.token_labels else None
             step_loss = torch.zeros((), device=device)
             for batch in micro:
+                flops.add(batch)
                 stats.tokens += batch_tokens(batch)
                 stats.samples += batch_examples(batch)
                 batch = to_device(batch, device)
@@ -197,6 +189,10 @@ def train(
                         loss = model(**batch).loss / grad_accum
                 (scaler.scale(loss) if scaler else loss).backward()
                 step_loss += loss.detach().float()
+            # A method's own term (SoRA's L1 on its gates), once per step; final_loss stays the task loss.
+            extra = pipeline.extra_loss(model)
+            if extra is not None:
+                (scaler.scale(extra) if scaler else extra).backward()
             if scaler:
                 scaler.unscale_(optimizer)
             if max_grad_norm:
@@ -208,6 +204,7 @@ def train(
                 optimizer.step()
             pipeline.on_step(stats.steps, model)
             scheduler.step()
+            held_bytes = max(held_bytes, held_gradient_bytes(held))
             optimizer.zero_grad(set_to_none=True)
             if stats.steps >= tail_from:
                 tail_loss += step_loss
@@ -220,7 +217,10 @@ def train(
     stats.peak_memory_bytes = memory.peak_bytes
     stats.peak_memory_reserved_bytes = memory.reserved_bytes
     stats.peak_memory_kind = memory.kind
-    stats.memory = memory_breakdown(model, params, stats.optimizer_state_bytes, memory.peak_bytes, memory.start_bytes)
+    stats.peak_process_memory_bytes = memory.process_peak_bytes
+    stats.memory = memory_breakdown(model, held_bytes, stats.optimizer_state_bytes, memory.added_bytes)
+    # Outside the timed and metered region: the batches that ran, counted once per distinct shape.
+    stats.flops = flops.total(model, device, precision)
     return stats
 
 

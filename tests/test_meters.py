@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -35,15 +37,23 @@ def test_adam_state_is_two_tensors_per_trained_parameter():
     assert optimizer_state_bytes(opt) == 2 * (16 * 4 + 4) * 4  # exp_avg and exp_avg_sq; the step scalar is not state
 
 
-def test_cpu_peak_memory_sees_a_large_allocation():
-    with PeakMemory(torch.device("cpu")) as before:
-        pass
-    with PeakMemory(torch.device("cpu")) as during:
-        block = torch.ones(64 * 2**20 // 4 * 4)  # 256 MiB, touched
+def _touched(n_bytes: int) -> torch.Tensor:
+    return torch.ones(n_bytes // 4)  # float32 ones: every page written, so resident
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="the peak can be reset only on Linux")
+@pytest.mark.parametrize("ballast_mb", [0, 300])
+def test_cpu_peak_memory_is_what_the_region_added(ballast_mb):
+    held = _touched(ballast_mb * 2**20) if ballast_mb else None  # what the process held before
+    with PeakMemory(torch.device("cpu")) as meter:
+        block = _touched(200 * 2**20)
         del block
-    assert during.kind.startswith("cpu_peak_rss")
-    if during.kind == "cpu_peak_rss_reset":  # Linux: the peak was reset first, so it reflects the block
-        assert during.peak_bytes - before.peak_bytes > 200 * 2**20
+    del held
+    assert meter.kind == "cpu_rss_added"
+    assert meter.peak_bytes == meter.added_bytes
+    assert meter.peak_bytes == pytest.approx(200 * 2**20, rel=0.05)
+    assert meter.process_peak_bytes == meter.start_bytes + meter.peak_bytes
+    assert meter.process_peak_bytes >= (200 + ballast_mb) * 2**20
 
 
 def test_latency_percentiles_over_repeats():
@@ -100,18 +110,49 @@ def test_mfu_is_achieved_flops_over_the_datasheet_peak():
     assert peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
     assert peak_tflops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5
     assert peak_tflops("Intel(R) Xeon(R) Processor", "fp32") is None
-    assert mfu(1e12, 10, 2.0, "NVIDIA A100-SXM4-80GB", "bf16") == pytest.approx(1e13 / 2.0 / 312e12)
-    assert mfu(1e12, 10, 2.0, "Intel(R) Xeon(R) Processor", "fp32") is None
+    assert mfu(1e13, 2.0, "NVIDIA A100-SXM4-80GB", "bf16") == pytest.approx(1e13 / 2.0 / 312e12)
+    assert mfu(1e13, 2.0, "Intel(R) Xeon(R) Processor", "fp32") is None
+
+
+# Dense TF32 tensor-core peaks, half the datasheets' "with sparsity" figures:
+# A100 312*, H100 SXM5 989*, H100 PCIe 756*, H200 989*, L40S 366*; RTX 4090 82.6 (Ada whitepaper).
+@pytest.mark.parametrize("name, tf32", [
+    ("NVIDIA A100-SXM4-80GB", 156.0), ("NVIDIA H100 80GB HBM3", 494.7), ("NVIDIA H100 PCIe", 378.0),
+    ("NVIDIA H200", 494.7), ("NVIDIA L40S", 183.0), ("NVIDIA GeForce RTX 4090", 82.6),
+])
+def test_fp32_runs_with_tf32_kernels_are_compared_with_the_tf32_peak(name, tf32):
+    from harness.devices import mfu, peak_tflops
+
+    assert peak_tflops(name, "fp32", tf32=True) == tf32
+    assert peak_tflops(name, "fp32", tf32=True) >= peak_tflops(name, "fp32")
+    assert mfu(1e15, 10.0, name, "fp32", tf32=True) == pytest.approx(1e14 / (tf32 * 1e12))
+
+
+def test_convolutions_run_tf32_in_fp32_under_cudnn_default(monkeypatch):
+    from harness.devices import fp32_uses_tf32
+
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    linear = torch.nn.Linear(4, 2)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # torch's default
+    assert fp32_uses_tf32(conv) and not fp32_uses_tf32(linear)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert not fp32_uses_tf32(conv)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert fp32_uses_tf32(linear)
 
 
 def test_memory_breakdown_splits_the_peak():
     import torch
 
-    from harness.meters import memory_breakdown
+    from harness.meters import held_gradient_bytes, memory_breakdown
 
     model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 2))
-    trainable = list(model[1].parameters())
-    mb = memory_breakdown(model, trainable, optimizer_bytes=2 * 22 * 4, peak_bytes=10_000, start_bytes=4_000)
+    model[0].requires_grad_(False)
+    model(torch.randn(3, 10)).sum().backward()
+    grads = held_gradient_bytes(list(model.parameters()))
+    assert grads == 22 * 4  # only the second layer holds gradients
+    mb = memory_breakdown(model, grads, optimizer_bytes=2 * 22 * 4, added_bytes=6_000)
     assert mb.parameter_bytes == (110 + 22) * 4 and mb.gradient_bytes == 22 * 4
-    assert mb.activation_bytes == 10_000 - 4_000 - 22 * 4 - 2 * 22 * 4
-    assert memory_breakdown(model, trainable, None, None, None).activation_bytes is None
+    assert mb.activation_bytes == 6_000 - 22 * 4 - 2 * 22 * 4
+    assert memory_breakdown(model, grads, None, None).activation_bytes is None
