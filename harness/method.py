@@ -7,7 +7,7 @@ hooks in this order:
 
     model = apply(model, ctx)            wrap, freeze, quantize, prune
     opt   = optimizer(trainable, ctx)    None -> the loop's AdamW
-    each step: backward, optimizer.step(), on_step(step, model), zero_grad()
+    each step: backward (plus extra_loss(model)), optimizer.step(), on_step(step, model), zero_grad()
     model = finalize(model)              merge, prune ranks, export
 
 `on_step` runs while gradients are still present (AdaLoRA's rank allocation needs them).
@@ -38,9 +38,10 @@ class NoParams(BaseModel):
 
 
 class MethodParams(BaseModel):
-    """Base for method parameters: unknown keys are errors, values are validated."""
+    """Base for method parameters: unknown keys are errors, values are validated: numbers are
+    finite and types strict (true is not rank 1, 1 is not true; an int still serves a float)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 @dataclass
@@ -54,6 +55,11 @@ class MethodContext:
     lr: float = 0.0
     weight_decay: float = 0.0
     seed: int = 0
+    # Training recomputes activations in the backward pass (--gradient-checkpointing).
+    gradient_checkpointing: bool = False
+    # The task head in `head_modules` was freshly initialised for this job, not loaded from the
+    # checkpoint: it scores at chance until something trains it.
+    fresh_head: bool = False
     # Batches of the training split for methods that calibrate or initialise from data
     # (EVA, CorDA, LoRA-GA, Wanda, ...): sample_batches(n) yields n collated batches.
     sample_batches: Callable[[int], Iterator[dict[str, torch.Tensor]]] | None = None
@@ -77,6 +83,20 @@ class MethodContext:
         return {"seq_cls": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}.get(self.task_type)
 
 
+def head_is_fresh(model: torch.nn.Module, head_modules: tuple[str, ...]) -> bool:
+    """Whether the task head was freshly initialised rather than loaded with the checkpoint.
+
+    transformers (5.x) marks each tensor it loaded from a checkpoint `_is_hf_initialized`; in a
+    model it loaded, a head parameter without the mark was drawn at random (a checkpoint
+    without a head, or with another label count). A model with no marks at all (a plain torch
+    checkpoint, one built from a config, older transformers) gives no evidence: False."""
+    params = list(model.named_parameters())
+    if not head_modules or not any(getattr(p, "_is_hf_initialized", False) for _, p in params):
+        return False
+    in_head = lambda name: any(name.startswith(h + ".") or f".{h}." in f".{name}" for h in head_modules)  # noqa: E731
+    return any(not getattr(p, "_is_hf_initialized", False) for name, p in params if in_head(name))
+
+
 @dataclass(frozen=True)
 class Compression:
     """What a compression method did to the weights, for the result row.
@@ -92,14 +112,22 @@ class Compression:
 
     @staticmethod
     def combine(parts: list["Compression"]) -> "Compression | None":
-        """Pipeline steps in order: later steps describe the final weights; simulated wins over real."""
+        """Pipeline steps in order. Each step computes its figures from the final weights (a
+        quantizer checks they are still on its grid, pruning counts the non-zeros left), so each
+        size is that of a format the final weights can really be stored in: the row takes the
+        smallest, with that format's bits per weight. No joint format (int8 codes in a sparse
+        layout) is claimed, since no step implements one. Simulated wins over real."""
         parts = [p for p in parts if p is not None]
         if not parts:
             return None
-        last = lambda attr: next((getattr(p, attr) for p in reversed(parts) if getattr(p, attr) is not None), None)  # noqa: E731
         kernels = {p.kernel for p in parts}
         kernel = "simulated" if "simulated" in kernels else "real" if "real" in kernels else None
-        return Compression(last("weight_bits"), kernel, last("compressed_bytes"))
+        sized = [p for p in parts if p.compressed_bytes is not None]
+        if sized:
+            smallest = min(sized, key=lambda p: p.compressed_bytes)
+            return Compression(smallest.weight_bits, kernel, smallest.compressed_bytes)
+        bits = next((p.weight_bits for p in reversed(parts) if p.weight_bits is not None), None)
+        return Compression(bits, kernel, None)
 
 
 class Method:
@@ -111,13 +139,33 @@ class Method:
     # compression step before the last adaptation step runs before training (prune, then
     # recover); one after it runs on the trained, merged model (adapt, merge, then quantize).
     compresses: ClassVar[bool] = False
+    # A compression step whose format is a grid of values (quantization): weights that later
+    # training or a merged adapter changes leave the grid, and the format no longer holds.
+    quantizes: ClassVar[bool] = False
+    # A step that trains the model's own weights (full, LISA, GaLore) rather than parameters
+    # added beside them: after a quantizer it would train the quantized weights off their grid.
+    trains_base_weights: ClassVar[bool] = False
+    # A step whose output no later step can handle (torch's dynamically quantized modules have
+    # no trainable or compressible weights): it may only come last.
+    must_be_last: ClassVar[bool] = False
+    # Whether training through this step's forward gives correct gradients when activations
+    # are recomputed in the backward pass (gradient checkpointing).
+    supports_gradient_checkpointing: ClassVar[bool] = True
     paper: ClassVar[str] = ""  # short citation: authors, title, venue year
     Params: ClassVar[type[BaseModel]] = NoParams
     # Default learning rate when the user gives none: the paper's value for GLUE-size encoders.
     default_lr: ClassVar[float] = 5e-4
+    # The implementation's version, part of every job's identity. Bump it with any change that
+    # alters the method's results (a fix, a new default, another initialisation or update
+    # rule), so that rows of the old code stop counting as done. A new parameter whose default
+    # keeps the old behaviour needs no bump: only non-default parameters are in the identity.
+    version: ClassVar[int] = 1
 
     def __init__(self, params: BaseModel | None = None):
         self.params = params if params is not None else self.Params()
+        # What the step learned while it ran (calibration tokens used, ranks kept): kept live,
+        # so facts found in finalize reach the row's pipeline_costs too.
+        self.notes: dict[str, Any] = {}
 
     @classmethod
     def from_step(cls, step: MethodStep) -> "Method":
@@ -149,6 +197,10 @@ class Method:
     def on_step(self, step: int, model: torch.nn.Module) -> None:
         pass
 
+    def extra_loss(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """A term the method adds to each optimizer step's loss (SoRA's L1 on its gates), or None."""
+        return None
+
     def finalize(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
@@ -168,6 +220,19 @@ class Method:
     def compression(self, model: torch.nn.Module) -> Compression | None:
         """For compression methods: what was done to the weights (asked after finalize)."""
         return None
+
+    @property
+    def merges_into_weights(self) -> bool:
+        """Whether `finalize` folds this step's training into the base weights (`merge=true`)."""
+        return bool(getattr(self.params, "merge", False))
+
+    # A quantizer that can put its layers back on its grid after a later step merged into
+    # them (`requantize`); one that cannot is refused before a merging step.
+    can_requantize: ClassVar[bool] = False
+
+    def requantize(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Quantize this step's layers again, after a later step merged an update into them."""
+        return model
 
 
 def _one_line_validation_error(cls: type[Method], exc: ValidationError) -> str:
@@ -193,6 +258,7 @@ class StepCost:
     trainable_params: int
     total_params: int
     model_bytes: int
+    notes: dict[str, Any] = field(default_factory=dict)  # the step's own facts (Method.notes)
 
 
 class Pipeline:
@@ -210,6 +276,8 @@ class Pipeline:
         adapting = [i for i, m in enumerate(methods) if not m.compresses]
         # With no adaptation step at all, compression runs before the (empty) training.
         self.split = adapting[-1] + 1 if adapting else len(methods)
+        self.adapts = bool(adapting)
+        self._check_formats()
         self._check_order(adapting)
         self.costs: list[StepCost] = []
         self._ctx: MethodContext | None = None
@@ -231,6 +299,57 @@ class Pipeline:
                         f"{self.after[0].name!r} cannot compress the adapted model; put the compression first "
                         f"({self.after[0].name}+{method.name})"
                     )
+
+    def _check_formats(self) -> None:
+        """Refuse, before anything loads, pipelines whose later steps would break what an earlier
+        one made: a method given twice, a step after one that must be last, training or merging
+        into weights a quantizer put on its grid."""
+        names = [m.name for m in self.methods]
+        twice = next((n for n in names if names.count(n) > 1), None)
+        if twice is not None:
+            raise HarnessError(
+                f"method pipeline {self.name!r}: {twice!r} is given {names.count(twice)} times; give each method once, "
+                f"with all its parameters in one step (e.g. {twice}:a=1,b=2)"
+            )
+        for method in self.methods[:-1]:
+            if method.must_be_last:
+                rest = "+".join(m.name for m in self.methods if m is not method)
+                raise HarnessError(
+                    f"method pipeline {self.name!r}: {method.name!r} must be the last step (no later step can train or "
+                    f"compress its quantized modules); put it last ({rest}+{method.name})"
+                )
+        for i, method in enumerate(self.before):
+            if not method.quantizes:
+                continue
+            for later in self.before[i + 1 :]:
+                if later.trains_base_weights:
+                    raise HarnessError(
+                        f"method pipeline {self.name!r}: {later.name!r} trains the weights {method.name!r} quantized, "
+                        f"moving them off its grid; put the quantizer last ({later.name}+{method.name}: train, then quantize)"
+                    )
+                if later.merges_into_weights and not method.can_requantize:
+                    raise HarnessError(
+                        f"method pipeline {self.name!r}: {later.name!r} with merge=true folds its update into the weights "
+                        f"{method.name!r} quantized, and {method.name!r} cannot quantize them again; keep the adapter "
+                        f"(merge=false) or quantize after training ({later.name}+{method.name})"
+                    )
+
+    def check_context(self, ctx: MethodContext) -> None:
+        """Refuse, before any step applies, what this job's setup makes unworkable."""
+        if ctx.gradient_checkpointing and self.adapts:
+            for method in self.before:
+                if not method.supports_gradient_checkpointing:
+                    raise HarnessError(
+                        f"method {method.name!r} cannot train under --gradient-checkpointing (its forward keeps state "
+                        f"that recomputation does not replay); drop --gradient-checkpointing, or apply it after training "
+                        f"(e.g. lora+{method.name})"
+                    )
+        if not self.adapts and ctx.fresh_head and ctx.head_modules:
+            raise HarnessError(
+                f"method pipeline {self.name!r} only compresses, and the task head ({', '.join(ctx.head_modules)}) is "
+                f"freshly initialised: nothing would train it, so the score would be chance; add a step that trains it "
+                f"({self.name}+linear-probe, or {self.name}+lora)"
+            )
 
     @classmethod
     def parse(cls, text: str) -> "Pipeline":
@@ -260,21 +379,25 @@ class Pipeline:
     def resolved_params(self) -> list[dict[str, Any]]:
         return [{"method": m.name, "params": m.resolved_params()} for m in self.methods]
 
-    def record(self, step: str, phase: str, compresses: bool, seconds: float, model: torch.nn.Module) -> None:
+    def record(self, step: str, phase: str, compresses: bool, seconds: float, model: torch.nn.Module,
+               notes: dict[str, Any] | None = None) -> None:
         trainable, total = count_parameters(model)
-        self.costs.append(StepCost(step, phase, compresses, seconds, trainable, total, model_bytes(model)))
+        self.costs.append(StepCost(step, phase, compresses, seconds, trainable, total, model_bytes(model),
+                                   notes if notes is not None else {}))
 
     def _timed(self, step: str, phase: str, compresses: bool, model: torch.nn.Module,
-               work: Callable[[torch.nn.Module], torch.nn.Module]) -> torch.nn.Module:
+               work: Callable[[torch.nn.Module], torch.nn.Module], notes: dict[str, Any] | None = None) -> torch.nn.Module:
         with Stopwatch(device_of(model)) as watch:
             model = work(model)
-        self.record(step, phase, compresses, watch.seconds, model)
+        self.record(step, phase, compresses, watch.seconds, model, notes)
         return model
 
     def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
+        self.check_context(ctx)
         self._ctx = ctx
         for method in self.before:
-            model = self._timed(method.spec(), "before training", method.compresses, model, lambda m: method.apply(m, ctx))
+            model = self._timed(method.spec(), "before training", method.compresses, model, lambda m: method.apply(m, ctx),
+                                method.notes)
         for method in self.after:
             method.preflight(model, ctx)
         return model
@@ -289,9 +412,18 @@ class Pipeline:
         for method in self.before:
             method.on_step(step, model)
 
+    def extra_loss(self, model: torch.nn.Module) -> torch.Tensor | None:
+        terms = [t for m in self.before if (t := m.extra_loss(model)) is not None]
+        return sum(terms[1:], terms[0]) if terms else None
+
     def finalize(self, model: torch.nn.Module) -> torch.nn.Module:
         for method in self.before:
             model = method.finalize(model)
+        for i, method in enumerate(self.before):
+            # A merged adapter moved a quantizer's weights off its grid: quantize them again, so
+            # the reported format is the one the final weights have.
+            if method.quantizes and any(later.merges_into_weights for later in self.before[i + 1 :]):
+                model = self._timed(f"{method.spec()} (again)", "after training", True, model, method.requantize)
         if not self.after:
             return model
 
@@ -303,7 +435,8 @@ class Pipeline:
         model = self._timed("merge", "after training", True, model, merge_all)
         ctx = self._ctx  # set by apply, which always comes first
         for method in self.after:
-            model = self._timed(method.spec(), "after training", True, model, lambda m: method.finalize(method.apply(m, ctx)))
+            model = self._timed(method.spec(), "after training", True, model, lambda m: method.finalize(method.apply(m, ctx)),
+                                method.notes)
         return model
 
     def compression(self, model: torch.nn.Module) -> Compression | None:

@@ -20,9 +20,15 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
 
 
 def check_target_modules(model: torch.nn.Module, targets: list[str] | None, method: str) -> None:
-    """An unknown target module is bad input: name the closest existing ones."""
-    if not targets:
+    """An unknown target module is bad input: name the closest existing ones. An empty list
+    adapts nothing (and would silently fall back to the defaults): bad input too."""
+    if targets is None:
         return
+    if not targets:
+        raise HarnessError(
+            f"method {method!r}: target_modules=[] names no module; leave target_modules out for the default, "
+            f"or name some (linear layers: {', '.join(linear_module_names(model))})"
+        )
     names = [name for name, _ in model.named_modules() if name]
     suffixes = sorted({n.split(".")[-1] for n in names})
     for target in targets:

@@ -29,9 +29,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from harness.compress import compressible_layers, dense_bytes_except
+from harness.compress import compressible_layers
 from harness.errors import HarnessError
+from harness.meters import model_bytes
 from harness.method import METHODS, Compression, Method, MethodParams, freeze_all_but
+from methods.quantization import dense_compression, layers_in, on_grid
 
 BLOCK_SIZE = 64  # weights per absmax (QLoRA)
 ABSMAX_BLOCK_SIZE = 256  # absmaxes per second-level absmax under double quantization (QLoRA)
@@ -151,6 +153,10 @@ class Nf4(Method):
     name = "nf4"
     category = "quantization"
     compresses = True
+    quantizes = True
+    # The simulated layers are rounded to NF4 again; bitsandbytes layers already are (peft's
+    # 4-bit LoRA merge dequantizes, adds and quantizes again).
+    can_requantize = True
     paper = "Dettmers et al., QLoRA: Efficient Finetuning of Quantized LLMs, NeurIPS 2023"
     Params = Nf4Params
 
@@ -181,8 +187,27 @@ class Nf4(Method):
         freeze_all_but(model)  # compression alone trains nothing; a later pipeline step decides what trains
         return model
 
+    @torch.no_grad()
+    def requantize(self, model):
+        for _, layer in layers_in(model, self.layers):
+            if layer.weight.is_floating_point():
+                layer.weight.copy_(fake_quantize_nf4(layer.weight, self.params.double_quant))
+        return model
+
+    @staticmethod
+    def holds_nf4(layer: nn.Module) -> bool:
+        """A bitsandbytes layer stores NF4 codes by construction; a simulated one must still hold
+        at most 16 distinct values in each block of 64 (its flattened weight, as quantized)."""
+        weight = layer.weight
+        if not weight.is_floating_point():
+            return getattr(weight, "quant_state", None) is not None
+        return on_grid(weight.detach().reshape(1, -1), 4, BLOCK_SIZE, code=nf4_code())
+
     def compression(self, model):
+        layers = layers_in(model, self.layers)
+        if len(layers) != len(self.layers) or not all(self.holds_nf4(layer) for _, layer in layers):
+            return dense_compression(model)
         bits = sum(nf4_bits(n, self.params.double_quant) for n in self.numels)
-        stored = dense_bytes_except(model, self.layers) + -(-bits // 8)
+        stored = model_bytes(model, without_weights_of=[layer for _, layer in layers]) + -(-bits // 8)
         return Compression(weight_bits=bits / sum(self.numels), kernel="real" if self.real else "simulated",
                            compressed_bytes=stored)

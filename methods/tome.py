@@ -201,6 +201,9 @@ class ToMe(Method):
     paper = "Bolya et al., Token Merging: Your ViT But Faster, ICLR 2023"
     Params = ToMeParams
     default_lr = 0.0  # merging alone trains nothing; a later adaptation step brings its own rate
+    # The layers share one merge state, reset at the first and last layer; recomputing a layer
+    # in the backward pass replays it with another state and saves other tensors.
+    supports_gradient_checkpointing = False
 
     def plan(self, model) -> tuple:
         """The ViT's embeddings and layers, r per layer, and the protected tokens; bad input raises."""

@@ -164,3 +164,170 @@ def test_a_step_after_training_is_checked_before_training(tiny_model, tiny_glue,
     assert "token merging needs a vision transformer" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not results_dir.exists() or not any(results_dir.rglob("*.parquet"))
+
+
+# Pipelines accepted only when they can work ------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, fix", [
+    ("int4+full", "full+int4"),
+    ("gptq+lisa", "lisa+gptq"),
+    ("int8+galore", "galore+int8"),
+    ("nf4+full", "full+nf4"),
+    ("wanda+int4+full", "full+int4"),
+])
+def test_training_the_quantized_weights_is_refused_naming_the_order_that_works(spec, fix):
+    with pytest.raises(HarnessError, match="moving them off its grid") as info:
+        Pipeline.parse(spec)
+    assert fix in str(info.value) and "\n" not in str(info.value)
+    Pipeline.parse(fix)  # train, then quantize: accepted
+
+
+def test_a_merged_adapter_on_gptq_weights_is_refused_and_unmerged_is_fine():
+    with pytest.raises(HarnessError, match="cannot quantize them again"):
+        Pipeline.parse("gptq+lora:merge=true")
+    Pipeline.parse("gptq+lora")
+    Pipeline.parse("lora+gptq")
+
+
+@pytest.mark.parametrize("spec", ["int8-dynamic+lora", "int8-dynamic+int4", "lora+int8-dynamic+wanda"])
+def test_int8_dynamic_must_come_last(spec):
+    with pytest.raises(HarnessError, match="'int8-dynamic' must be the last step") as info:
+        Pipeline.parse(spec)
+    assert "+int8-dynamic)" in str(info.value)
+    Pipeline.parse("lora+int8-dynamic")
+
+
+@pytest.mark.parametrize("spec", ["lora+lora", "lora:r=4+wanda+lora:r=8"])
+def test_the_same_method_twice_is_refused(spec):
+    with pytest.raises(HarnessError, match="'lora' is given 2 times"):
+        Pipeline.parse(spec)
+
+
+def test_an_empty_target_list_is_refused(model):
+    ctx = MethodContext(task_type="seq_cls", head_modules=("classifier",))
+    with pytest.raises(HarnessError, match=r"target_modules=\[\] names no module.*linear layers: .*query"):
+        Pipeline.parse("lora:target_modules=[]").apply(model, ctx)
+
+
+def _on_int4_grid(layer, group_size: int) -> bool:
+    from methods.quantization import on_grid
+
+    return on_grid(layer.weight.detach(), 4, group_size)
+
+
+@pytest.mark.parametrize("spec, group_size", [("int4:group_size=16", 16), ("nf4", None)])
+def test_a_merged_adapter_on_quantized_weights_is_quantized_again(model, spec, group_size):
+    """`int4+lora:merge=true` (and nf4's simulated path): the merged update moves the weights off
+    the grid; the pipeline quantizes them again, so the row's format is the final weights'."""
+    from harness.compress import compressible_layers
+    from methods.nf4 import BLOCK_SIZE, nf4_code
+    from methods.quantization import on_grid
+
+    ctx = MethodContext(task_type="seq_cls", head_modules=("classifier",))
+    pipeline = Pipeline.parse(f"{spec}+lora:r=4,merge=true")
+    wrapped = pipeline.apply(model, ctx)
+    with torch.no_grad():
+        for name, param in wrapped.named_parameters():
+            if "lora_B" in name:
+                param.normal_()  # as if trained
+    merged = pipeline.finalize(wrapped)
+    layers = compressible_layers(merged, ("classifier",))
+
+    def holds_format(layer):
+        w = layer.weight.detach()
+        if group_size is None:
+            return on_grid(w.reshape(1, -1), 4, BLOCK_SIZE, code=nf4_code())
+        return on_grid(w, 4, group_size) and torch.allclose(w, fake_quantize(w, 4, group_size), atol=1e-6)
+
+    assert all(holds_format(layer) for _, layer in layers)
+    assert pipeline.costs[-1].step == f"{spec} (again)" and pipeline.costs[-1].phase == "after training"
+    info = pipeline.compression(merged)
+    # int4 at group 16: 4 bits plus a 16-bit scale and a 4-bit zero point per 16; NF4: its storage formula
+    if group_size:
+        expected = 4 + (16 + 4) / 16
+    else:
+        from methods.nf4 import nf4_bits
+
+        numels = [layer.weight.numel() for _, layer in layers]
+        expected = sum(nf4_bits(n) for n in numels) / sum(numels)
+    assert info.kernel == "simulated" and info.weight_bits == pytest.approx(expected)
+
+
+def test_gradient_checkpointing_under_token_merging_is_refused_before_any_step():
+    log: list[str] = []
+    ctx = MethodContext(task_type="image_cls", gradient_checkpointing=True)
+    pipeline = Pipeline.parse("tome+lora")
+    pipeline.methods[0].apply = lambda model, ctx: log.append("tome.apply") or model
+    with pytest.raises(HarnessError, match="'tome' cannot train under --gradient-checkpointing"):
+        pipeline.apply(nn.Linear(4, 4), ctx)
+    assert log == []
+    # after training nothing is recomputed: merging may follow a checkpointed training
+    Pipeline.parse("lora+tome").check_context(ctx)
+
+
+def test_a_compression_only_run_on_a_fresh_head_is_refused():
+    fresh = MethodContext(task_type="seq_cls", head_modules=("classifier",), fresh_head=True)
+    with pytest.raises(HarnessError, match=r"only compresses, and the task head \(classifier\) is freshly initialised"):
+        Pipeline.parse("int8").check_context(fresh)
+    Pipeline.parse("int8+linear-probe").check_context(fresh)
+    loaded = MethodContext(task_type="seq_cls", head_modules=("classifier",), fresh_head=False)
+    Pipeline.parse("int8").check_context(loaded)
+
+
+def test_a_fresh_head_is_told_from_a_loaded_one(tiny_model, tmp_path):
+    from transformers import AutoModelForSequenceClassification, BertModel
+
+    from harness.method import head_is_fresh
+
+    loaded = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    assert not head_is_fresh(loaded, ("classifier",))
+    resized = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3, ignore_mismatched_sizes=True)
+    assert head_is_fresh(resized, ("classifier",))
+    BertModel.from_pretrained(tiny_model).save_pretrained(tmp_path / "headless")
+    headless = AutoModelForSequenceClassification.from_pretrained(tmp_path / "headless", num_labels=2)
+    assert head_is_fresh(headless, ("classifier",))
+    assert not head_is_fresh(nn.Linear(3, 2), ("classifier",))  # no loading marks: no evidence
+
+
+def test_quantized_weights_are_not_made_trainable(monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    import logging
+    from collections import OrderedDict
+
+    from methods.full import FullFineTuning
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    monkeypatch.setattr("methods.nf4.runs_bitsandbytes_kernel", lambda layer: isinstance(layer, nn.Linear))
+    ctx = MethodContext(task_type="image_cls", head_modules=("head",))
+    model = Pipeline.parse("nf4").apply(nn.Sequential(OrderedDict(fc=nn.Linear(64, 32), head=nn.Linear(32, 4))), ctx)
+    with pytest.raises(HarnessError, match=r"method 'full': 1 weights are quantized \(fc.weight is torch.uint8\)"):
+        Pipeline([FullFineTuning()]).apply(model, ctx)
+
+
+@pytest.mark.parametrize("spec, extra, task, message", [
+    ("int8-dynamic+lora", (), "sst2", "'int8-dynamic' must be the last step"),
+    ("int4+full", (), "sst2", "moving them off its grid"),
+    ("tome+lora", ("--gradient-checkpointing",), "sst2", "cannot train under --gradient-checkpointing"),
+    # the tiny checkpoint's head has 2 labels: MNLI's 3 get a fresh one
+    ("int8", (), "mnli", "freshly initialised"),
+    ("lora:target_modules=[]", (), "sst2", "names no module"),
+])
+def test_unworkable_runs_are_refused_before_any_training(tiny_model, tiny_glue, results_dir, capsys, monkeypatch,
+                                                         spec, extra, task, message):
+    import time
+
+    from harness.cli import main
+    from tests.conftest import tiny_run_args
+
+    trained: list[int] = []
+    monkeypatch.setattr("harness.job.train", lambda *a, **k: trained.append(1) or (_ for _ in ()).throw(RuntimeError("trained")))
+    args = tiny_run_args(tiny_model, tiny_glue, results_dir, "--method", spec, *extra)
+    args[args.index("sst2")] = task
+    start = time.perf_counter()
+    assert main(args) == 2
+    assert time.perf_counter() - start < 10
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert trained == []
+    assert not results_dir.exists() or not any(results_dir.rglob("*.parquet"))
