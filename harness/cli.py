@@ -7,6 +7,7 @@ started and failed writes a `failed` row and exits 1.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 from enum import Enum
@@ -126,8 +127,8 @@ def sweep(
     from harness.sweep import device_slots, load_sweep, parse_devices, plan, summary
 
     for flag, value in (("--max-parallel", max_parallel), ("--timeout", timeout)):
-        if value is not None and value <= 0:
-            raise HarnessError(f"{flag} must be positive (got {value})")
+        if value is not None and not (0 < value < math.inf):  # nan fails both comparisons
+            raise HarnessError(f"{flag} must be a positive, finite number (got {value})")
     if retries is not None and retries < 0:
         raise HarnessError(f"--retries must be 0 or more (got {retries})")
     loaded = load_sweep(file)
@@ -150,7 +151,7 @@ def sweep(
 
         outcomes = run_slurm(todo, resources, folder=slurm_folder)
     print(f"sweep {file}: {summary(outcomes)}")
-    if any(o.status != "ok" for o in outcomes):
+    if any(o.status not in ("ok", "elsewhere") for o in outcomes):  # elsewhere: another sweep has it
         raise typer.Exit(1)
 
 
@@ -196,13 +197,13 @@ def compare(
     new: str = typer.Argument(..., help="Result store to check against it."),
     metric_tolerance: float = typer.Option(0.005, "--metric-tolerance", help="Largest score drop that is not a regression (metric units)."),
     time_tolerance: float = typer.Option(0.10, "--time-tolerance", help="Largest relative rise of time, memory or latency that is not a regression (beyond the measured spread)."),
+    metric_k: float = typer.Option(3.0, "--metric-k", help="Several seeds: a seed-mean score change must also exceed this many standard errors of the seeds' spread."),
 ) -> None:
     """Match runs of two stores by job identity; print what changed; exit 1 on a regression."""
     from harness.compare import compare_stores
 
-    if metric_tolerance < 0 or time_tolerance < 0:
-        raise HarnessError("--metric-tolerance and --time-tolerance must be 0 or more")
-    comparison = compare_stores(base, new, metric_tolerance, time_tolerance)
+    _check_tolerances(metric_tolerance, time_tolerance, metric_k)
+    comparison = compare_stores(base, new, metric_tolerance, time_tolerance, metric_k)
     print(comparison.table())
     if comparison.regressions:
         raise typer.Exit(1)
@@ -217,15 +218,24 @@ def leaderboard(
     out: str = typer.Option("leaderboard", "--out", help="Folder to write the trend page (index.html) into."),
     metric_tolerance: float = typer.Option(0.005, "--metric-tolerance", help="As `harness compare`: for the latest night's changes."),
     time_tolerance: float = typer.Option(0.10, "--time-tolerance", help="As `harness compare`: for the latest night's changes."),
+    metric_k: float = typer.Option(3.0, "--metric-k", help="As `harness compare`: for the latest night's changes."),
 ) -> None:
     """Append a night to the history (--add), then render each method's metric and costs over nights."""
     from harness.leaderboard import append_night, write_leaderboard
 
+    _check_tolerances(metric_tolerance, time_tolerance, metric_k)  # before a night is added
     if add is not None:
         night = append_night(add, history, date, replace=replace)
         print(f"added {add} as {night}")
-    path = write_leaderboard(history, out, metric_tolerance, time_tolerance)
+    path = write_leaderboard(history, out, metric_tolerance, time_tolerance, metric_k)
     print(f"wrote {path}")
+
+
+def _check_tolerances(metric_tolerance: float, time_tolerance: float, metric_k: float) -> None:
+    for flag, value in (("--metric-tolerance", metric_tolerance), ("--time-tolerance", time_tolerance),
+                        ("--metric-k", metric_k)):
+        if not (math.isfinite(value) and value >= 0):
+            raise HarnessError(f"{flag} must be a finite number, 0 or more (got {value})")
 
 
 class ListWhat(str, Enum):
@@ -293,6 +303,22 @@ def report(
         raise HarnessError(f"results folder {results!r} does not exist; run `harness run ...` first or pass --results")
     path, n = write_report(results, out)
     print(f"wrote {path} ({n} runs)")
+
+
+store_app = typer.Typer(help="Maintain a result store.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("upgrade")
+def store_upgrade(
+    results: str = typer.Option("results", "--results", help="Result store folder (or a leaderboard history) to upgrade in place."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change; write nothing."),
+) -> None:
+    """Re-key rows written by an older harness to the current job identity (harness/store_upgrade.py)."""
+    from harness.store_upgrade import upgrade_store
+
+    for line in upgrade_store(results, dry_run=dry_run).lines(dry_run):
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> int:

