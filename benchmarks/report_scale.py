@@ -1,8 +1,12 @@
-"""How long does `harness report` take on a large store?
+"""How long do reading a store and `harness report` take on a large store laid out as it really is?
 
 Writes N synthetic result rows (default 10,000: 7 tasks in 4 suites, 30 methods, 2 models,
-5 seeds, 5 settings per seed, 1% failed, two devices, a kernel profile for some jobs) as one
-Parquet file, then times `write_report` on it. Target: under 5 s for 10,000 rows.
+5 seeds, 5 settings per seed, 1% failed, two devices, a kernel profile for some jobs) the
+way runs write them: one Parquet file per run under <results>/<suite>/<task>/, and kernel
+tables under <results>/_kernels/. Then times, on that store: the first read (no index yet:
+every file is opened), a warm read (the index serves unchanged files), sweep planning
+(`job_status`, four columns), and `write_report`. Targets: a warm read under 3 s, the
+report under 5 s. Appends a row to benchmarks/results/report_scale.parquet.
 
     python benchmarks/report_scale.py --rows 10000 [--out /tmp/report-scale]
 """
@@ -21,9 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness.environment import describe
 from harness.report import write_report
 from harness.schema import COLUMNS, SCHEMA_VERSION
-from harness.store import write_rows
+from harness.store import append_records, job_status, read_store, write_row
 
 TASKS = (("glue", "sst2", "accuracy"), ("glue", "mrpc", "f1"), ("glue", "cola", "matthews_correlation"),
          ("glue", "mnli", "accuracy"), ("cifar", "cifar10", "accuracy"), ("imagenet", "imagenette", "accuracy"),
@@ -82,19 +87,26 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
     return [synthetic_row(i, *combos[i % len(combos)], rng) for i in range(n)]
 
 
-def write_kernel_tables(results: Path, job_hashes: list[str]) -> None:
-    """<results>/_kernels/<job_hash>.parquet as the kernel profiler writes them."""
+def write_kernel_tables(results: Path, runs: list[tuple[str, str]]) -> None:
+    """<results>/_kernels/<job_hash>-<run_id>.parquet as the kernel profiler writes them."""
     folder = results / "_kernels"
     folder.mkdir(parents=True, exist_ok=True)
     categories = ("matmul", "attention", "normalisation", "elementwise", "memory copy", "adapter op", "other")
-    for job in job_hashes:
+    for job, run in runs:
         rows = []
         for phase in ("train", "inference"):
             totals = sorted(np.random.default_rng(len(rows)).uniform(1, 1e4, 40), reverse=True)
             total = sum(totals)
             rows += [{"job_hash": job, "phase": phase, "rank": k + 1, "name": f"aten::op_{k}", "category": categories[k % 7],
-                      "calls": 10 + k, "total_us": t, "mean_us": t / (10 + k), "share": t / total} for k, t in enumerate(totals)]
-        pq.write_table(pa.Table.from_pylist(rows), folder / f"{job}.parquet")
+                      "calls": 10 + k, "total_us": t, "mean_us": t / (10 + k), "share": t / total, "run_id": run}
+                     for k, t in enumerate(totals)]
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"{job}-{run}.parquet")
+
+
+def timed(fn):
+    start, cpu = time.perf_counter(), time.process_time()
+    value = fn()
+    return value, time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
@@ -103,23 +115,43 @@ def main() -> None:
     parser.add_argument("--kernel-profiles", type=int, default=100, help="jobs that get a kernel table")
     parser.add_argument("--out", type=Path, default=None, help="keep the site here (default: a temporary folder)")
     parser.add_argument("--all-run-pages", action="store_true", help="a page for every run (no per-task limit)")
+    parser.add_argument("--record", default="benchmarks/results/report_scale.parquet")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="harness-report-scale-") as tmp:
         results = Path(tmp) / "results"
         rows = synthetic_rows(args.rows)
-        write_rows(rows, results / "synthetic" / "all.parquet")
-        write_kernel_tables(results, [r["job_hash"] for r in rows[: args.kernel_profiles]])
+        _, write_s, _ = timed(lambda: [write_row(r, results) for r in rows])  # one file per run, atomically
+        write_kernel_tables(results, [(r["job_hash"], r["run_id"]) for r in rows[: args.kernel_profiles]])
+        cold, cold_s, cold_cpu = timed(lambda: read_store(results))
+        warm, warm_s, warm_cpu = timed(lambda: read_store(results))
+        assert len(cold.frame) == len(warm.frame) == args.rows and not warm.skipped
+        status, plan_s, _ = timed(lambda: job_status(results))
+        assert len(status) == args.rows
         out = args.out or Path(tmp) / "site"
         limit = {"run_pages_per_task": None} if args.all_run_pages else {}
-        start, cpu = time.perf_counter(), time.process_time()
-        _, n = write_report(results, out, **limit)
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        (_, n), report_s, report_cpu = timed(lambda: write_report(results, out, **limit))
         pages = sorted(out.glob("*.html"))
         size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
-        # CPU time too: on a shared machine the wall time says as much about the neighbours.
-        print(f"{n} runs -> {len(pages)} pages ({size:,.0f} MiB) in {seconds:.2f} s wall, {cpu:.2f} s CPU "
-              f"(target < 5 s; load average {os.getloadavg()[0]:.1f})")
+    load = os.getloadavg()[0]
+    # CPU time too: on a shared machine the wall time says as much about the neighbours.
+    print(f"{args.rows} runs, one file each (written in {write_s:.1f} s)")
+    print(f"first read (no index): {cold_s:.2f} s wall, {cold_cpu:.2f} s CPU")
+    print(f"warm read (index):     {warm_s:.2f} s wall, {warm_cpu:.2f} s CPU (target < 3 s)")
+    print(f"sweep planning:        {plan_s:.2f} s wall")
+    print(f"report: {n} runs -> {len(pages)} pages ({size:,.0f} MiB) in {report_s:.2f} s wall, {report_cpu:.2f} s CPU "
+          f"(target < 5 s; load average {load:.1f})")
+    import torch
+
+    env = describe(torch.device("cpu"))
+    record = {
+        "created_at": datetime.now(timezone.utc), "rows": args.rows, "files": args.rows, "write_s": write_s,
+        "first_read_s": cold_s, "first_read_cpu_s": cold_cpu, "warm_read_s": warm_s, "warm_read_cpu_s": warm_cpu,
+        "plan_s": plan_s, "report_s": report_s, "report_cpu_s": report_cpu, "pages": len(pages),
+        "load_average": load, "within_target": warm_s < 3 and report_s < 5,
+        "cpu_model": env.get("cpu_model"), "cpu_threads": env.get("cpu_threads"), "git_commit": env.get("git_commit"),
+    }
+    print(f"appended to {append_records(args.record, [record])}")
 
 
 if __name__ == "__main__":

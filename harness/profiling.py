@@ -1,10 +1,11 @@
 """Kernel profiles of a run: a few training steps and inference batches under torch.profiler.
 
 The training profile times forward and backward on the training split's first batch
-(the optimizer's update is left out, so the model is not changed by being measured; the
-random state is restored), on the model as trained, with its adapters. The inference
+(the optimizer's update is left out; buffers such as batch-norm statistics, modes, the
+random state and gradients are restored by harness/passes.py, so the model is not changed
+by being measured), on the model as trained, with its adapters. The inference
 profile times forward passes of the latency batch on the final model. Both tables go to
-`<results>/_kernels/<job_hash>.parquet`; the rows carry the adapter-overhead shares.
+`<results>/_kernels/<job_hash>-<run_id>.parquet`; the rows carry the adapter-overhead shares.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from harness.atomic import atomic_write
 from harness.kernels import KernelProfile, adapter_scopes, profile_steps
-from harness.train import autocast, loss_backward, to_device, untraced_backward
+from harness.passes import autocast, loss_backward, to_device, unchanged, untraced_backward
 
 
 @contextlib.contextmanager
@@ -44,8 +45,8 @@ def _steps(device: torch.device) -> tuple[int, int]:
 def profile_training(model: torch.nn.Module, batch: dict, device: torch.device, precision: str) -> KernelProfile:
     warmup, steps = _steps(device)
     batch = to_device(batch, device)
-    model.train()
     with untraced_backward(model, device), _native_stderr_silenced():
+        model.train()
         return profile_steps(lambda: loss_backward(model, batch, device, precision), device, warmup=warmup,
                              steps=steps, adapters=adapter_scopes(model))
 
@@ -53,27 +54,31 @@ def profile_training(model: torch.nn.Module, batch: dict, device: torch.device, 
 def profile_inference(model: torch.nn.Module, batch: dict, device: torch.device, precision: str) -> KernelProfile:
     warmup, steps = _steps(device)
     batch = {k: v for k, v in to_device(batch, device).items() if k != "labels"}
-    model.eval()
 
     @torch.inference_mode()
     def forward():
         with autocast(device, precision):
             model(**batch)
 
-    with _native_stderr_silenced():
+    with unchanged(model), _native_stderr_silenced():
+        model.eval()
         return profile_steps(forward, device, warmup=warmup, steps=steps, adapters=adapter_scopes(model))
 
 
-def kernel_table_path(results_dir: str, job_hash: str) -> Path:
-    return Path(results_dir) / "_kernels" / f"{job_hash}.parquet"
+def kernel_table_path(results_dir: str, job_hash: str, run_id: str) -> Path:
+    """One table per run, named like the run's row file: CPU and GPU runs of a config, and
+    re-runs, each keep their own. Two levels down (not suite/task/file, as rows are), so
+    `results/*/*/*.parquet` matches rows only."""
+    return Path(results_dir) / "_kernels" / f"{job_hash}-{run_id}.parquet"
 
 
-def write_kernel_tables(results_dir: str, job_hash: str, profiles: dict[str, KernelProfile]) -> Path:
+def write_kernel_tables(results_dir: str, job_hash: str, run_id: str, profiles: dict[str, KernelProfile]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.concat_tables([p.to_table(job_hash, phase) for phase, p in profiles.items()])
-    path = kernel_table_path(results_dir, job_hash)
+    table = table.append_column("run_id", pa.array([run_id] * table.num_rows, pa.string()))
+    path = kernel_table_path(results_dir, job_hash, run_id)
     with atomic_write(path) as f:
         pq.write_table(table, f)
     return path

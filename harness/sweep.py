@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable
 
 from pydantic import ValidationError
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from harness.config import ResolvedRun, RunSpec, resolve
 from harness.errors import HarnessError
 from harness.isolated import Outcome, execute_isolated, kill_all
-from harness.store import job_status
+from harness.store import job_status, read_store
 from harness.sweep_file import LoadedSweep, Resources, load_sweep
 
 
@@ -147,6 +148,9 @@ def run_local(jobs: list[SweepJob], slots: list[str | None],
     Ctrl-C kills every running job and re-raises: nothing half-written is left, and the
     interrupted jobs are simply not done."""
     progress = Progress(total=len(jobs), slots=len(slots))
+    # Jobs timed on a device that other slots share are not clean timings; the row says so.
+    sharing = Counter(slots)
+    planned_at = datetime.now(timezone.utc)
     queue = [(job, 0) for job in jobs]
     free = list(slots)
     outcomes: list[Outcome] = []
@@ -160,6 +164,8 @@ def run_local(jobs: list[SweepJob], slots: list[str | None],
                 future = pool.submit(
                     execute_isolated, job.spec, job.run, timeout=job.resources.timeout,
                     memory_limit_gb=job.resources.memory_limit_gb, cuda_devices=slot,
+                    # A retry follows this sweep's own failed row, written after planning.
+                    concurrent_jobs=sharing[slot], planned_at=planned_at if attempt == 0 else None,
                 )
                 running[future] = (job, attempt, slot)
                 progress.running += 1
@@ -176,8 +182,8 @@ def run_local(jobs: list[SweepJob], slots: list[str | None],
                     queue.append((job, attempt + 1))
                 else:
                     outcomes.append(outcome)
-                    progress.done += outcome.status == "ok"
-                    progress.failed += outcome.status != "ok"
+                    progress.done += outcome.status in ("ok", "elsewhere")
+                    progress.failed += outcome.status == "failed"
                 if on_update:
                     on_update(progress, job, outcome)
             if on_update and not finished:
@@ -187,12 +193,17 @@ def run_local(jobs: list[SweepJob], slots: list[str | None],
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    for results_dir in sorted({j.run.results_dir for j in jobs}):
+        read_store(results_dir)  # fold the new rows into the store's index while they are few
     return outcomes
+
+
+_SUMMARY_WORDS = {"elsewhere": "run by another sweep"}
 
 
 def summary(outcomes: list[Outcome]) -> str:
     counts = Counter(o.status for o in outcomes)
-    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to run"
+    return ", ".join(f"{n} {_SUMMARY_WORDS.get(status, status)}" for status, n in sorted(counts.items())) or "nothing to run"
 
 
 def parse_devices(text: str | None) -> list[str] | None:

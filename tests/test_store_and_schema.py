@@ -20,7 +20,7 @@ def full_row(**overrides):
     }
     row = {c.name: values[c.type] for c in COLUMNS}
     row.update(schema_version=SCHEMA_VERSION, suite="glue", task="sst2", job_hash="abc", run_id="r1",
-               method_params=json.dumps([{"method": "lora", "params": {"r": 8}}]))
+               method_params=json.dumps([{"method": "lora", "params": {"r": 8}}]), identity_upgraded_from=None)
     row.update(overrides)
     return row
 

@@ -154,17 +154,54 @@ runs:
   - {{method: none, seed: 0}}
   - {{method: lora, seed: 1, data_dir: {broken}}}
   - {{method: full, seed: 2, max_steps: 1000000, resources: {{timeout: 25}}}}
-  - {{method: none, seed: 3, resources: {{memory_limit_gb: 0.05}}}}
   - {{method: none, seed: 4}}
 """)
     assert main(["sweep", str(sweep), "--quiet", "--max-parallel", "2"]) == 1
     capsys.readouterr()
     rows = read_results(results_dir).set_index("seed").sort_index()
-    assert len(rows) == 5 and rows["job_hash"].nunique() == 5
-    assert list(rows["status"]) == ["ok", "failed", "failed", "failed", "ok"]
-    assert "Target 7 is out of bounds" in rows.loc[1, "error"] or "IndexError" in rows.loc[1, "error"]
+    assert len(rows) == 4 and rows["job_hash"].nunique() == 4
+    assert list(rows["status"]) == ["ok", "failed", "failed", "ok"]
+    assert any(text in rows.loc[1, "error"] for text in ("label 7 is outside", "Target 7 is out of bounds", "IndexError"))
     assert rows.loc[2, "error"].startswith("timed out after 25 s")
-    assert "memory" in rows.loc[3, "error"].lower()
+    # Two CPU slots: every row, the parent's timed-out one included, says its timings were shared.
+    assert list(rows["concurrent_jobs"]) == [2, 2, 2, 2]
+
+
+def _worker_data_segment() -> int:
+    """What a worker's data segment holds once its imports are done (what the cap counts from)."""
+    out = subprocess.run([sys.executable, "-c", "import harness.worker as w, harness.config, harness.job; "
+                          "print(w.data_segment_bytes())"], capture_output=True, text=True, check=True).stdout
+    return int(out)
+
+
+def test_a_job_that_allocates_past_its_memory_limit_fails_out_of_memory_while_training(
+        tmp_path, tiny_model, tiny_glue, results_dir, capsys):
+    from tests.conftest import make_tiny_bert
+
+    # ~50 M parameters: full fine-tuning holds weights, gradients and two Adam moments,
+    # about 800 MB beyond the imports; the tiny model's job needs under 400 MB.
+    wide = make_tiny_bert(tmp_path / "wide", hidden_size=1024, intermediate_size=4096, num_attention_heads=4,
+                          num_hidden_layers=4)
+    imports = _worker_data_segment()
+    cap = (imports + 640 * 2**20) / 2**30
+    below = (imports - 64 * 2**20) / 2**30
+    sweep = write_sweep(tmp_path / "sweep.yaml", f"""\
+results: {results_dir}
+data_dir: {tiny_glue}
+defaults: {{model: {tiny_model}, max_steps: 2, batch_size: 16, latency_repeats: 1, max_eval_samples: 8, suite: glue, task: sst2,
+           kernel_profile: false}}
+runs:
+  - {{method: none, seed: 0, resources: {{memory_limit_gb: {cap}}}}}
+  - {{method: full, seed: 1, model: {wide}, resources: {{memory_limit_gb: {cap}}}}}
+  - {{method: none, seed: 2, resources: {{memory_limit_gb: {below}}}}}
+""")
+    assert main(["sweep", str(sweep), "--quiet"]) == 1
+    capsys.readouterr()
+    rows = read_results(results_dir).set_index("seed").sort_index()
+    assert list(rows["status"]) == ["ok", "failed", "failed"]  # the cap leaves a job that fits alone
+    assert rows.loc[1, "error"].startswith("out of memory:")
+    assert "harness/train.py" in rows.loc[1, "traceback"] or "backward" in rows.loc[1, "traceback"]  # it ran, then ran out
+    assert rows.loc[2, "error"].startswith("bad input: memory_limit_gb") and "after its imports" in rows.loc[2, "error"]
 
 
 # Reading ------------------------------------------------------------------------------------
@@ -202,3 +239,113 @@ def test_only_jobs_without_a_row_run_unless_failed_ones_are_asked_for():
     plan = SweepPlan(jobs, {"done": "ok", "broke": "failed"})
     assert [j.job_hash for j in plan.todo(rerun_failed=False)] == ["new"]
     assert [j.job_hash for j in plan.todo(rerun_failed=True)] == ["broke", "new"]
+
+
+# Claims: two sweeps on one store --------------------------------------------------------------
+
+
+def _jobs(results_dir, tiny_model, tiny_glue, seeds):
+    from harness.config import RunSpec, resolve
+    from harness.sweep import SweepJob
+    from harness.sweep_file import Resources
+
+    jobs = []
+    for seed in seeds:
+        spec = RunSpec(suite="glue", task="sst2", method="none", model=str(tiny_model), data_dir=str(tiny_glue),
+                       max_eval_samples=8, latency_repeats=1, seed=seed, results_dir=str(results_dir),
+                       kernel_profile=False)
+        jobs.append(SweepJob(spec, resolve(spec)[0], Resources()))
+    return jobs
+
+
+def test_two_sweeps_on_one_store_run_each_job_once(results_dir, tiny_model, tiny_glue):
+    import threading
+
+    from harness.sweep import run_local
+
+    jobs = _jobs(results_dir, tiny_model, tiny_glue, [0, 1, 2])
+    outcomes = {}
+
+    def sweep(name, order):
+        outcomes[name] = run_local(order, [None])
+
+    threads = [threading.Thread(target=sweep, args=("a", jobs)), threading.Thread(target=sweep, args=("b", jobs[::-1]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = read_results(results_dir)
+    assert len(rows) == 3 and sorted(rows["job_hash"]) == sorted(j.job_hash for j in jobs)
+    assert (rows["status"] == "ok").all() and (rows["concurrent_jobs"] == 1).all()
+    for job in jobs:
+        statuses = sorted(o.status for name in "ab" for o in outcomes[name] if o.job_hash == job.job_hash)
+        assert statuses == ["elsewhere", "ok"]
+    assert not list((results_dir / "_claims").glob("*.claim"))  # every claim released
+
+
+def test_a_claim_is_taken_over_only_from_a_holder_that_is_gone(tmp_path):
+    import json as json_
+    import socket
+
+    from harness import claims
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def held_by(pid, host=socket.gethostname(), started=None, beat_age=0.0):
+        path = claims.claim_path(tmp_path, "job")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json_.dumps({"pid": pid, "host": host, "time": started or time.time(), "token": "t"}))
+        os.utime(path, (time.time() - beat_age, time.time() - beat_age))
+
+    held_by(os.getpid())
+    assert claims.try_claim(tmp_path, "job", timeout=60) is None  # live here
+    held_by(dead.pid)
+    taken = claims.try_claim(tmp_path, "job", timeout=60)
+    assert taken is not None  # dead here
+    assert json_.loads(taken.path.read_text())["pid"] == os.getpid()
+    taken.release()
+    assert not taken.path.exists()
+    held_by(1, host="elsewhere")
+    assert claims.try_claim(tmp_path, "job", timeout=None) is None  # another host, heart still beating
+    held_by(1, host="elsewhere", beat_age=claims.HEARTBEAT_STALE_SECONDS + 5)
+    assert claims.try_claim(tmp_path, "job") is not None  # that host stopped beating
+    held_by(1, host="elsewhere", started=time.time() - 100 - claims.TIMEOUT_GRACE_SECONDS - 5)
+    assert not claims.is_stale(claims.claim_path(tmp_path, "job"), timeout=1000)
+    assert claims.try_claim(tmp_path, "job", timeout=100) is not None  # older than its job's timeout
+
+
+# The parent's failure rows -----------------------------------------------------------------------
+
+
+def test_the_parent_names_the_slots_gpu_on_a_failed_row_without_touching_cuda(
+        results_dir, tiny_model, tiny_glue, monkeypatch):
+    import torch
+
+    from harness import isolated
+
+    def no_cuda(*args, **kwargs):
+        raise AssertionError("the sweep parent must not initialise CUDA")
+
+    [job] = _jobs(results_dir, tiny_model, tiny_glue, [0])  # planning resolves the device type first
+    for name in ("get_device_name", "is_available", "init", "device_count"):
+        monkeypatch.setattr(torch.cuda, name, no_cuda)
+    monkeypatch.setattr(isolated, "_gpu_names", lambda: {"0": "NVIDIA First", "3": "NVIDIA Fake Slot GPU"})
+    outcome = isolated.execute_isolated(job.spec, job.run, timeout=0.5, cuda_devices="3", concurrent_jobs=2)
+    assert outcome.status == "failed" and outcome.error.startswith("timed out")
+    row = read_results(results_dir).iloc[0]
+    assert (row["device"], row["device_name"], row["concurrent_jobs"]) == ("cuda", "NVIDIA Fake Slot GPU", 2)
+    # A CPU job on a GPU slot stays a CPU job.
+    assert isolated.watcher_environment("cpu", "3")["device"] == "cpu"
+    assert isolated.watcher_environment("cuda:1", "5,3")["device_name"] == "NVIDIA Fake Slot GPU"
+
+
+def test_a_retry_is_not_mistaken_for_another_sweeps_run(results_dir, tiny_model, tiny_glue):
+    from harness.sweep import run_local
+    from harness.sweep_file import Resources
+
+    [job] = _jobs(results_dir, tiny_model, tiny_glue, [0])
+    job.resources = Resources(retries=1, timeout=0.5)  # every attempt times out
+    [outcome] = run_local([job], [None])
+    assert outcome.status == "failed"
+    assert list(read_results(results_dir)["status"]) == ["failed", "failed"]  # the attempt and its retry

@@ -89,7 +89,7 @@ def test_ray_without_shared_store_the_driver_writes_the_rows(ray_local, local_ro
 def test_ray_tasks_see_the_drivers_harness_env_and_failed_jobs_are_retried(ray_local, tiny_model, tiny_glue, tmp_path,
                                                                           monkeypatch):
     # Set after Ray started, so its workers have it only if each task carries it: a data limit
-    # far too small to import torch makes every attempt of the job fail.
+    # below what a worker holds after its imports makes every attempt of the job fail.
     monkeypatch.setenv(MEMORY_LIMIT_ENV, str(64 * 2**20))
     results = tmp_path / "results"
     jobs = tiny_jobs(tiny_model, tiny_glue, results, seeds=SEEDS[:1], resources=Resources(retries=1))
