@@ -24,14 +24,15 @@ import tempfile
 from dataclasses import dataclass
 from datetime import date as Date
 from datetime import datetime, timezone
+from html import escape
 from pathlib import Path
 
 import pandas as pd
 
 from harness.atomic import atomic_write
-from harness.compare import IMPROVEMENT, REGRESSION, Comparison, compare_stores
+from harness.compare import IMPROVEMENT, METRIC_K, REGRESSION, Comparison, compare_stores
 from harness.errors import HarnessError
-from harness.store import latest_per_job, read_results, result_files
+from harness.store import latest_per_job, read_results, read_store, result_files
 
 NIGHT_FORMAT = "%Y-%m-%d"
 # One trend row per night and per these: seeds of one method are averaged.
@@ -65,6 +66,7 @@ def append_night(store_dir: str | os.PathLike, history_dir: str | os.PathLike, d
     `replace`: a second nightly on the same day is more likely a mistake than intent."""
     store = Path(store_dir)
     files = _store_files(store)
+    _check_readable(store)
     if Path(history_dir).resolve().is_relative_to(store.resolve()):
         # The store's files would then include the history's, copied into each new night.
         raise HarnessError(f"history {history_dir} is inside the store {store}; keep them apart")
@@ -83,6 +85,19 @@ def _store_files(store: Path) -> list[Path]:
     if not files:
         raise HarnessError(f"store {store}: no result files (*.parquet), nothing to add")
     return files
+
+
+def _check_readable(store: Path) -> None:
+    """A night is history: a store with a file no reader can use, or with no rows at all, is
+    refused before anything is copied (readers would skip the file on every render)."""
+    read = read_store(store)
+    if read.skipped:
+        path, why = read.skipped[0]
+        more = f" (and {len(read.skipped) - 1} more)" if len(read.skipped) > 1 else ""
+        raise HarnessError(f"store {store}: {path} is not a readable result file ({why}){more}; "
+                           "remove or repair it before adding the night")
+    if read.frame.empty:
+        raise HarnessError(f"store {store}: no readable rows, nothing to add")
 
 
 def _night_name(date: str | None) -> str:
@@ -205,14 +220,14 @@ class LatestChange:
 
 
 def latest_change(history_dir: str | os.PathLike, metric_tolerance: float = 0.005,
-                  time_tolerance: float = 0.10) -> LatestChange | None:
+                  time_tolerance: float = 0.10, metric_k: float = METRIC_K) -> LatestChange | None:
     """`compare_stores` between the last two nights; None with fewer than two."""
     found = nights(history_dir)
     if len(found) < 2:
         return None
     (base_day, base), (new_day, new) = found[-2:]
     try:
-        return LatestChange(base_day, new_day, compare_stores(base, new, metric_tolerance, time_tolerance))
+        return LatestChange(base_day, new_day, compare_stores(base, new, metric_tolerance, time_tolerance, metric_k))
     except HarnessError as exc:  # e.g. every run of the night before failed: the page still says so
         return LatestChange(base_day, new_day, None, str(exc))
 
@@ -221,7 +236,7 @@ def latest_change(history_dir: str | os.PathLike, metric_tolerance: float = 0.00
 
 
 def write_leaderboard(history_dir: str | os.PathLike, out_dir: str | os.PathLike, metric_tolerance: float = 0.005,
-                      time_tolerance: float = 0.10) -> Path:
+                      time_tolerance: float = 0.10, metric_k: float = METRIC_K) -> Path:
     """Write <out>/index.html for the history and return its path. The tolerances are those of
     `compare_stores` for the latest night's regressions and improvements."""
     if not nights(history_dir):
@@ -229,7 +244,7 @@ def write_leaderboard(history_dir: str | os.PathLike, out_dir: str | os.PathLike
     frame = trend(history_dir)
     if frame.empty:
         raise HarnessError(f"history {history_dir}: its nights hold no runs")
-    html = render(frame, latest_change(history_dir, metric_tolerance, time_tolerance), str(history_dir))
+    html = render(frame, latest_change(history_dir, metric_tolerance, time_tolerance, metric_k), str(history_dir))
     path = Path(out_dir) / "index.html"
     with atomic_write(path, "w") as f:
         f.write(html)
@@ -295,15 +310,16 @@ def _line_figure(part: pd.DataFrame, column: str, title: str, y_title: str, scal
         if data.empty:
             continue
         fig.add_trace(go.Scatter(
-            x=[d.isoformat() for d in data["night"]], y=list(data[column] / scale), mode="lines+markers", name=name,
-            line=dict(color=colors[name]), hoverinfo="text",
-            hovertext=[f"<b>{name}</b><br>{r.night.isoformat()}<br>{y_title}: {r[column] / scale:,.4g}<br>"
-                       f"mean of {r.seeds} seed(s){f', {r.failed} failed' if r.failed else ''}<br>{r.device_name}"
+            # Plotly renders names and hover text as HTML: user strings in them are escaped.
+            x=[d.isoformat() for d in data["night"]], y=list(data[column] / scale), mode="lines+markers",
+            name=_ptext(name), line=dict(color=colors[name]), hoverinfo="text",
+            hovertext=[f"<b>{_ptext(name)}</b><br>{r.night.isoformat()}<br>{_ptext(y_title)}: {r[column] / scale:,.4g}<br>"
+                       f"mean of {r.seeds} seed(s){f', {r.failed} failed' if r.failed else ''}<br>{_ptext(r.device_name)}"
                        for _, r in data.iterrows()],
         ))
     # The axes are not forced to start at zero: a nightly is read for small moves.
     fig.update_layout(
-        title=title, xaxis=dict(title="night", type="date", tickformat="%Y-%m-%d", dtick=tick), yaxis_title=y_title,
+        title=_ptext(title), xaxis=dict(title="night", type="date", tickformat="%Y-%m-%d", dtick=tick), yaxis_title=y_title,
         template="plotly_white", height=380, margin=dict(l=60, r=20, t=60, b=50), legend=dict(title="method"),
     )
     return json.loads(fig.to_json())
@@ -337,6 +353,11 @@ def _relative(value, before, column: str) -> float | None:
     return None if not old or _plain(value) is None else (value - old) / abs(old)
 
 
+def _ptext(value) -> str:
+    """Text for plotly, which renders its strings as HTML (and decodes &amp;, &lt;, &gt;)."""
+    return escape(str(value), quote=False)
+
+
 def _plain(value):
     """None for a missing value (None or NaN), the value otherwise."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
@@ -356,6 +377,7 @@ def render(frame: pd.DataFrame, change: LatestChange | None, source: str) -> str
     from plotly.offline import get_plotlyjs
 
     from harness import __version__
+    from harness.report import script_json
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters.update(num=_num, signed=_signed, percent=_percent)
@@ -366,8 +388,8 @@ def render(frame: pd.DataFrame, change: LatestChange | None, source: str) -> str
         sections=sections, costs=COSTS, change=change, changes=_changes(change), days=days, source=source,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), version=__version__,
         plotly_js=get_plotlyjs(),
-        # "</" inside a <script> could close it early (hover text holds HTML tags).
-        figures_json=json.dumps(figures).replace("</", "<\\/"),
+        # Names are user input: inlined in <script> with <, > and & escaped (harness.report.script_json).
+        figures_json=script_json(figures, allow_nan=True),
     )
 
 

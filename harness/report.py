@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from harness import __version__
+from harness import __version__, grouping
 from harness.atomic import atomic_write
+from harness.errors import HarnessError
 from harness.pareto import pareto_mask
 from harness.schema import COLUMNS
 from harness.stats import MeanCI, mean_ci
@@ -55,26 +56,46 @@ class CostAxis:
     # or masked dense weights) ran the dense float model, so its point is drawn hollow and kept
     # off the Pareto front: a simulated speedup is never shown as a measured one.
     inference: bool = False
+    # A wall-clock time: a row timed while other jobs shared its device (concurrent_jobs > 1)
+    # ran slower than it would alone, so it is drawn hollow and kept off the front too.
+    timed: bool = False
 
+
+# What a user waits for before a trained model exists: the training loop and the data-driven
+# initialisation before it (PiSSA's SVD, EVA/CorDA/LoRA-GA/calibration passes), which runs
+# outside train_seconds (init_seconds also holds compression before training, e.g. GPTQ's
+# calibration for a QLoRA-style pipeline). Rows written before init_seconds existed: the
+# pipeline's total less its compression steps, which holds that initialisation too (and the
+# time of any merge).
+TIME_TO_TRAINED = "time_to_trained_seconds"
+TIME_TO_TRAINED_DOC = ("seconds to a trained model: train_seconds + init_seconds (data-driven initialisation and "
+                       "compression before training); rows without init_seconds: pipeline_seconds - compress_seconds")
 
 COST_AXES = (
     CostAxis("trainable_params", "trainable parameters", log=True),
     CostAxis("peak_memory_bytes", "peak memory (MiB)", scale=2**20, hardware=True, per_memory_kind=True),
-    CostAxis("train_seconds", "training time (s)", hardware=True),
+    CostAxis(TIME_TO_TRAINED, "time to trained model (s): training + data-driven initialisation", hardware=True,
+             timed=True),
     # The size a deployment stores: the compressed format's bytes where a method reports them.
     CostAxis("stored_model_bytes", "model size (MiB)", scale=2**20),
     CostAxis("flops_per_sample", "forward GFLOPs per sample", scale=1e9),
-    CostAxis("latency_bs1_p50_ms", "inference latency at batch 1, p50 (ms)", hardware=True, inference=True),
+    CostAxis("latency_bs1_p50_ms", "inference latency at batch 1, p50 (ms)", hardware=True, inference=True, timed=True),
     # Causal LMs: the wait for the first generated token, and the time per generated token at the
     # eval batch (the inverse of throughput, so that lower is better on every axis).
-    CostAxis("ttft_bs1_p50_ms", "time to first token at batch 1, p50 (ms)", hardware=True, inference=True),
-    CostAxis("ms_per_generated_token", "ms per generated token at the eval batch", hardware=True, inference=True),
+    CostAxis("ttft_bs1_p50_ms", "time to first token at batch 1, p50 (ms)", hardware=True, inference=True, timed=True),
+    CostAxis("ms_per_generated_token", "ms per generated token at the eval batch", hardware=True, inference=True,
+             timed=True),
 )
 
 # Written by the kernel profiler of another part of the harness; old stores lack it.
 ADAPTER_SHARE = "adapter_overhead_share"
+# How many jobs shared the device while the row was timed; old stores lack it (null: unknown).
+CONCURRENT_JOBS = "concurrent_jobs"
+# The columns besides `config` that say which configuration a row is (harness.grouping).
+GROUP_COLUMNS = [*grouping.FALLBACK_COLUMNS, "device", "device_name"]
 DOCS = {c.name: c.doc for c in COLUMNS}
 DOCS.setdefault(ADAPTER_SHARE, "share (0..1) of the profiled time spent in the method's adapter modules")
+DOCS.setdefault(CONCURRENT_JOBS, "jobs that shared the device while this run was timed (1: alone; null: not recorded)")
 # Shown in their own sections of a run page rather than in its tables of values.
 LONG_COLUMNS = ("config", "metrics", "method_params", "pipeline_costs", "eval_settings", "traceback")
 KERNEL_TOP = 15
@@ -178,10 +199,19 @@ def _pretty_json(text) -> str:
         return str(text)  # not JSON after all: shown as stored
 
 
-def _script_json(value) -> str:
-    """JSON safe inside <script>: a method name holding '</script>' cannot end the element.
-    NaN is refused because it is not JSON and would break the whole page's script."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+# Inside <script>, the HTML parser ends the element at "</script", and after "<!--<script" it
+# no longer ends it at "</script>" at all; U+2028/9 end a line in older JavaScript. Each is
+# written as its JSON escape, which a JSON parser reads back as the same character.
+_SCRIPT_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
+                                 "\u2029": "\\u2029"})
+
+
+def script_json(value, allow_nan: bool = False) -> str:
+    """JSON safe to inline in a <script> element whatever strings it holds (names are user
+    input). NaN is refused by default because it is not JSON and would break the page's script."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=allow_nan).translate(_SCRIPT_ESCAPES)
+
+
 
 
 def _slug(text) -> str:
@@ -237,32 +267,43 @@ class Panel:
     where: str  # "" or the device (and memory kind) the plot is limited to
     figure: dict
     front: Table
-    hollow: int  # points drawn hollow: simulated kernels on an inference axis
+    hollow: int  # points drawn hollow: simulated kernels on an inference axis, shared-device timings
+    shared: int = 0  # of those, timed while other jobs shared the device
 
 
 def _points(rows: pd.DataFrame, axis: CostAxis) -> pd.DataFrame:
-    """The rows that have this cost, with display cost, hollow (simulated) and front flags."""
+    """The rows that have this cost, with display cost, hollow (simulated kernel on an inference
+    axis, or timed on a shared device on a time axis) and front flags."""
     costs = rows[axis.column].to_numpy(float) / axis.scale
     keep = np.isfinite(costs) & rows["score"].notna().to_numpy() & (costs > 0 if axis.log else True)
     data = rows[keep].reset_index(drop=True)
     costs = costs[keep]
     simulated = (data["compression_kernel"] == "simulated").to_numpy(bool)
-    hollow = simulated if axis.inference else np.zeros(len(data), bool)
+    shared = (data[CONCURRENT_JOBS].to_numpy(float) > 1) if axis.timed else np.zeros(len(data), bool)
+    hollow = (simulated if axis.inference else np.zeros(len(data), bool)) | shared
     front = np.zeros(len(data), bool)
     front[~hollow] = pareto_mask(costs[~hollow], data["score"].to_numpy(float)[~hollow])
-    return data.assign(_cost=costs, _hollow=hollow, _front=front, _simulated=simulated)
+    return data.assign(_cost=costs, _hollow=hollow, _front=front, _simulated=simulated, _shared=shared)
+
+
+def _ptext(value) -> str:
+    """Text for plotly, which renders its strings as HTML and decodes &amp;, &lt; and &gt; (not
+    &quot;): a name with '<' in it shows as written instead of as a tag."""
+    return escape(str(value), quote=False)
 
 
 def _hover(data: pd.DataFrame, axis: CostAxis, metric: str) -> list[str]:
     # A comprehension over columns: iterrows costs ~50 µs a row, which thousands of runs feel.
+    # Plotly renders hover text as HTML: the names in it are escaped.
     return [
-        f"<b>{method}</b> seed {seed}<br>{metric} {score:.4f}<br>{axis.title}: {cost:,.4g}<br>model {model}<br>"
-        f"job {job} run {run}"
-        + ("<br><i>simulated kernel: the dense float model ran</i>" if hollow else "")
+        f"<b>{_ptext(method)}</b> seed {seed}<br>{_ptext(metric)} {score:.4f}<br>{_ptext(axis.title)}: {cost:,.4g}"
+        f"<br>model {_ptext(model)}<br>job {_ptext(job)} run {_ptext(run)}"
+        + ("<br><i>simulated kernel: the dense float model ran</i>" if hollow and simulated and axis.inference else "")
+        + (f"<br><i>timed while {int(jobs)} jobs shared the device: not a clean time</i>" if shared else "")
         + ("<br><b>Pareto-optimal</b>" if front else "")
-        for method, seed, score, cost, model, job, run, hollow, front in zip(
+        for method, seed, score, cost, model, job, run, hollow, simulated, shared, jobs, front in zip(
             data["method"], data["seed"], data["score"], data["_cost"], data["model"], data["job_hash"],
-            data["run_id"], data["_hollow"], data["_front"])
+            data["run_id"], data["_hollow"], data["_simulated"], data["_shared"], data[CONCURRENT_JOBS], data["_front"])
     ]
 
 
@@ -276,7 +317,8 @@ def _figure(data: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict
     for method, idx in sorted(data.groupby("method", sort=False).indices.items()):
         front = on_front[idx]
         traces.append({
-            "type": "scatter", "mode": "markers", "name": method, "x": cost[idx].tolist(), "y": score[idx].tolist(),
+            # Plotly renders names as HTML (and decodes entities): escaped, a name shows as written.
+            "type": "scatter", "mode": "markers", "name": _ptext(method), "x": cost[idx].tolist(), "y": score[idx].tolist(),
             "marker": {"size": [14 if f else 9 for f in front],
                        "symbol": ["star" if f else "circle-open" if h else "circle" for f, h in zip(front, hollow[idx])],
                        "line": {"width": [1.5 if f else 0 for f in front], "color": "black"}},
@@ -290,7 +332,7 @@ def _figure(data: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict
             "line": {"shape": "hv", "dash": "dot", "color": "black"},
         })
     layout = {
-        "title": {"text": title}, "height": 440, "margin": {"l": 60, "r": 20, "t": 70, "b": 50},
+        "title": {"text": title}, "height": 440,  # title: escaped by the caller "margin": {"l": 60, "r": 20, "t": 70, "b": 50},
         "xaxis": {"title": {"text": axis.title + (" (log)" if axis.log else "")}, "type": "log" if axis.log else "linear"},
         # Scores near zero (a small LM on GSM8K) sit on the axis, not mid-plot.
         "yaxis": {"title": {"text": metric}, "rangemode": "tozero"},
@@ -325,7 +367,7 @@ def _panel_groups(ok: pd.DataFrame, axis: CostAxis):
 # What the plots and their tables read: copying only these per axis and device keeps large
 # stores fast (a row has ~100 columns).
 PLOT_COLUMNS = ["method", "seed", "score", "model", "job_hash", "run_id", "compression_kernel", "device_name",
-                "peak_memory_kind", "_page", "_paged", *dict.fromkeys(a.column for a in COST_AXES)]
+                "peak_memory_kind", CONCURRENT_JOBS, "_page", "_paged", *dict.fromkeys(a.column for a in COST_AXES)]
 
 
 def _axis_points(ok: pd.DataFrame):
@@ -342,49 +384,72 @@ def _axis_points(ok: pd.DataFrame):
 def _panels(ok: pd.DataFrame, suite: str, task: str, metric: str) -> list[Panel]:
     panels = []
     for axis, where, data in _axis_points(ok):
-        title = f"{suite}/{task}: {metric} vs {axis.title}" + (f"<br><sup>on {where}</sup>" if where else "")
+        title = _ptext(f"{suite}/{task}: {metric} vs {axis.title}") + (f"<br><sup>on {_ptext(where)}</sup>" if where else "")
         figure = _figure(data, axis, metric, title)
-        hollow = int(data["_hollow"].sum())
-        panels.append(Panel(f"fig-{len(panels)}", axis, title, where, figure, _front_table(data, axis), hollow))
+        hollow, shared = int(data["_hollow"].sum()), int(data["_shared"].sum())
+        panels.append(Panel(f"fig-{len(panels)}", axis, title, where, figure, _front_table(data, axis), hollow, shared))
     return panels
 
 
 # ----------------------------------------------------------------------------- leaderboard
 
 LEADERBOARD = (  # (key, label, text aligned)
-    ("method", "method", True), ("model", "model", True), ("best_score", "best score", False),
-    ("mean_score", "mean ± 95% CI", False), ("n_runs", "runs (seed)", False),
+    ("method", "method", True), ("model", "model", True), ("settings", "settings", True),
+    ("mean_score", "mean ± 95% CI (n)", False), ("best_score", "best seed", False), ("n_runs", "runs (seed)", False),
     ("trainable_params", "trainable", False), ("trainable_pct", "trainable %", False),
-    ("peak_memory_mib", "peak mem MiB", False), ("train_seconds", "train s", False),
+    ("peak_memory_mib", "peak mem MiB", False), (TIME_TO_TRAINED, "time to trained model s", False),
     ("latency_bs1_p50_ms", "lat bs1 p50 ms", False), ("ttft_bs1_p50_ms", "TTFT bs1 ms", False),
     ("ms_per_generated_token", "ms/gen token", False), ("stored_model_mib", "stored MiB", False),
     ("gflops", "GFLOPs/sample", False), ("adapter_overhead_pct", "adapter overhead %", False),
     ("compression_kernel", "kernel", True), ("device_name", "device", True),
 )
 RUN_LINKS = 8  # per leaderboard line
+# The costs of a line: the median over its runs, so that the seed with the best score does not
+# lend it its costs, and one slow run (a busy machine) does not move the line much.
+MEDIAN_COSTS = ("trainable_params", "total_params", "peak_memory_bytes", TIME_TO_TRAINED, "latency_bs1_p50_ms",
+                "ttft_bs1_p50_ms", "ms_per_generated_token", "stored_model_bytes", "flops_per_sample", ADAPTER_SHARE)
 LEADERBOARD_DOCS = {
-    "best_score": "score of the best run of this method and model; its costs fill the other columns",
-    "mean_score": "mean score over the runs (seeds) with a 95% bootstrap confidence interval",
-    "n_runs": "runs of this method and model (one per seed unless other settings differ)",
-    "trainable_params": DOCS["trainable_params"], "peak_memory_mib": DOCS["peak_memory_bytes"],
-    "train_seconds": DOCS["train_seconds"], "latency_bs1_p50_ms": DOCS["latency_bs1_p50_ms"],
-    "ttft_bs1_p50_ms": DOCS["ttft_bs1_p50_ms"], "stored_model_mib": "compressed_model_bytes, or model_bytes, in MiB",
+    "settings": "the settings in which lines of this method and model differ (all other settings are the same)",
+    "mean_score": "mean score over the line's seeds with a 95% Student t confidence interval (n seeds); lines are "
+                  "ranked by it. Seed noise only: the evaluation set's own sampling noise is not in it",
+    "best_score": "the best seed's score, for reference only: a maximum over seeds on the evaluation split "
+                  "is not an estimate of the configuration's score",
+    "n_runs": "runs of this configuration: one per seed (every other setting and the device are the same)",
+    "trainable_params": DOCS["trainable_params"] + " (median over the line's runs)",
+    "peak_memory_mib": DOCS["peak_memory_bytes"] + " (median over the line's runs)",
+    TIME_TO_TRAINED: TIME_TO_TRAINED_DOC + " (median over the line's runs)",
+    "latency_bs1_p50_ms": DOCS["latency_bs1_p50_ms"] + " (median over the line's runs)",
+    "ttft_bs1_p50_ms": DOCS["ttft_bs1_p50_ms"] + " (median over the line's runs)",
+    "stored_model_mib": "compressed_model_bytes, or model_bytes, in MiB (median over the line's runs)",
     "gflops": DOCS["flops_per_sample"], "adapter_overhead_pct": DOCS[ADAPTER_SHARE],
     "compression_kernel": DOCS["compression_kernel"], "device_name": DOCS["device_name"],
 }
+# Settings that the method and model columns already show.
+_SHOWN_SETTINGS = {"suite", "task", "method", "method_params", "model", "model_hub_id", "device_name"}
 
 
-def _line_values(best: dict, ci: MeanCI | None, n_runs: int) -> dict:
-    """The leaderboard's values for one (method, model): the best run's costs and the CI."""
-    mib = lambda column: None if best.get(column) is None else best[column] / 2**20  # noqa: E731
-    total, trainable, share = best.get("total_params"), best.get("trainable_params"), best.get(ADAPTER_SHARE)
+def _median(runs: list[dict], column: str) -> float | None:
+    values = [r.get(column) for r in runs if r.get(column) is not None]
+    return float(np.median(values)) if values else None
+
+
+def _line_values(runs: list[dict], ci: MeanCI | None, settings: str) -> dict:
+    """The leaderboard's values for one configuration: the seed mean, the best seed, and the
+    median of each cost over its runs."""
+    costs = {c: _median(runs, c) for c in MEDIAN_COSTS}
+    mib = lambda column: None if costs[column] is None else costs[column] / 2**20  # noqa: E731
+    total, trainable, share = costs["total_params"], costs["trainable_params"], costs[ADAPTER_SHARE]
+    scores = [r["score"] for r in runs if r["score"] is not None]
+    kernels = sorted({r["compression_kernel"] for r in runs if r.get("compression_kernel") is not None})
     return {
-        **{k: best.get(k) for k in ("method", "model", "trainable_params", "train_seconds", "latency_bs1_p50_ms",
-                                    "ttft_bs1_p50_ms", "ms_per_generated_token", "compression_kernel", "device_name")},
-        "best_score": best["score"], "mean_score": ci, "n_runs": n_runs,
+        "method": runs[0]["method"], "model": runs[0]["model"], "device_name": runs[0]["device_name"],
+        "settings": settings, "compression_kernel": "/".join(kernels) or None,
+        **{k: costs[k] for k in ("trainable_params", TIME_TO_TRAINED, "latency_bs1_p50_ms", "ttft_bs1_p50_ms",
+                                 "ms_per_generated_token")},
+        "best_score": max(scores) if scores else None, "mean_score": ci, "n_runs": len(runs),
         "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
         "peak_memory_mib": mib("peak_memory_bytes"), "stored_model_mib": mib("stored_model_bytes"),
-        "gflops": None if best.get("flops_per_sample") is None else best["flops_per_sample"] / 1e9,
+        "gflops": None if costs["flops_per_sample"] is None else costs["flops_per_sample"] / 1e9,
         "adapter_overhead_pct": None if share is None else 100.0 * share,
     }
 
@@ -396,7 +461,7 @@ def _line_cells(values: dict, best: dict, runs: list[dict], keys: list[str]) -> 
         if key == "method":
             cells.append(_text(value, best["_page"] if best["_paged"] else None))
         elif key == "mean_score":
-            title = "" if value is None or value.low is None else f"95% CI [{value.low:.4f}, {value.high:.4f}]"
+            title = "" if value is None or value.low is None else f"95% CI [{value.low:.4f}, {value.high:.4f}], n={value.n}"
             cells.append(Cell("–" if value is None else str(value), "" if value is None else value.mean, title=title))
         elif key == "n_runs":
             # A link per run (a few at most), labelled by its seed; the rest are counted.
@@ -405,26 +470,49 @@ def _line_cells(values: dict, best: dict, runs: list[dict], keys: list[str]) -> 
             cells.append(Cell(str(value), value, False, links, f"{value} run(s)", more=value - len(links)))
         elif key == "compression_kernel" and value == "simulated":
             cells.append(Cell("simulated", value, True, title="simulated kernel: the dense float model ran"))
-        elif key in ("model", "compression_kernel", "device_name"):
+        elif key in ("model", "settings", "compression_kernel", "device_name"):
             cells.append(_text(value))
         else:
             cells.append(_number(value, key))
     return cells
 
 
+def _setting_text(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) else str(value)
+
+
+def _differing_settings(groups: list[list[dict]]) -> list[str | None]:
+    """Per line, the settings that vary among the lines of its method and model ('lr=0.0001'),
+    so that two learning rates of one method read as two configurations."""
+    settings = [grouping.settings(runs[0]) for runs in groups]
+    peers: dict[tuple, list[int]] = {}
+    for i, mine in enumerate(settings):
+        peers.setdefault((str(mine.get("method")), str(mine.get("model"))), []).append(i)
+    texts: list[str | None] = [None] * len(settings)
+    for members in peers.values():
+        names = {k for i in members for k in settings[i]} - _SHOWN_SETTINGS
+        varying = sorted(k for k in names if len({_setting_text(settings[i].get(k)) for i in members}) > 1)
+        for i in members:
+            texts[i] = " ".join(f"{k}={_setting_text(settings[i].get(k))}" for k in varying) or None
+    return texts
+
+
 def _leaderboard(ok: pd.DataFrame, records: list[dict]) -> Table:
-    """One line per (method, model), best first. Runs of one method and model differ by seed
-    (or by other settings, which then count as more runs of the line)."""
-    lines = []
-    for idx in ok.groupby(["method", "model"], dropna=False, sort=False).indices.values():
+    """One line per configuration (every setting the same but the seed, on one device), ranked
+    by its seed mean: the best seed is shown, but a maximum over seeds on the evaluation split
+    would reward the line with the most draws."""
+    groups, bests = [], []
+    for idx in ok.groupby("_group", sort=False).indices.values():
         runs = sorted((records[i] for i in idx), key=lambda r: (r["seed"] is None, r["seed"]))
-        best = max(runs, key=lambda r: r["score"] if r["score"] is not None else -math.inf)
+        groups.append(runs)
+        bests.append(max(runs, key=lambda r: r["score"] if r["score"] is not None else -math.inf))
+    lines = []
+    for runs, best, settings in zip(groups, bests, _differing_settings(groups)):
         scores = [r["score"] for r in runs if r["score"] is not None]
-        ci = mean_ci(scores) if scores else None
-        lines.append((_line_values(best, ci, len(runs)), best, runs))
-    lines.sort(key=lambda line: -math.inf if line[0]["best_score"] is None else line[0]["best_score"], reverse=True)
+        lines.append((_line_values(runs, mean_ci(scores) if scores else None, settings), best, runs))
+    lines.sort(key=lambda line: -math.inf if line[0]["mean_score"] is None else line[0]["mean_score"].mean, reverse=True)
     # A column no line has a value in (latency before anything measured it, TTFT on GLUE) is left out.
-    keys = [k for k, _, _ in LEADERBOARD if k in ("method", "best_score") or any(v[k] is not None for v, _, _ in lines)]
+    keys = [k for k, _, _ in LEADERBOARD if k in ("method", "mean_score") or any(v[k] is not None for v, _, _ in lines)]
     headers = tuple((label, text, LEADERBOARD_DOCS.get(k, "")) for k, label, text in LEADERBOARD if k in keys)
     rows = [("best" if i == 0 else "", _line_cells(v, best, runs, keys)) for i, (v, best, runs) in enumerate(lines)]
     return Table(headers, rows)
@@ -463,24 +551,36 @@ class TaskSection:
         return list(dict.fromkeys(p.axis for p in self.panels))
 
 
+def _time_to_trained(df: pd.DataFrame) -> pd.Series:
+    """TIME_TO_TRAINED per row (see its doc)."""
+    init = df["init_seconds"] if "init_seconds" in df else pd.Series(np.nan, index=df.index)
+    known = df["train_seconds"] + init
+    old = (df["pipeline_seconds"] - df["compress_seconds"].fillna(0)).clip(lower=df["train_seconds"])
+    return known.fillna(old).fillna(df["train_seconds"])
+
+
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
     """Derived columns the pages need; every run gets a page until `limit_run_pages` says otherwise."""
-    if ADAPTER_SHARE not in df:
-        df = df.assign(**{ADAPTER_SHARE: np.nan})
+    for column in (ADAPTER_SHARE, CONCURRENT_JOBS):  # stores written before these columns existed
+        if column not in df:
+            df = df.assign(**{column: np.nan})
     pages = [run_page(j, r) for j, r in zip(df["job_hash"], df["run_id"])]
+    columns = [c for c in ("config", *GROUP_COLUMNS) if c in df]
+    groups = [grouping.group_key({k: _plain(v) for k, v in r.items()}) for r in df[columns].to_dict("records")]
     return df.assign(
         stored_model_bytes=df["compressed_model_bytes"].fillna(df["model_bytes"]),
         ms_per_generated_token=1e3 / df["generation_batch_tokens_per_s"],
-        _page=pages, _paged=True,
+        **{TIME_TO_TRAINED: _time_to_trained(df)},
+        _page=pages, _paged=True, _group=groups,
     )
 
 
 def _paged_jobs(group: pd.DataFrame, limit: int) -> list[str]:
-    """The runs of one task that get a page: each leaderboard line's best run and every
+    """The runs of one task that get a page: each leaderboard line's best run (its method links it) and every
     Pareto-optimal run (what the index and the plots single out), then the best by score up
     to `limit` (more where those alone exceed it); failed runs, for their traceback, up to `limit`."""
     ok = group[group["status"] == "ok"].sort_values("score", ascending=False, kind="mergesort")
-    chosen = dict.fromkeys(ok.drop_duplicates(["method", "model"])["job_hash"])
+    chosen = dict.fromkeys(ok.drop_duplicates("_group")["job_hash"])
     for _, _, points in _axis_points(ok):
         chosen.update(dict.fromkeys(points.loc[points["_front"], "job_hash"]))
     for job in ok["job_hash"]:
@@ -615,8 +715,24 @@ def kernel_profile(path: Path | None) -> list[dict]:
 
 
 def _kernel_files(results_dir: str | os.PathLike) -> dict[str, Path]:
+    """Kernel tables by "<job_hash>-<run_id>" (one per run) and by job hash: the table of the
+    run the store's rule picks for that job (latest ok, as the report's rows), none if that
+    run was not profiled. Tables of older stores, `<job_hash>.parquet`, serve their job."""
     folder = Path(results_dir) / "_kernels"
-    return {p.stem: p for p in folder.glob("*.parquet")} if folder.is_dir() else {}
+    if not folder.is_dir():
+        return {}
+    files = {path.stem: path for path in folder.glob("*.parquet")}
+    per_run = {stem for stem in files if "-" in stem}
+    if per_run:
+        from harness.store import STATUS_COLUMNS
+
+        jobs = {stem.partition("-")[0] for stem in per_run}
+        rows = read_results(results_dir, columns=STATUS_COLUMNS)
+        latest = latest_per_job(rows[rows["job_hash"].isin(jobs)])
+        for job, run in zip(latest["job_hash"], latest["run_id"]):
+            if f"{job}-{run}" in files:
+                files[job] = files[f"{job}-{run}"]
+    return files
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -638,7 +754,7 @@ def _template_json() -> str:
     """plotly's white theme, once per page: plain-dict figures name no template."""
     import plotly.io as pio
 
-    return _script_json(pio.templates["plotly_white"].to_plotly_json())
+    return script_json(pio.templates["plotly_white"].to_plotly_json())
 
 
 def _write(path: Path, text: str) -> str:
@@ -666,14 +782,14 @@ def render_index(sections, benchmarks, n_runs: int, n_failed: int, source: str) 
     figures = {f"bench-fig-{i}": b.figure for i, b in enumerate(benchmarks) if b.figure}
     return _environment().get_template("index.html.j2").render(
         sections=sections, benchmarks=benchmarks, n_runs=n_runs, n_failed=n_failed,
-        figures_json=_script_json(figures), plotly=bool(figures), **_common(source),
+        figures_json=script_json(figures), plotly=bool(figures), **_common(source),
     )
 
 
 def render_pareto(section: TaskSection, source: str) -> str:
     figures = {p.id: p.figure for p in section.panels}
     return _environment().get_template("pareto.html.j2").render(
-        s=section, figures_json=_script_json(figures), plotly=bool(figures), **_common(source),
+        s=section, figures_json=script_json(figures), plotly=bool(figures), **_common(source),
     )
 
 
@@ -686,16 +802,51 @@ def render_run(record: dict, section: TaskSection, kernels: list[dict], source: 
         pipeline=_pipeline_rows(record.get("pipeline_costs")),
         config=_pretty_json(record.get("config")), metrics=_pretty_json(record.get("metrics")),
         method_params=_pretty_json(record.get("method_params")), eval_settings=_pretty_json(record.get("eval_settings")),
-        kernels=kernels, docs_kernel=DOCS["compression_kernel"], figures_json=_script_json(figures), plotly=bool(figures),
+        kernels=kernels, docs_kernel=DOCS["compression_kernel"], figures_json=script_json(figures), plotly=bool(figures),
         **_common(source),
     )
 
 
-def _remove_stale(out: Path, written: set[str]) -> None:
-    """Pages of runs and tasks gone from the store would linger unlinked and out of date."""
-    for path in [*out.glob("run-*.html"), *out.glob("pareto-*.html")]:
-        if path.name not in written:
-            path.unlink()
+# What the report wrote into --out: only these are ever removed again, so the user's own
+# files beside a report (a run-notes.html of theirs) are safe.
+MANIFEST = ".harness-report-manifest.json"
+
+
+def _manifest(out: Path) -> set[str]:
+    """The names a previous report wrote here; none for a folder without a readable manifest
+    (a report older than the manifest, or never written here: nothing is removed)."""
+    try:
+        names = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    # Names only, never a path: a manifest cannot point at a file outside the folder.
+    return {n for n in names if isinstance(n, str) and n and "/" not in n and "\\" not in n and n not in (".", "..")}
+
+
+def _write_manifest(out: Path, names: set[str]) -> None:
+    _write(out / MANIFEST, json.dumps({"files": sorted(names)}, indent=1))
+
+
+def _remove_stale(out: Path, previous: set[str], written: set[str]) -> None:
+    """Pages of runs and tasks gone from the store would linger unlinked and out of date: the
+    ones an earlier report wrote and this one did not are removed, nothing else."""
+    for name in sorted(previous - written):
+        (out / name).unlink(missing_ok=True)
+    _write_manifest(out, written)
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse, before anything is read or written, an --out that is a file, lies under a file,
+    or sits in a folder this process cannot write into."""
+    if out.exists() and not out.is_dir():
+        raise HarnessError(f"--out {out} is a file, not a folder; give a folder for the report")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise HarnessError(f"--out {out} lies under the file {existing}; give a folder for the report")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise HarnessError(f"--out {out}: cannot write into {existing} (permission denied); give a writable folder")
 
 
 # Pages for every run of a 10,000-run store take longer to write than the rest of the site
@@ -706,13 +857,22 @@ RUN_PAGES_PER_TASK = 200
 def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
                  run_pages_per_task: int | None = RUN_PAGES_PER_TASK) -> tuple[Path, int]:
     """Write the site; returns the index page and the number of runs (one per job)."""
+    out = Path(out_dir)
+    check_out_dir(out)
     # One row per job: re-runs, retries and stores merged from several machines count once.
     df = limit_run_pages(prepare(latest_per_job(read_results(results_dir))), run_pages_per_task)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HarnessError(f"--out {out}: cannot create the folder ({exc.strerror}); give a writable folder") from None
     source = str(results_dir)
     sections = build_sections(df)
     kernel_files = _kernel_files(results_dir)
+    previous = _manifest(out)
+    planned = {"index.html", "plotly.min.js", *(s.page for s in sections),
+               *(r["_page"] for s in sections for r in s.rows + s.failed if r["_paged"])}
+    # Listed before they are written: a report killed half-way leaves no page it cannot clean up.
+    _write_manifest(out, previous | planned)
     written = {_write_plotly_js(out)}
     for section in sections:
         written.add(_write(out / section.page, render_pareto(section, source)))
@@ -723,5 +883,5 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     index = render_index(sections, benchmark_sections(results_dir), len(df), n_failed, source)
     with atomic_write(out / "index.html", "w") as f:  # last: it links to the pages above
         f.write(index)
-    _remove_stale(out, written | {"index.html"})
+    _remove_stale(out, previous, written | {"index.html"})
     return out / "index.html", len(df)

@@ -1,11 +1,16 @@
-"""The spread of repeated measurements: a mean with a bootstrap confidence interval.
+"""The spread of repeated measurements: a mean with a Student t confidence interval.
 
-scipy.stats.bootstrap does the resampling (percentile method, seeded, so a report is
-reproducible); with one value there is no interval, and with identical values it is a point.
+Runs of one configuration differ by seed, and a report has two to five of them. At those
+counts a percentile bootstrap cannot reach its nominal coverage (simulated: 52% at n=2, 73%
+at n=3 for a nominal 95%), while the t-interval mean ± t_{1-α/2, n-1}·s/√n holds it for
+normally distributed seed noise (Student, 1908). With one value there is no interval; with
+identical values it is a point. The interval covers seed-to-seed variation only, not the
+sampling noise of the evaluation set (the same examples score every seed).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,24 +25,37 @@ class MeanCI:
     n: int
     confidence: float = 0.95
 
+    @property
+    def half_width(self) -> float | None:
+        """Half the (symmetric) interval; None with a single value."""
+        return None if self.low is None else (self.high - self.low) / 2
+
+    @property
+    def std_error(self) -> float | None:
+        """s/√n of the values; None with a single value."""
+        if self.low is None:
+            return None
+        return self.half_width / _t_quantile(self.confidence, self.n) if self.half_width else 0.0
+
     def __str__(self) -> str:
         if self.low is None:
-            return f"{self.mean:.4f}"
-        return f"{self.mean:.4f} ± {(self.high - self.low) / 2:.4f}"
+            return f"{self.mean:.4f} (n={self.n})"
+        return f"{self.mean:.4f} ± {self.half_width:.4f} (n={self.n})"
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> MeanCI:
-    data = np.asarray([v for v in values if v is not None and not np.isnan(v)], dtype=float)
+def _t_quantile(confidence: float, n: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + confidence / 2, n - 1))
+
+
+def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> MeanCI:
+    """Mean and t-interval of the values that are not None or NaN."""
+    data = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     if len(data) == 0:
         raise ValueError("mean_ci of no values")
     mean = float(data.mean())
     if len(data) < 2:
         return MeanCI(mean, None, None, len(data), confidence)
-    if np.all(data == data[0]):
-        return MeanCI(mean, mean, mean, len(data), confidence)
-    from scipy.stats import bootstrap
-
-    result = bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
-                       random_state=np.random.default_rng(seed))
-    ci = result.confidence_interval
-    return MeanCI(mean, float(ci.low), float(ci.high), len(data), confidence)
+    half = _t_quantile(confidence, len(data)) * float(data.std(ddof=1)) / math.sqrt(len(data))
+    return MeanCI(mean, mean - half, mean + half, len(data), confidence)

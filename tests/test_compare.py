@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from harness.compare import IDENTITY_KEYS, REGRESSION, compare_stores
+from harness.compare import REGRESSION, compare_stores
 from harness.config import ResolvedRun
 from harness.errors import HarnessError
 from harness.store import write_row
@@ -28,7 +28,8 @@ def resolved(method="lora:r=8", seed=0, **overrides) -> ResolvedRun:
         lr_scheduler="linear", gradient_accumulation_steps=1, gradient_checkpointing=False, max_train_tokens=None,
         packing=False, train_data=None, num_fewshot=None, max_new_tokens=None, preset=None, device="auto",
         latency_warmup=3, latency_repeats=20, data_dir="/mirror", data_sources={"train": "mirror"},
-        results_dir="results", harness_version="0.4.0",
+        results_dir="results", harness_version="0.4.0", method_versions=[1], model_digest="hub:0123abcd",
+        device_type="cuda",
     )
     values.update(overrides)
     return ResolvedRun(**values)
@@ -45,7 +46,7 @@ def run_row(method="lora:r=8", seed=0, config=None, **columns):
         train_seconds=100.0, peak_memory_bytes=3 * 2**30,
         latency_bs1_p50_ms=10.0, latency_bs1_p90_ms=10.4, latency_batch_p50_ms=40.0, latency_batch_p90_ms=41.0,
         ttft_bs1_p50_ms=None, trainable_params=600_000, model_bytes=438_000_000, compressed_model_bytes=None,
-        flops_per_sample=2.2e10,
+        flops_per_sample=2.2e10, concurrent_jobs=1, device="cuda:0",
     )
     row.update(columns)
     return row
@@ -62,10 +63,6 @@ def found(comparison):
     return {(c.kind, c.run, c.column) for c in comparison.changes}
 
 
-def test_identity_keys_are_those_of_the_job_hash_except_the_version():
-    assert set(IDENTITY_KEYS) == set(resolved().identity()) - {"harness_version"}
-
-
 def test_reports_exactly_the_lowered_accuracy_and_the_doubled_latency(tmp_path):
     methods = ["lora:r=8", "bitfit", "full"]
     base = store(tmp_path / "base", *(run_row(m, seed) for m in methods for seed in (0, 1)))
@@ -74,19 +71,19 @@ def test_reports_exactly_the_lowered_accuracy_and_the_doubled_latency(tmp_path):
     for m in methods:
         for seed in (0, 1):
             row = run_row(m, seed, created_at=later)
-            if (m, seed) == ("lora:r=8", 0):
-                row["score"] = 0.88
+            if m == "lora:r=8":  # both seeds: the configuration's mean drops
+                row["score"] = 0.80
             if (m, seed) == ("bitfit", 1):
                 row.update(latency_bs1_p50_ms=20.0, latency_bs1_p90_ms=20.5)
             new_rows.append(row)
     comparison = compare_stores(base, store(tmp_path / "new", *new_rows))
 
     assert found(comparison) == {
-        (REGRESSION, f"glue/sst2 lora:r=8 {MODEL} 0", "score"),
+        (REGRESSION, f"glue/sst2 lora:r=8 {MODEL} seeds 0,1", "score"),
         (REGRESSION, f"glue/sst2 bitfit {MODEL} 1", "latency_bs1_p50_ms"),
     }
     score = next(c for c in comparison.regressions if c.column == "score")
-    assert (score.base, score.new) == (0.90, 0.88)
+    assert (score.base, score.new) == pytest.approx((0.90, 0.80))
     latency = next(c for c in comparison.regressions if c.column.startswith("latency"))
     assert (latency.base, latency.new, latency.relative) == (10.0, 20.0, 1.0)
     assert comparison.compared == 6
@@ -169,9 +166,8 @@ def test_run_missing_in_new_is_a_regression_and_a_new_run_is_information(tmp_pat
 def test_runs_match_across_versions_commits_and_paths(tmp_path):
     base = store(tmp_path / "base", run_row(git_commit="aaaaaaa"))
     elsewhere = dict(harness_version="0.5.0", results_dir="/ci/night-2/results", data_dir="/ci/mirror",
-                     model_location="/ci/mirror/models/bert", latency_repeats=50, device="cuda:0")
+                     model_location="/ci/mirror/models/bert", device="cuda:0")
     new_row = run_row(config=elsewhere, git_commit="bbbbbbb-dirty", harness_version="0.5.0")
-    assert new_row["job_hash"] != run_row()["job_hash"]  # so the hash alone would not match them
     comparison = compare_stores(base, store(tmp_path / "new", new_row))
     assert comparison.changes == [] and comparison.compared == 1
     # An identity setting does change the run: then it is a different experiment.
@@ -210,3 +206,64 @@ def test_the_compare_command_exits_1_on_a_regression_and_0_on_identical_stores(t
     assert "1 regression" in capsys.readouterr().out
     assert main(["compare", str(base), str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def _seeds(scores, **columns):
+    return [run_row("lora:r=8", seed, score=score, **columns) for seed, score in enumerate(scores)]
+
+
+def test_several_seeds_are_gated_on_their_mean_within_k_standard_errors(tmp_path):
+    """Seed 0 and seed 2 each move by 0.01 (beyond a 0.005 tolerance), but the mean of three
+    seeds moves by 0.0033, well inside 3 SE of the seeds' own spread: no change. A drop of
+    the whole mean by 0.10 is one regression, of the configuration, not of each seed."""
+    base = store(tmp_path / "base", *_seeds([0.90, 0.92, 0.88]))
+    noisy = store(tmp_path / "noisy", *_seeds([0.89, 0.93, 0.87]))
+    assert compare_stores(base, noisy, metric_tolerance=0.005).changes == []
+    worse = store(tmp_path / "worse", *_seeds([0.80, 0.82, 0.78]))
+    [change] = compare_stores(base, worse, metric_tolerance=0.005, metric_k=3.0).changes
+    assert (change.kind, change.column, change.run) == (REGRESSION, "score", f"glue/sst2 lora:r=8 {MODEL} seeds 0,1,2")
+    assert (change.base, change.new) == pytest.approx((0.90, 0.80))
+    se = (0.02**2 / 3 + 0.02**2 / 3) ** 0.5  # both sides: sample sd 0.02 over 3 seeds
+    assert f"3 SE ({3 * se:.4g})" in change.note
+    # The band is k SE: with k small enough, the noisy night's 0.0033 is a change after all.
+    assert compare_stores(base, noisy, metric_tolerance=0.0, metric_k=0.1).regressions[0].column == "score"
+    # A single seed keeps the absolute tolerance (it has no spread to measure its noise by).
+    one = compare_stores(store(tmp_path / "b1", *_seeds([0.90])), store(tmp_path / "n1", *_seeds([0.89])))
+    assert [(c.kind, c.run) for c in one.changes] == [(REGRESSION, f"glue/sst2 lora:r=8 {MODEL} 0")]
+
+
+def test_timings_from_a_shared_device_are_not_compared(tmp_path):
+    base = store(tmp_path / "base", run_row(concurrent_jobs=1))
+    new = store(tmp_path / "new", run_row(concurrent_jobs=4, train_seconds=300.0, latency_bs1_p50_ms=30.0,
+                                          latency_bs1_p90_ms=31.0, peak_memory_bytes=6 * 2**30))
+    comparison = compare_stores(base, new)
+    assert {(c.kind, c.column) for c in comparison.changes} == {
+        ("info", "concurrent_jobs"), (REGRESSION, "peak_memory_bytes")}  # memory is per process: still compared
+    assert next(c for c in comparison.changes if c.column == "concurrent_jobs").note.startswith(
+        "not compared: shared device")
+    alone = store(tmp_path / "alone", run_row(concurrent_jobs=1, train_seconds=300.0))
+    assert {c.column for c in compare_stores(base, alone).regressions} == {"train_seconds"}
+
+
+def test_device_dependent_exact_costs_are_compared_within_one_device_type(tmp_path):
+    base = store(tmp_path / "base", run_row(device="cuda:0"))
+    cpu = store(tmp_path / "cpu", run_row(device="cpu", device_name=DEVICE, flops_per_sample=1.5e10,
+                                          model_bytes=800_000_000, trainable_params=600_001))
+    changes = {(c.kind, c.column) for c in compare_stores(base, cpu).changes}
+    assert changes == {("info", "device"), (REGRESSION, "trainable_params")}
+    gpu = store(tmp_path / "gpu", run_row(device="cuda:1", flops_per_sample=3e10))
+    assert {c.column for c in compare_stores(base, gpu).regressions} == {"flops_per_sample"}
+
+
+@pytest.mark.parametrize("flag, value", [("--metric-tolerance", "nan"), ("--metric-tolerance", "inf"),
+                                         ("--time-tolerance", "-0.1"), ("--time-tolerance", "nan"),
+                                         ("--metric-k", "inf"), ("--metric-k", "-1")])
+def test_tolerances_must_be_finite_and_not_negative(tmp_path, capsys, flag, value):
+    from harness.cli import main
+
+    base = store(tmp_path / "base", run_row())
+    assert main(["compare", str(base), str(base), f"{flag}={value}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and flag in err
+    with pytest.raises(HarnessError, match="finite"):
+        compare_stores(base, base, **{flag[2:].replace("-", "_"): float(value)})

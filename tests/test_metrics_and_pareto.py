@@ -77,6 +77,6 @@ def test_mean_ci_brackets_the_mean_and_narrows_with_more_seeds():
     assert a.low <= a.mean <= a.high and b.low <= b.mean <= b.high
     assert (b.high - b.low) < (a.high - a.low)
     assert 0.78 < b.low < 0.8 < b.high < 0.82
-    assert mean_ci([0.5]).low is None and str(mean_ci([0.5])) == "0.5000"
+    assert mean_ci([0.5]).low is None and str(mean_ci([0.5])) == "0.5000 (n=1)"
     assert mean_ci([0.7, 0.7]).low == 0.7
-    assert mean_ci([0.1, 0.2, 0.3]) == mean_ci([0.1, 0.2, 0.3])  # seeded: the same report twice
+    assert mean_ci([0.1, 0.2, 0.3]) == mean_ci([0.1, 0.2, 0.3])  # the same report twice

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from html import unescape
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,7 +27,7 @@ def _row(method, score, trainable, memory, seconds, run_id, status="ok", device=
         train_seconds=seconds, run_id=run_id, job_hash=f"h{run_id}", status=status, device_name=device,
         peak_memory_kind="cpu_peak_rss_reset", metric="accuracy", error=None if status == "ok" else "RuntimeError: x",
         **{"flops_per_sample": None, "latency_bs1_p50_ms": None, "compression_kernel": None, "ttft_bs1_p50_ms": None,
-           "generation_batch_tokens_per_s": None, **inference},
+           "generation_batch_tokens_per_s": None, "concurrent_jobs": 1, "init_seconds": 0.0, **inference},
     )
 
 
@@ -79,7 +81,7 @@ def test_hardware_costs_are_split_by_device(tmp_path):
     assert sum("on gpu-y" in t for t in titles) == 2
     # One select option per axis, however many devices the axis is split into.
     html = render_pareto(section, "store")
-    assert re.findall(r'<option value="([^"]+)"', html) == ["trainable_params", "peak_memory_bytes", "train_seconds",
+    assert re.findall(r'<option value="([^"]+)"', html) == ["trainable_params", "peak_memory_bytes", "time_to_trained_seconds",
                                                             "stored_model_bytes"]
     assert "Pareto-optimal runs on gpu-y / cpu_peak_rss_reset: peak memory (MiB)" in html
 
@@ -91,7 +93,7 @@ def test_report_command_on_real_runs_writes_an_offline_linked_site(tiny_model, t
     out = tmp_path / "site"
     assert main(["report", "--results", str(results), "--out", str(out)]) == 0
     assert "(3 runs)" in capsys.readouterr().out
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if p.name != ".harness-report-manifest.json")
     assert names[:3] == ["index.html", "pareto-glue-sst2.html", "plotly.min.js"]
     assert len(names) == 6 and all(n.startswith("run-") for n in names[3:])
     assert (out / "plotly.min.js").stat().st_size > 1_000_000  # plotly.js once, beside the pages
@@ -102,7 +104,11 @@ def test_report_command_on_real_runs_writes_an_offline_linked_site(tiny_model, t
     pareto = (out / "pareto-glue-sst2.html").read_text()
     # One figure per cost axis a GLUE run has: parameters, memory, time, size, FLOPs, latency (no generation).
     generation = {"ttft_bs1_p50_ms", "ms_per_generated_token"}
-    axes = [a.column for a in COST_AXES if a.column not in generation]
+    # On CPU the memory a tiny run adds above its start can be 0 for all three (pages freed by
+    # earlier tests are reused); an axis on which no run has a positive cost is left out.
+    rows = prepare(read_results(results))
+    axes = [a.column for a in COST_AXES if a.column not in generation and (rows[a.column] > 0).any()]
+    assert len(axes) >= 5
     assert len(_figures(pareto)) == len(axes)
     assert re.findall(r'<option value="([^"]+)"', pareto) == axes
     assert re.findall(r'class="axis-panel" data-axis="([^"]+)"', pareto) == axes
@@ -172,14 +178,14 @@ def test_leaderboard_has_one_line_per_method_and_model_with_mean_and_ci(tmp_path
     headers = [label for label, _, _ in section.leaderboard.headers]
     lines = {(cells[0].text, cells[1].text): cells for _, cells in section.leaderboard.rows}
     assert [(cells[0].text, cells[1].text) for _, cells in section.leaderboard.rows] == [
-        ("bitfit", "m1"), ("lora", "m1"), ("lora", "m2")]  # by best score
-    best, mean, runs = (headers.index(h) for h in ("best score", "mean ± 95% CI", "runs (seed)"))
+        ("lora", "m1"), ("bitfit", "m1"), ("lora", "m2")]  # by mean score (bitfit has the best seed)
+    best, mean, runs = (headers.index(h) for h in ("best seed", "mean ± 95% CI (n)", "runs (seed)"))
     lora = lines[("lora", "m1")]
     ci = mean_ci([0.80, 0.84, 0.82])
     assert lora[best].text == "0.8400" and lora[mean].text == str(ci) and lora[mean].sort == pytest.approx(0.82)
-    assert lora[mean].title == f"95% CI [{ci.low:.4f}, {ci.high:.4f}]"
+    assert lora[mean].title == f"95% CI [{ci.low:.4f}, {ci.high:.4f}], n=3"
     assert [label for label, _, _ in lora[runs].links] == ["s0", "s1", "s2"] and lora[runs].more == 0
-    assert lines[("lora", "m2")][mean].text == "0.6000"  # one run: no interval
+    assert lines[("lora", "m2")][mean].text == "0.6000 (n=1)"  # one run: no interval
     # Columns no run has a value in are left out (no generation on GLUE).
     assert "TTFT bs1 ms" not in headers and "trainable" in headers
 
@@ -276,9 +282,207 @@ def test_pages_of_runs_gone_from_the_store_are_removed(tmp_path):
     assert sorted(p.name for p in out.glob("*.html")) == ["index.html", "pareto-glue-sst2.html", "run-hb-b.html"]
 
 
-def test_names_cannot_break_out_of_the_page_script(tmp_path):
-    write_row(_row("</script><script>alert(1)//", 0.8, 10, 2**20, 1.0, "a"), tmp_path)
+NASTY = ['<!--<script', '</script><script>alert(1)//', 'a"b\'c & <d>', 'line\u2028sep']
+
+
+class _Page(HTMLParser):
+    """The text of each <script> element and of the <title>, as a browser's tokenizer splits them."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.scripts, self.title, self._in = [], "", None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "script" and not dict(attrs).get("src"):
+            self.scripts.append("")
+        self._in = tag
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+    def handle_data(self, data):
+        if self._in == "script":
+            self.scripts[-1] += data
+        elif self._in == "title":
+            self.title += data
+
+
+@pytest.mark.parametrize("name", NASTY)
+def test_names_cannot_break_out_of_the_page_script(tmp_path, name):
+    """A method, model or task named with script or comment openers, quotes or a line
+    separator leaves every script element whole and its JSON reads back as the same string."""
+    results, out = tmp_path / "results", tmp_path / "site"
+    write_row(_row(name, 0.8, 10, 2**20, 1.0, "a", model=name, task=name), results)
+    write_row(_row("lora", 0.7, 20, 2**20, 2.0, "b", task=name), results)
+    write_report(results, out)
+    for page in out.glob("*.html"):
+        parser = _Page()
+        parser.feed(page.read_text())
+        parser.close()
+        for script in parser.scripts:
+            assert "</script" not in script.lower() and "<!--" not in script
+        figures = [s for s in parser.scripts if "const FIGURES = " in s]
+        if page.name.startswith("pareto-"):
+            [script] = figures
+            data = json.loads(re.search(r"const FIGURES = (\{.*?\});\n", script, re.DOTALL).group(1))
+            names = {unescape(t["name"]) for fig in data.values() for t in fig["data"]}
+            assert names == {name, "lora", "Pareto front"}  # plotly shows names as HTML: escaped, and read back
+            assert all(name in unescape(h) for fig in data.values() for t in fig["data"] if t["name"] != "lora"
+                       and t["name"] != "Pareto front" for h in t["hovertext"])
+            assert name in unescape(next(iter(data.values()))["layout"]["title"]["text"])
+        if page.name == "run-ha-a.html":
+            assert parser.title == f"{name} seed 7 · glue/{name}"
+
+
+def _board(section):
+    headers = [label for label, _, _ in section.leaderboard.headers]
+    return headers, [[c.text for c in cells] for _, cells in section.leaderboard.rows]
+
+
+def test_leaderboard_lines_are_configurations_ranked_by_their_seed_mean(tmp_path):
+    """Two learning rates of one method are two lines; a line's rank is its seed mean, so one
+    lucky seed does not win; its costs are the median over its runs, not the best run's."""
+    from tests.test_compare import run_row
+
+    steady = [0.80, 0.81, 0.82]  # mean 0.81
+    lucky = [0.95, 0.60, 0.61]  # best 0.95, mean 0.72
+    seconds = [10.0, 20.0, 90.0]
+    for seed in range(3):
+        for lr, scores in ((1e-4, steady), (2e-3, lucky)):
+            write_row(run_row("lora:r=8", seed, config={"lr": lr}, score=scores[seed], train_seconds=seconds[seed],
+                              init_seconds=0.0), tmp_path)
+    write_row(run_row("lora:r=8", 0, config={"lr": 1e-4}, score=0.99, device_name="other GPU"), tmp_path)
     [section] = build_sections(read_results(tmp_path))
+    headers, lines = _board(section)
+    column = {h: headers.index(h) for h in ("settings", "mean ± 95% CI (n)", "best seed", "runs (seed)", "device")}
+    assert [(line[column["settings"]], line[column["device"]]) for line in lines] == [
+        ("lr=0.0001", "other GPU"), ("lr=0.0001", "NVIDIA H100 80GB HBM3"), ("lr=0.002", "NVIDIA H100 80GB HBM3")]
+    _, steady_line, lucky_line = lines
+    assert steady_line[column["mean ± 95% CI (n)"]] == str(mean_ci(steady))
+    assert lucky_line[column["best seed"]] == "0.9500" and lucky_line[column["runs (seed)"]] == "3"
+    assert section.leaderboard.rows[0][0] == "best" and section.leaderboard.rows[1][0] == ""
+    # Costs: the median over the line's seeds (20 s), not the best run's (10 s or 90 s).
+    time = next(h for h in headers if h.startswith("time to trained model"))
+    assert steady_line[headers.index(time)] == "20" and lucky_line[headers.index(time)] == "20"
+
+
+def test_leaderboard_lines_never_pool_precisions_budgets_or_devices():
+    from harness.grouping import group_key
+    from tests.test_compare import run_row
+
+    def run(method="lora:r=8", seed=0, config=None, device="cuda:0", **columns):
+        return run_row(method, seed, config=config, device=device, **columns)
+
+    base = run()
+    same = [run(seed=1, device="cuda:1"),  # another seed on another GPU of one kind
+            run(seed=2, config={"results_dir": "/elsewhere", "data_dir": "/m2", "device": "cuda"})]
+    other = [run(config={"precision": "fp32"}), run(config={"max_train_samples": 10}), run(config={"lr": 1e-4}),
+             run(device="cpu"), run(device_name="other"), run("lora:r=16")]
+    assert all(group_key(r) == group_key(base) for r in same)
+    assert len({group_key(r) for r in [base, *other]}) == 1 + len(other)
+
+
+def test_only_pages_the_report_wrote_are_ever_removed(tmp_path):
+    """The user's own run-*.html and pareto-*.html beside a report are kept; the report's own
+    pages of runs gone from the store are removed (it lists what it wrote in a manifest)."""
+    results, out = tmp_path / "results", tmp_path / "site"
+    out.mkdir()
+    mine = {"run-notes.html": "my notes", "pareto-draft.html": "my draft", "index.txt": "x"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    gone = write_row(_row("lora", 0.88, 10, 2**20, 1.0, "a"), results)
+    write_row(_row("bitfit", 0.80, 10, 2**20, 1.0, "b"), results)
+    write_report(results, out)
+    assert (out / "run-ha-a.html").is_file()
+    gone.unlink()
+    write_report(results, out)
+    assert not (out / "run-ha-a.html").exists()
+    assert all((out / name).read_text() == text for name, text in mine.items())
+    manifest = json.loads((out / ".harness-report-manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["index.html", "pareto-glue-sst2.html", "plotly.min.js", "run-hb-b.html"]
+
+
+def _one_row_store(tmp_path):
+    results = tmp_path / "results"
+    write_row(_row("lora", 0.88, 10, 2**20, 1.0, "a"), results)
+    return results
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_report_out_on_a_file_is_one_line_and_writes_nothing(tmp_path, capsys, where):
+    results = _one_row_store(tmp_path)
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    out = blocker if where == "file" else blocker / "site" / "deeper"
+    assert main(["report", "--results", str(results), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(blocker) in err and "--out" in err
+    assert blocker.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["results", "taken"]
+
+
+def test_report_out_in_a_read_only_folder_is_one_line_and_writes_nothing(tmp_path, capsys):
+    results = _one_row_store(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: a read-only mode does not stop writes")
+        for out in (locked, locked / "site"):
+            assert main(["report", "--results", str(results), "--out", str(out)]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and "cannot write" in err and str(locked) in err
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
+def test_report_out_that_cannot_be_written_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """The check behind the read-only case, run whoever runs the tests (root may write anywhere)."""
+    results = _one_row_store(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and real_access(path, mode, **kw))
+    assert main(["report", "--results", str(results), "--out", str(locked / "site")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+    assert list(locked.iterdir()) == []
+
+
+def test_timings_from_a_shared_device_are_hollow_and_off_the_time_fronts(tmp_path):
+    """A run timed while 3 jobs shared its device looks fastest, but its time is not clean:
+    hollow and off the front of the time and latency axes; its memory still counts."""
+    write_row(_row("lora", 0.88, 10**4, 500 * 2**20, 40.0, "a", latency_bs1_p50_ms=5.0), tmp_path)
+    write_row(_row("full", 0.90, 10**6, 400 * 2**20, 10.0, "b", latency_bs1_p50_ms=1.0, concurrent_jobs=3), tmp_path)
+    [section] = build_sections(read_results(tmp_path))
+    panels = {p.axis.column: p for p in section.panels}
+    for column in ("time_to_trained_seconds", "latency_bs1_p50_ms"):
+        traces = {t["name"]: t for t in panels[column].figure["data"]}
+        assert traces["full"]["marker"]["symbol"] == ["circle-open"] and traces["lora"]["marker"]["symbol"] == ["star"]
+        assert "3 jobs shared the device" in traces["full"]["hovertext"][0]
+        assert [cells[0].text for _, cells in panels[column].front.rows] == ["lora"]
+        assert panels[column].shared == 1
+    memory = {t["name"]: t for t in panels["peak_memory_bytes"].figure["data"]}
+    assert memory["full"]["marker"]["symbol"] == ["star"]
     html = render_pareto(section, "store")
-    assert "</script><script>alert(1)" not in html
-    assert _figures(html)["fig-0"]["data"][0]["name"] == "</script><script>alert(1)//"
+    assert "timed while other jobs shared the device" in html
+
+
+def test_time_to_a_trained_model_counts_data_driven_initialisation(tmp_path):
+    """PiSSA's SVD runs before training, outside train_seconds: 10 s of training after 50 s of
+    initialisation is 60 s to a trained model, slower than LoRA's 20 s. A row written before
+    init_seconds existed counts its pipeline's total less compression (70 - 5)."""
+    write_row(_row("pissa", 0.90, 10**4, 2**20, 10.0, "a", init_seconds=50.0), tmp_path)
+    write_row(_row("lora", 0.88, 10**4, 2**20, 20.0, "b", init_seconds=0.0), tmp_path)
+    write_row(_row("corda", 0.91, 10**4, 2**20, 10.0, "c", init_seconds=None, pipeline_seconds=70.0,
+                   compress_seconds=5.0), tmp_path)
+    [section] = build_sections(read_results(tmp_path))
+    [panel] = [p for p in section.panels if p.axis.column == "time_to_trained_seconds"]
+    assert panel.axis.title.startswith("time to trained model (s)") and "initialisation" in panel.axis.title
+    costs = {t["name"]: t["x"] for t in panel.figure["data"] if t["name"] != "Pareto front"}
+    assert costs == {"pissa": [60.0], "lora": [20.0], "corda": [65.0]}
+    assert [(cells[0].text, cells[3].text) for _, cells in panel.front.rows] == [("lora", "20"), ("pissa", "60"),
+                                                                                    ("corda", "65")]
+    headers, lines = _board(section)
+    time = headers.index("time to trained model s")
+    assert {line[0]: line[time] for line in lines} == {"pissa": "60", "lora": "20", "corda": "65"}
