@@ -79,28 +79,48 @@ def feature_sums(module: nn.Module, x: torch.Tensor, elementwise) -> tuple[torch
     return flat.sum(dim=0), flat.shape[0]
 
 
+class _StopForward(Exception):
+    """Raised after the last module a calibration pass needs: the rest of the model is not run."""
+
+
 @torch.no_grad()
-def calibrate(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, observe, method: str) -> None:
+def calibrate(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, observe, method: str,
+              stop_after: nn.Module | None = None) -> None:
     """Run `batches` through `model` (eval mode: batch-norm running statistics, no dropout, as
     inference; no labels; on the model's device) and call observe(name, module, x) with every
     input to each of `layers`, as float. Token inputs (batch, seq, features) lose their padding
-    positions per the batch's attention mask and arrive as (tokens, features)."""
+    positions per the batch's attention mask and arrive as (tokens, features).
+
+    Layers called on the same input tensor in a pass (a block's q, k and v) receive the same
+    `x` object, so an observer can compute one statistic for all of them. With `stop_after`,
+    each pass ends once that module has run (the layers after it are not needed)."""
     for name, module in layers:
         check_unfoldable(module, name, method)
     mask: list[torch.Tensor | None] = [None]
+    converted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(raw input) -> (raw, x), this pass
     seen: set[str] = set()
 
     def hook_for(name: str):
         def hook(module, args):
-            x = args[0].detach().float()
-            if mask[0] is not None and x.dim() == 3 and x.shape[:2] == mask[0].shape:
-                x = x[mask[0]]
+            raw = args[0]
+            if id(raw) in converted:
+                x = converted[id(raw)][1]
+            else:
+                x = raw.detach().float()
+                if mask[0] is not None and x.dim() == 3 and x.shape[:2] == mask[0].shape:
+                    x = x[mask[0]]
+                converted[id(raw)] = (raw, x)  # the raw tensor is held, so its id is not reused in this pass
             seen.add(name)
             observe(name, module, x)
 
         return hook
 
+    def stop(module, args, output):
+        raise _StopForward
+
     handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in layers]
+    if stop_after is not None:
+        handles.append(stop_after.register_forward_hook(stop))
     was_training = model.training
     model.eval()
     device = device_of(model)
@@ -109,7 +129,12 @@ def calibrate(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, ob
             inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
             attention = inputs.get("attention_mask")
             mask[0] = attention.bool() if torch.is_tensor(attention) and attention.dim() == 2 else None
-            model(**inputs)
+            converted.clear()
+            try:
+                model(**inputs)
+            except _StopForward:
+                pass
+            converted.clear()
     finally:
         for handle in handles:
             handle.remove()
@@ -129,3 +154,42 @@ def input_feature_norms(model: nn.Module, layers: list[tuple[str, nn.Module]], b
 
     calibrate(model, layers, batches, observe, method)
     return {name: total.sqrt() for name, total in sums.items()}
+
+
+# Calibration budget ----------------------------------------------------------------------
+# Wanda (Sun et al., ICLR 2024) and GPTQ (Frantar et al., ICLR 2023) calibrate on 128
+# sequences of 2048 tokens: `--nsamples 128` with model.seqlen = 2048 in IST-DASLab/gptq
+# llama.py and locuslab/wanda main.py.
+PAPER_SAMPLES = 128
+PAPER_SEQUENCE = 2048
+PAPER_TOKENS = PAPER_SAMPLES * PAPER_SEQUENCE  # 262,144
+
+
+def calibration_units(batch: dict) -> int:
+    """What a batch adds to a calibration budget: its non-padding tokens (all of input_ids
+    without a mask); for inputs without tokens (images), PAPER_SEQUENCE per example, so the
+    token budget means the papers' 128 samples there."""
+    mask = batch.get("attention_mask")
+    if torch.is_tensor(mask):
+        return int(mask.sum())
+    ids = batch.get("input_ids")
+    if torch.is_tensor(ids):
+        return int(ids.numel())
+    return PAPER_SEQUENCE * len(next(iter(batch.values())))
+
+
+def calibration_set(ctx, tokens: int, batches: int | None = None) -> tuple[list[dict], int]:
+    """The calibration batches and the tokens they hold: whole training batches in the job's
+    seeded shuffled order until at least `tokens` (see calibration_units), or all the split
+    has if it holds fewer; exactly `batches` batches instead when that is given. Kept in a
+    list (CPU), so that a sequential calibration can run them more than once."""
+    chosen, total = [], 0
+    for batch in ctx.batches(batches if batches is not None else 2**62):
+        if batches is None and total >= tokens:
+            break
+        chosen.append(batch)
+        total += calibration_units(batch)
+    if not chosen:
+        raise HarnessError("calibration needs training examples, but the training split has none")
+    return chosen, total
+

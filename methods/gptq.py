@@ -10,12 +10,23 @@ block. Groups of `group_size` inputs of a row share an asymmetric min-max grid, 
 when the group's first column is reached (from the weights as the error feedback has left
 them), the same grid and storage as `int4`/`int8` (methods/quantization.py).
 
-Which variant: every layer's H comes from one pass of the calibration batches through
-the model as it is when `apply` runs (all layers see the unquantized model's
-activations), not the paper's sequential one (each layer calibrated on the outputs of
-the already quantized layers before it). No act-order. Calibration tokens are those of
-`ctx.batches(calibration_batches)` from the task's training split; padding positions
-are left out, as they never reach the output.
+Which variant: the reference's (IST-DASLab/gptq `llama_sequential`, without
+`--true-sequential` or `--act-order`): block by block, each transformer block's layers
+calibrated on inputs that went through the blocks before it already quantized, then
+quantized before the next block is calibrated, so only one block's Hessians are held at a
+time. Layers that read the same input (q, k and v) share one H, which the reference
+computes once per layer (the same matrix). The reference keeps every sample's hidden
+state between blocks; here each block's pass reruns the model from its input up to that
+block (stopping there), which holds only a batch at a time and works for any block
+signature, at the cost of about L/2 model passes for L blocks. Layers outside the block
+list (a BERT pooler) form a group of their own after the blocks; a model without a block
+list (a CNN) is calibrated in one pass.
+
+Calibration data: the papers' 128 sequences x 2048 tokens = 262,144 tokens
+(`calibration_tokens`; `--nsamples 128`, seqlen 2048 in the reference), as whole shuffled
+batches of the task's training split until the budget is reached, or all the split has if
+it holds fewer; the tokens used are in the row's pipeline_costs (`calibration_tokens` in
+the step's notes). Padding positions are left out, as they never reach the output.
 
 Hand-written: the maintained GPTQ libraries (auto-gptq, gptqmodel) need CUDA and target
 causal LMs; this is the reference algorithm (IST-DASLab/gptq) for any linear or 2-D
@@ -31,9 +42,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness.compress import as_matrix, calibrate, compressible_layers, input_rows
+from harness.compress import PAPER_TOKENS, as_matrix, calibrate, calibration_set, compressible_layers, input_rows
 from harness.errors import HarnessError
 from harness.method import METHODS, Method, MethodParams, freeze_all_but
+from methods.lisa import transformer_layers
 from methods.quantization import (
     groups_per_row,
     minmax_grid,
@@ -99,28 +111,113 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
     return QuantizedMatrix(Q, steps, zeros)
 
 
-@torch.no_grad()
-def collect_hessians(model: nn.Module, layers: list[tuple[str, nn.Module]], batches) -> dict[str, torch.Tensor]:
-    """H = 2/n Σ x xᵀ over every calibration token's input to each layer (one forward pass
-    per batch through `model`; padding positions, per the batch's attention mask, left out)."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
+class SharedHessians:
+    """H = 2/n Σ x xᵀ per distinct input of a group of layers: the layers that read the same
+    input tensor in a pass (calibrate hands them the same object) share one accumulator and
+    one H. Which layers share is fixed on the first batch and checked on every later one."""
 
-    def observe(name, module, x):
+    def __init__(self):
+        self.slot_of: dict[str, int] = {}
+        self.members: list[set[str]] = []
+        self.sums: list[torch.Tensor] = []
+        self.counts: list[int] = []
+        self._pass: dict[int, set[int]] = {}  # slot -> ids of the inputs added in this pass
+        self._hessians: dict[int, torch.Tensor] = {}
+
+    def new_pass(self) -> None:
+        self._pass = {}
+
+    def observe(self, name: str, module: nn.Module, x: torch.Tensor) -> None:
+        key = id(x)
+        if name not in self.slot_of:  # first batch: join the slot that already holds this input
+            slot = next((s for s, keys in self._pass.items() if key in keys), None)
+            if slot is None:
+                slot = len(self.sums)
+                self.members.append(set())
+                self.sums.append(None)
+                self.counts.append(0)
+            self.slot_of[name] = slot
+            self.members[slot].add(name)
+        slot = self.slot_of[name]
+        keys = self._pass.setdefault(slot, set())
+        if key in keys:
+            return  # this input is already in the slot's sum (a layer sharing it came first)
+        if keys and len(self.members[slot]) > 1:
+            raise HarnessError(f"method 'gptq': layers {sorted(self.members[slot])} shared an input on the first "
+                               "calibration batch but not on a later one")
+        keys.add(key)
         rows = input_rows(module, x)
         product = rows.T @ rows
-        sums[name] = product + sums[name] if name in sums else product
-        counts[name] = counts.get(name, 0) + rows.shape[0]
+        self.sums[slot] = product if self.sums[slot] is None else self.sums[slot] + product
+        self.counts[slot] += rows.shape[0]
 
-    calibrate(model, layers, batches, observe, "gptq")
-    return {name: 2.0 * sums[name] / counts[name] for name in sums}
+    def __len__(self) -> int:
+        return len(self.sums)  # Hessians alive at once
+
+    def hessian(self, name: str) -> torch.Tensor:
+        """The layer's H (the same tensor object for the layers sharing an input)."""
+        slot = self.slot_of[name]
+        if slot not in self._hessians:
+            self._hessians[slot] = 2.0 * self.sums[slot] / self.counts[slot]
+            self.sums[slot] = None  # the sum is not needed any more
+        return self._hessians[slot]
+
+    __getitem__ = hessian
+
+
+def collect_hessians(model: nn.Module, layers: list[tuple[str, nn.Module]], batches,
+                     stop_after: nn.Module | None = None) -> SharedHessians:
+    """The shared Hessians of `layers` over the calibration batches (one pass per batch,
+    ending after `stop_after` when given; padding positions left out)."""
+    hessians = SharedHessians()
+
+    def passes():
+        for batch in batches:
+            hessians.new_pass()
+            yield batch
+
+    calibrate(model, layers, passes(), hessians.observe, "gptq", stop_after=stop_after)
+    return hessians
+
+
+def calibration_groups(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> list[tuple[nn.Module | None, list[tuple[str, nn.Module]]]]:
+    """`layers` in the order a sequential calibration takes them, as (block, its layers): the
+    layers before the transformer's block list, then each block, then those after it (pooler,
+    ...), the block being the module after which a pass may stop (None: run the whole model).
+    A model without a block list (a CNN) is one group."""
+    try:
+        prefix, blocks = transformer_layers(model)
+    except HarnessError:
+        return [(None, list(layers))]
+    names = [f"{prefix}.{i}" for i in range(len(blocks))]
+    inside: list[list[tuple[str, nn.Module]]] = [[] for _ in blocks]
+    before, after = [], []
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    first = order.get(names[0], 0) if names else 0
+    for name, module in layers:
+        index = next((i for i, b in enumerate(names) if name == b or name.startswith(b + ".")), None)
+        if index is not None:
+            inside[index].append((name, module))
+        elif order.get(name, 0) < first:
+            before.append((name, module))
+        else:
+            after.append((name, module))
+    groups: list[tuple[nn.Module | None, list[tuple[str, nn.Module]]]] = []
+    if before:
+        groups.append((None, before))
+    groups += [(blocks[i], group) for i, group in enumerate(inside) if group]
+    if after:
+        groups.append((None, after))
+    return groups
 
 
 class GptqParams(MethodParams):
     bits: Literal[2, 3, 4, 8] = Field(4, description="bits per weight")
     group_size: int = Field(128, ge=0, description="inputs sharing one scale and zero point; 0: one group per output channel")
     damp: float = Field(0.01, gt=0, le=1, description="added to H's diagonal, as a share of its mean diagonal")
-    calibration_batches: int = Field(16, ge=1, description="training batches whose inputs calibrate every layer")
+    # the papers' 128 x 2048 calibration tokens (IST-DASLab/gptq: --nsamples 128, seqlen 2048)
+    calibration_tokens: int = Field(PAPER_TOKENS, ge=1, description="calibration tokens from the training split (all it has, if fewer)")
+    calibration_batches: int | None = Field(None, ge=1, description="exactly this many training batches instead of a token budget")
 
 
 @METHODS.register("gptq")
@@ -129,7 +226,9 @@ class Gptq(Method):
 
     name = "gptq"
     category = "quantization"
+    quantizes = True  # a grid no later training or merge may leave; no requantize (its grid comes from calibration)
     compresses = True
+    version = 2  # sequential block by block, shared Hessians, the papers' calibration budget
     paper = "Frantar et al., GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers, ICLR 2023"
     Params = GptqParams
 
@@ -138,22 +237,33 @@ class Gptq(Method):
         if not self.layers:
             raise HarnessError(f"method {self.name!r}: the model has no linear or convolution layer to quantize")
         p = self.params
-        hessians = collect_hessians(model, self.layers, ctx.batches(p.calibration_batches))
-        with torch.no_grad():
-            for name, layer in self.layers:
-                matrix = as_matrix(layer.weight)
-                groups = getattr(layer, "groups", 1)  # a grouped conv's rows see only their group's inputs
-                rows, cols = matrix.shape[0] // groups, matrix.shape[1]
-                quantized = torch.cat([
-                    gptq_quantize(matrix[g * rows : (g + 1) * rows],
-                                  hessians[name][g * cols : (g + 1) * cols, g * cols : (g + 1) * cols],
-                                  p.bits, p.group_size, p.damp).values
-                    for g in range(groups)
-                ])
-                layer.weight.copy_(quantized.reshape(layer.weight.shape))
-                del hessians[name]
+        batches, tokens = calibration_set(ctx, p.calibration_tokens, p.calibration_batches)
+        self.notes.update(calibration_tokens=tokens, calibration_batches=len(batches), max_live_hessians=0)
+        for block, group in calibration_groups(model, self.layers):
+            # inputs to this group pass through the groups before it, already quantized
+            hessians = collect_hessians(model, group, batches, stop_after=block)
+            self.notes["max_live_hessians"] = max(self.notes["max_live_hessians"], len(hessians))
+            with torch.no_grad():
+                for name, layer in group:
+                    self.quantize_layer(layer, hessians.hessian(name))
+            del hessians  # one group's Hessians at a time
         freeze_all_but(model)  # compression alone trains nothing; a later pipeline step decides what trains
         return model
+
+    def quantize_layer(self, layer: nn.Module, hessian: torch.Tensor) -> None:
+        p = self.params
+        matrix = as_matrix(layer.weight)
+        groups = getattr(layer, "groups", 1)  # a grouped conv's rows see only their group's inputs
+        if groups == 1:
+            quantized = gptq_quantize(matrix, hessian, p.bits, p.group_size, p.damp).values
+        else:
+            rows, cols = matrix.shape[0] // groups, matrix.shape[1]
+            quantized = torch.cat([
+                gptq_quantize(matrix[g * rows : (g + 1) * rows], hessian[g * cols : (g + 1) * cols, g * cols : (g + 1) * cols],
+                              p.bits, p.group_size, p.damp).values
+                for g in range(groups)
+            ])
+        layer.weight.copy_(quantized.reshape(layer.weight.shape))
 
     def compression(self, model):
         return weight_only_compression(model, self.layers, self.params.bits, self.params.group_size)

@@ -3,10 +3,10 @@ Language Model Fine-Tuning", NeurIPS 2024): full-parameter training of a few lay
 a time.
 
 Everything outside the transformer's layer list (embeddings, pooler or final norm, task
-head) always trains; of the layers, `n_layers` (the paper's gamma, default 2) chosen
-uniformly at random train, and a new set is drawn every `interval` steps (the paper's
-sampling period K; 20 is the authors' reference script default, LMFlow
-`run_finetune_with_lisa.sh`).
+head) always trains; of the layers, `n_layers` (the paper's gamma) chosen uniformly at
+random train, and a new set is drawn every `interval` steps (the paper's sampling period
+K). Both defaults are the authors' reference script, LMFlow `scripts/run_finetune_with_lisa.sh`
+(github.com/OptimalScale/LMFlow): `lisa_activated_layers=1`, `lisa_interval_steps=20`.
 
 The training loop builds its optimizer once, from the parameters trainable at the start,
 so LISA brings its own AdamW over every candidate parameter and switches layers by
@@ -38,7 +38,8 @@ def transformer_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList
 
 
 class LisaParams(MethodParams):
-    n_layers: int = Field(2, description="layers trained at a time (the paper's gamma)")
+    # LMFlow scripts/run_finetune_with_lisa.sh: lisa_activated_layers=1, lisa_interval_steps=20
+    n_layers: int = Field(1, description="layers trained at a time (the paper's gamma)")
     interval: int = Field(20, gt=0, description="steps between resampling the trained layers (the paper's K)")
 
 
@@ -48,11 +49,13 @@ class LISA(Method):
 
     name = "lisa"
     category = "selective"
+    trains_base_weights = True  # whole layers of the model's own weights
     paper = "Pan et al., LISA: Layerwise Importance Sampling for Memory-Efficient Large Language Model Fine-Tuning, NeurIPS 2024"
     Params = LisaParams
     # LISA updates whole layers like full fine-tuning and is tuned in the same range; the
     # harness's full fine-tuning default keeps the two comparable.
     default_lr = 5e-5
+    version = 2  # gamma 1, as the authors' script
 
     def apply(self, model, ctx):
         _, layers = transformer_layers(model)

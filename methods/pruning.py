@@ -29,7 +29,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from harness.compress import as_matrix, compressible_layers, dense_bytes_except, input_feature_norms
+from harness.compress import (
+    PAPER_TOKENS, as_matrix, calibration_set, compressible_layers, dense_bytes_except, input_feature_norms,
+)
 from harness.errors import HarnessError
 from harness.method import METHODS, Compression, Method, MethodParams, freeze_all_but
 
@@ -201,7 +203,9 @@ class TwoFourPruning(_Pruning):
 
 
 class WandaParams(SparsityParams):
-    n_batches: int = Field(8, ge=1, description="calibration batches from the training split")
+    # the paper's 128 x 2048 calibration tokens (locuslab/wanda: --nsamples 128, seqlen 2048 for LLaMA)
+    calibration_tokens: int = Field(PAPER_TOKENS, ge=1, description="calibration tokens from the training split (all it has, if fewer)")
+    n_batches: int | None = Field(None, ge=1, description="exactly this many training batches instead of a token budget")
 
 
 @METHODS.register("wanda")
@@ -211,9 +215,14 @@ class Wanda(_Pruning):
     name = "wanda"
     paper = "Sun et al., A Simple and Effective Pruning Approach for Large Language Models, ICLR 2024"
     Params = WandaParams
+    version = 2  # the paper's calibration budget
 
     def masks_for(self, model, layers, ctx):
-        norms = input_feature_norms(model, layers, ctx.batches(self.params.n_batches), self.name)
+        # One pass of the dense model for every layer (the reference prunes block by block, each
+        # block calibrated on the pruned blocks before it); the tokens used go to the row.
+        batches, tokens = calibration_set(ctx, self.params.calibration_tokens, self.params.n_batches)
+        self.notes.update(calibration_tokens=tokens, calibration_batches=len(batches))
+        norms = input_feature_norms(model, layers, batches, self.name)
         masks = {}
         for n, m in layers:
             w = as_matrix(m.weight.detach()).abs().float()

@@ -76,12 +76,15 @@ def sora_layers(model):
 
 
 def test_sora_proximal_step_zeroes_small_gate_entries(model):
+    """With a zero gradient Adam moves nothing, so the optimizer's step is the soft threshold alone."""
     pipeline = Pipeline.parse("sora:r=4,sparsity_lambda=0.001")
     wrapped = pipeline.apply(model, ctx())
     layer = sora_layers(wrapped)[0]
+    optimizer = pipeline.optimizer([p for p in wrapped.parameters() if p.requires_grad], ctx())
     with torch.no_grad():
         layer.gate.copy_(torch.tensor([5e-4, -5e-4, 0.5, -0.5]))
-    pipeline.on_step(0, wrapped)
+    layer.gate.grad = torch.zeros(4)
+    optimizer.step()
     torch.testing.assert_close(layer.gate.detach(), torch.tensor([0.0, 0.0, 0.499, -0.499]))
 
 
