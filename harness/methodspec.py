@@ -6,12 +6,14 @@
     nf4+lora:r=16              a pipeline: steps applied left to right
 
 Values become int, float, bool (true/false) or None (none) when they read as such,
-else strings. The parser only splits; each method validates its own parameters.
+else strings. A number that is not finite (nan, inf) is refused here, where it enters;
+otherwise the parser only splits and each method validates its own parameters.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,7 +100,15 @@ def parse_step(text: str) -> MethodStep:
             if key in params:
                 raise HarnessError(f"method parameter {key!r} given twice in {text!r}")
             params[key] = _parse_value(value)
+            if not _finite(params[key]):
+                raise HarnessError(f"method {name!r}: {key}={value.strip()}: not a finite number")
     return MethodStep(name, params)
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def parse_pipeline(text: str) -> list[MethodStep]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.registry import Registry, summary_of
 from harness.resolve import DataSource, load_split, locate_split
 
@@ -22,6 +22,65 @@ if TYPE_CHECKING:
     from harness.config import ResolvedRun, RunSpec
 
 SUITES: Registry[type["Suite"]] = Registry("suite", package="suites", entry_point_group="harness.suites")
+
+# Models that number positions from padding_idx + 1 (transformers' create_position_ids_from_input_ids):
+# RoBERTa's 514 position embeddings hold 512 tokens.
+PADDING_OFFSET_POSITIONS = (
+    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text", "longformer",
+    "mpnet", "ibert",
+)
+
+
+def text_positions(config) -> int | None:
+    """How many tokens a text model can embed (None when its config does not say)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or isinstance(positions, bool):
+        return None
+    if getattr(config, "model_type", None) in PADDING_OFFSET_POSITIONS:
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return positions
+
+
+def check_files(source: DataSource) -> None:
+    """A split's local Parquet files are readable and hold rows, from their footers alone (no
+    data read): one line naming the file instead of a reader's traceback mid-run."""
+    import pyarrow.parquet as pq
+
+    if not source.files:
+        return  # the hub: its loader says what went wrong
+    name = "/".join(p for p in (source.hub_id, source.config) if p)
+    rows = 0
+    for file in source.files:
+        try:
+            rows += pq.ParquetFile(file).metadata.num_rows
+        except Exception as exc:  # noqa: BLE001 - truncated, foreign or unreadable: all the same to the user
+            raise HarnessError(f"could not read split {source.split!r} of {name} from {file}: {first_line(exc)}") from None
+    if rows == 0:
+        raise HarnessError(f"split {source.split!r} of {name} has no examples ({', '.join(source.files)})")
+
+
+def check_labels(where: str, dataset, column: str, classes: int | None) -> None:
+    """Every example labelled; class labels integers in 0..classes-1, real labels finite. Reads
+    the label column alone (Arrow), never the inputs."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = dataset.with_format("arrow")[column]
+    values = values.column(0) if isinstance(values, pa.Table) else values
+    missing = values.null_count
+    if pa.types.is_floating(values.type):
+        missing += int(pc.sum(pc.is_nan(values.fill_null(0.0))).as_py() or 0)
+    if missing:
+        raise HarnessError(f"{where}: {missing} of {len(values)} examples have no label (column {column!r})")
+    if classes is None:
+        return
+    if not (pa.types.is_integer(values.type) or pa.types.is_dictionary(values.type)):
+        raise HarnessError(f"{where}: labels of column {column!r} are {values.type}, not class numbers 0..{classes - 1}")
+    numbers = np.asarray(values.to_numpy(zero_copy_only=False) if hasattr(values, "to_numpy") else values)
+    outside = numbers[(numbers < 0) | (numbers >= classes)]
+    if outside.size:
+        raise HarnessError(f"{where}: label {int(outside[0])} is outside 0..{classes - 1} ({classes} classes)")
 
 
 @dataclass(frozen=True)
@@ -138,7 +197,35 @@ class Suite:
         """(split, suffix, data set) of every evaluation split, loaded before any training."""
         from harness.job import fixed_subset
 
-        return [(split, suffix, fixed_subset(self.load(sources[split]), run.max_eval_samples)) for split, suffix in task.eval_splits]
+        sets = [(split, suffix, fixed_subset(self.load(sources[split]), run.max_eval_samples)) for split, suffix in task.eval_splits]
+        for split, _, dataset in sets:
+            self.check_split(task, split, dataset)
+        return sets
+
+    # What a split must hold, checked before any training ---------------------
+    def required_columns(self, task: Task) -> tuple[str, ...]:
+        """The input columns every split of the task needs (text fields, the image)."""
+        return ()
+
+    def label_column(self, task: Task) -> tuple[str, int | None] | None:
+        """(column, classes) of the task's labels as the data stores them: labels are integers in
+        0..classes-1, or real numbers where classes is None (regression). None: no label column
+        (the suite scores otherwise, e.g. through lm-eval)."""
+        return None
+
+    def check_split(self, task: Task, split: str, dataset) -> None:
+        """A split that cannot be trained on or scored is bad input, found before any training:
+        no examples, a missing column, examples without a label, a label outside the classes."""
+        where = f"split {split!r} of {self.name}/{task.name}"
+        if len(dataset) == 0:
+            raise HarnessError(f"{where} has no examples; check the data (or --max-train-samples/--max-eval-samples)")
+        labels = self.label_column(task)
+        wanted = self.required_columns(task) + ((labels[0],) if labels else ())
+        missing = [c for c in wanted if c not in dataset.column_names]
+        if missing:
+            raise HarnessError(f"{where} lacks column(s) {missing}; has {dataset.column_names}")
+        if labels:
+            check_labels(where, dataset, *labels)
 
     def check_inputs(self, processor, task: Task, eval_sets, run: "ResolvedRun", model: torch.nn.Module) -> None:
         """Bad input found once the model and its processor are loaded, before training."""
@@ -171,7 +258,15 @@ class Suite:
         return forward_latency(model, evaluation.data, run, device)
 
     def load(self, source: DataSource):
-        return load_split(source)
+        """A located split, read; a file that is not Parquet, or holds no rows, is bad input."""
+        check_files(source)
+        name = "/".join(p for p in (source.hub_id, source.config) if p)
+        try:
+            return load_split(source)
+        except (HarnessError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a file the reader rejects, whichever error it raises
+            raise HarnessError(f"could not read split {source.split!r} of {name}: {first_line(exc)}") from None
 
     # Model and examples (suite-specific) -----------------------------------
     def build_model(self, location: str, task: Task, train_dataset) -> tuple[torch.nn.Module, Any]:
@@ -180,6 +275,20 @@ class Suite:
     @staticmethod
     def check_model_config(config, name: str) -> None:
         """Refuse, before any work, a model this suite cannot use (`config` from AutoConfig)."""
+
+    @classmethod
+    def max_length_for(cls, config, asked: int | None, model: str) -> int:
+        """The job's token length: the one asked for, which must fit the model's positions, else
+        the suite's default cut to them (a position past the table fails mid-run, or worse, reads
+        the wrong embedding). Image suites have no token length: their default stands."""
+        limit = text_positions(config) if config is not None and cls.task_type != "image_cls" else None
+        if asked is not None:
+            if limit is not None and asked > limit:
+                raise HarnessError(
+                    f"--max-length {asked} exceeds the model's context window of {limit} tokens ({model!r}); pass at most {limit}"
+                )
+            return asked
+        return min(cls.defaults.max_length, limit) if limit is not None else cls.defaults.max_length
 
     def head_modules(self, model: torch.nn.Module) -> tuple[str, ...]:
         """A freshly initialised task head: trained by every method, never compressed."""
@@ -193,6 +302,7 @@ class Suite:
         raise NotImplementedError
 
     def prepare_train(self, dataset, processor, task: Task, run: "ResolvedRun") -> Prepared:
+        self.check_split(task, task.train_split, dataset)
         return self.prepare(dataset, processor, task, run.max_length)
 
     def predictions(self, outputs, task: Task) -> list[Any]:

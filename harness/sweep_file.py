@@ -24,20 +24,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from harness.errors import HarnessError
+from harness.numbers import Number
 
 Path_ = tuple[Any, ...]  # keys and indices from the document's root to a node
 
 
 class Resources(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Finite numbers only: `timeout: .inf` is no timeout said wrongly (leave it out for none), and
+    # an infinite memory limit cannot be set. Counts are integers, not true/false.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    timeout: float | None = Field(None, gt=0, description="seconds before a job's process tree is killed")
-    retries: int = Field(0, ge=0, description="new attempts for a job that failed")
-    jobs_per_device: int = Field(1, gt=0, description="jobs sharing one GPU (when they fit)")
-    memory_limit_gb: float | None = Field(None, gt=0, description="address-space limit of each job process")
+    timeout: Number | None = Field(None, gt=0, description="seconds before a job's process tree is killed")
+    retries: StrictInt = Field(0, ge=0, description="new attempts for a job that failed")
+    jobs_per_device: StrictInt = Field(1, gt=0, description="jobs sharing one GPU (when they fit)")
+    memory_limit_gb: Number | None = Field(None, gt=0, description="address-space limit of each job process")
 
 
 class SweepFile(BaseModel):

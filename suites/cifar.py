@@ -90,6 +90,12 @@ class Cifar(ImageSuite):
         if n is not None and n != task.num_labels:
             raise HarnessError(f"CIFAR {task.name} expects {task.num_labels} classes but the data has {n}")
 
+    def required_columns(self, task: CifarTask) -> tuple[str, ...]:
+        return (task.image_column,)
+
+    def label_column(self, task: CifarTask) -> tuple[str, int]:
+        return task.label_column, task.num_labels
+
     def head_modules(self, model: torch.nn.Module) -> tuple[str, ...]:
         return ("linear",)
 

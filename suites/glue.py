@@ -92,6 +92,13 @@ class Glue(Suite):
         if n is not None and task.num_labels > 1 and n != task.num_labels:
             raise HarnessError(f"GLUE {task.name} expects {task.num_labels} labels but the data has {n}")
 
+    def required_columns(self, task: GlueTask) -> tuple[str, ...]:
+        return task.text_fields
+
+    def label_column(self, task: GlueTask) -> tuple[str, int | None]:
+        # STS-B (one output) is scored by correlation on real-valued labels.
+        return "label", task.num_labels if task.num_labels > 1 else None
+
     def head_modules(self, model: torch.nn.Module) -> tuple[str, ...]:
         names = {name.split(".")[-1] for name, _ in model.named_modules()}
         return tuple(h for h in ("classifier", "score") if h in names)

@@ -17,7 +17,7 @@ import torch
 from harness.causal_lm import PromptFormat, prepare_examples
 from harness.errors import HarnessError
 from harness.resolve import DataSource, from_pretrained, locate_split
-from harness.suite import SUITES, Evaluation, Preset, Prepared, Suite, Task, TrainDefaults
+from harness.suite import SUITES, Evaluation, Preset, Prepared, Suite, Task, TrainDefaults, check_files
 
 # Column pairs (question, answer) of the training sets the suite knows; the first that a
 # data set has is used. GSM8K and MetaMathQA, then common instruction-data names.
@@ -109,6 +109,8 @@ class Gsm8k(Suite):
     def load_eval(self, task: GenerativeTask, sources: dict[str, DataSource], run) -> list[tuple[str, str, Any]]:
         from harness.lm_eval_bridge import task_config
 
+        for key in ("test", "fewshot"):  # lm-eval reads these files itself: unreadable or empty is said now
+            check_files(sources[key])
         # lm-eval's --limit semantics (the first N documents), so `lm_eval --limit N` reproduces it.
         config = task_config(task.lm_eval_task, {"train": sources["fewshot"], "test": sources["test"]})
         return [("test", "", LmEvalSet(config, run.max_eval_samples))]
@@ -158,10 +160,13 @@ class Gsm8k(Suite):
             raise HarnessError(f"--max-length {run.max_length} exceeds the model's context window of {window} tokens")
         for _, _, lm_set in eval_sets:
             lm_set.prompts = prompts(lm_set.config, run.num_fewshot, lm_set.limit)
+            if not lm_set.prompts:
+                raise HarnessError(f"the {task.name} test split has no examples to evaluate")
             check_prompts_fit(lm_set.prompts, tokenizer, window, run.max_new_tokens, run.num_fewshot, task.name)
 
     # Examples ----------------------------------------------------------------
     def prepare_train(self, dataset, tokenizer, task: GenerativeTask, run) -> Prepared:
+        self.check_split(task, "train", dataset)
         question, answer = self.qa_columns(dataset)
         fmt = PromptFormat()
         return prepare_examples(

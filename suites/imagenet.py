@@ -155,6 +155,14 @@ class ImageNet(ImageSuite):
     def head_modules(self, model) -> tuple[str, ...]:
         return head_modules(model)
 
+    def required_columns(self, task: ImageNetTask) -> tuple[str, ...]:
+        return (task.image_column,)
+
+    def label_column(self, task: ImageNetTask) -> tuple[str, int]:
+        # ILSVRC/imagenet-1k labels are ImageNet-1k indices (a subset task keeps only its classes
+        # when loading); the subset data sets number their own classes 0..n-1.
+        return task.label_column, IMAGENET_CLASSES if task.labelled_by == "imagenet" else task.num_labels
+
     # Examples --------------------------------------------------------------
     def label_map(self, task: ImageNetTask, dataset) -> dict[int, int] | None:
         """The data's label -> the task's label (None when they are the same numbers)."""
