@@ -133,7 +133,8 @@ class AdapterMethod(Method):
         raise NotImplementedError
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
-        targets = self.params.target_modules or default_targets(model, self.name)
+        check_target_modules(model, self.params.target_modules, self.name)  # [] is refused, not the default
+        targets = self.params.target_modules if self.params.target_modules is not None else default_targets(model, self.name)
         layers = find_linears(model, targets, tuple(ctx.head_modules), self.name)
         check_rank(layers, self.params.r, self.name)
         freeze_all_but(model, keep=ctx.head_modules)  # before wrapping: the new adapter parameters stay trainable

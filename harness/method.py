@@ -151,6 +151,8 @@ class Method:
     # Whether training through this step's forward gives correct gradients when activations
     # are recomputed in the backward pass (gradient checkpointing).
     supports_gradient_checkpointing: ClassVar[bool] = True
+    # Whether the step trains anything at all (`none` evaluates the model as loaded).
+    trains: ClassVar[bool] = True
     paper: ClassVar[str] = ""  # short citation: authors, title, venue year
     Params: ClassVar[type[BaseModel]] = NoParams
     # Default learning rate when the user gives none: the paper's value for GLUE-size encoders.
@@ -344,9 +346,11 @@ class Pipeline:
                         f"that recomputation does not replay); drop --gradient-checkpointing, or apply it after training "
                         f"(e.g. lora+{method.name})"
                     )
-        if not self.adapts and ctx.fresh_head and ctx.head_modules:
+        trains = any(m.trains for m in self.methods if not m.compresses)
+        if not trains and ctx.fresh_head and ctx.head_modules:
+            what = "only compresses" if not self.adapts else "trains nothing"
             raise HarnessError(
-                f"method pipeline {self.name!r} only compresses, and the task head ({', '.join(ctx.head_modules)}) is "
+                f"method pipeline {self.name!r} {what}, and the task head ({', '.join(ctx.head_modules)}) is "
                 f"freshly initialised: nothing would train it, so the score would be chance; add a step that trains it "
                 f"({self.name}+linear-probe, or {self.name}+lora)"
             )

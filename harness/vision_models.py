@@ -126,6 +126,10 @@ def load_resnet20(path: str | Path, num_classes: int) -> CifarResNet:
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
         raise HarnessError(f"checkpoint {str(path)!r} does not fit ResNet-20 ({detail[:300]})") from None
+    # Mark what came from the checkpoint as transformers marks what it loads, so that a head
+    # replaced below is seen as fresh (harness.method.head_is_fresh).
+    for param in model.parameters():
+        param._is_hf_initialized = True
     if model.num_classes != num_classes:
         model.linear = nn.Linear(model.linear.in_features, num_classes)
         nn.init.kaiming_normal_(model.linear.weight)

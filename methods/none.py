@@ -10,6 +10,7 @@ class NoAdaptation(Method):
     name = "none"
     category = "baseline"
     paper = "— (evaluation of the loaded checkpoint)"
+    trains = False
     default_lr = 0.0  # never used: with no trainable parameter the training loop returns at once
 
     def apply(self, model, ctx):

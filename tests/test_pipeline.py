@@ -204,10 +204,11 @@ def test_the_same_method_twice_is_refused(spec):
         Pipeline.parse(spec)
 
 
-def test_an_empty_target_list_is_refused(model):
+@pytest.mark.parametrize("method", ["lora", "nola", "dylora", "sora"])  # peft's and the hand-written adapters
+def test_an_empty_target_list_is_refused(model, method):
     ctx = MethodContext(task_type="seq_cls", head_modules=("classifier",))
     with pytest.raises(HarnessError, match=r"target_modules=\[\] names no module.*linear layers: .*query"):
-        Pipeline.parse("lora:target_modules=[]").apply(model, ctx)
+        Pipeline.parse(f"{method}:target_modules=[]").apply(model, ctx)
 
 
 def _on_int4_grid(layer, group_size: int) -> bool:
@@ -331,3 +332,23 @@ def test_unworkable_runs_are_refused_before_any_training(tiny_model, tiny_glue, 
     assert message in err and len(err.splitlines()) == 1, err
     assert trained == []
     assert not results_dir.exists() or not any(results_dir.rglob("*.parquet"))
+
+
+def test_a_cifar_head_replaced_for_another_class_count_is_fresh(tmp_path):
+    """A CIFAR-10 checkpoint read for 100 classes gets a new linear head: compressing alone
+    would score chance, so the check must see that head as fresh, and the loaded one as not."""
+    import torch
+
+    from harness.method import head_is_fresh
+    from harness.vision_models import load_resnet20, resnet20
+
+    torch.save({"net": resnet20(num_classes=10).state_dict()}, tmp_path / "ckpt.pth")
+    assert not head_is_fresh(load_resnet20(tmp_path / "ckpt.pth", 10), ("linear",))
+    assert head_is_fresh(load_resnet20(tmp_path / "ckpt.pth", 100), ("linear",))
+
+
+def test_a_pipeline_that_trains_nothing_on_a_fresh_head_is_refused():
+    fresh = MethodContext(task_type="seq_cls", head_modules=("classifier",), fresh_head=True)
+    with pytest.raises(HarnessError, match=r"'none' trains nothing, and the task head \(classifier\) is freshly"):
+        Pipeline.parse("none").check_context(fresh)
+    Pipeline.parse("none").check_context(MethodContext(task_type="causal_lm"))  # nothing fresh: the reference point
