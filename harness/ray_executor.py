@@ -145,6 +145,18 @@ def _lost(job: SweepJob, exc: Exception) -> Outcome:
     from harness.job import record_failure
 
     error = f"Ray task lost: {first_line(exc)}"
-    record_failure(job.run, error, str(exc))
+    record_failure(job.run, error, str(exc), env=_lost_environment(job.run))
     return Outcome(job.job_hash, "failed", 0.0, error)
 
+
+def _lost_environment(run) -> dict:
+    """The environment columns of a lost task's row: the device type the job resolved to, and
+    nothing of the driver's machine (the task ran on a node the driver cannot name)."""
+    import torch
+
+    from harness import environment
+
+    env = environment.describe(torch.device("cpu"))  # a CPU device: the driver never touches CUDA
+    unknown = ("device_name", "cpu_model", "host", "cuda_driver_version", "cpu_threads")
+    env.update({key: None for key in unknown if key in env}, device=run.device_type)
+    return env

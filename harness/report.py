@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cache, lru_cache
@@ -36,7 +37,7 @@ import pyarrow as pa
 
 from harness import __version__, grouping
 from harness.atomic import atomic_write
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.pareto import pareto_mask
 from harness.schema import COLUMNS
 from harness.stats import MeanCI, mean_ci
@@ -708,7 +709,14 @@ def kernel_profile(path: Path | None) -> list[dict]:
         return []
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path).to_pandas()
+    try:
+        table = pq.read_table(path).to_pandas()
+    except (OSError, ValueError) as exc:  # a truncated or foreign file (pyarrow's ArrowInvalid is a ValueError)
+        print(f"harness: warning: skipped kernel table {path}: {first_line(exc)}", file=sys.stderr)
+        return []
+    if "phase" not in table.columns:
+        print(f"harness: warning: skipped kernel table {path}: no 'phase' column", file=sys.stderr)
+        return []
     order = {"train": 0, "inference": 1}
     phases = sorted(table["phase"].dropna().unique(), key=lambda p: (order.get(p, 2), p))
     return [_kernel_phase(table[table["phase"] == phase], phase) for phase in phases]

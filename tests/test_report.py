@@ -486,3 +486,16 @@ def test_time_to_a_trained_model_counts_data_driven_initialisation(tmp_path):
     headers, lines = _board(section)
     time = headers.index("time to trained model s")
     assert {line[0]: line[time] for line in lines} == {"pissa": "60", "lora": "20", "corda": "65"}
+
+
+@pytest.mark.parametrize("content", [b"", b"PAR1 not really", None])
+def test_a_corrupt_kernel_table_is_skipped_with_a_warning(tmp_path, capsys, content):
+    from harness.report import kernel_profile
+
+    path = tmp_path / "k.parquet"
+    if content is None:  # readable, but not a kernel table
+        pq.write_table(pa.table({"x": [1]}), path)
+    else:
+        path.write_bytes(content)
+    assert kernel_profile(path) == []
+    assert f"skipped kernel table {path}" in capsys.readouterr().err

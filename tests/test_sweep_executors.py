@@ -108,3 +108,23 @@ def test_slurm_array_runs_the_same_jobs_as_local(local_rows, tiny_model, tiny_gl
     rows = read_results(results)
     assert len(rows) == len(SEEDS)  # one row per job
     assert_same_results(rows_by_hash(results), local_rows)
+
+
+def test_a_lost_ray_task_is_recorded_without_the_drivers_device(tiny_model, tiny_glue, tmp_path, monkeypatch):
+    """The driver writes the row of a task lost on some node: its device type, not the driver's GPU or host."""
+    import torch
+
+    from harness.config import RunSpec, resolve
+    from harness.ray_executor import _lost
+    from harness.store import read_results
+    from harness.sweep import SweepJob
+    from harness.sweep_file import Resources
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: (_ for _ in ()).throw(AssertionError("driver touched CUDA")))
+    spec = RunSpec(suite="glue", task="sst2", method="lora:r=4", model=str(tiny_model), data_dir=str(tiny_glue),
+                   device="cpu", results_dir=str(tmp_path / "r"))
+    run = resolve(spec)[0]
+    outcome = _lost(SweepJob(spec, run, Resources()), RuntimeError("node died"))
+    [row] = read_results(tmp_path / "r").to_dict("records")
+    assert outcome.status == "failed" and row["error"] == "Ray task lost: node died"
+    assert row["device"] == "cpu" and pd.isna(row["host"]) and pd.isna(row["device_name"])
