@@ -33,7 +33,7 @@ from typing import Any
 from harness.config import ResolvedRun, RunSpec
 from harness.errors import HarnessError, first_line
 from harness.isolated import Outcome, execute_isolated, log_path
-from harness.sweep import SweepJob
+from harness.sweep import SweepJob, pin_auto_device
 from harness.sweep_file import Resources
 
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -105,7 +105,9 @@ def run_ray(jobs: list[SweepJob], resources: Resources, *, address: str | None =
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False)
     gpus_in_cluster = ray.cluster_resources().get("GPU", 0) > 0
-    needs_gpu = {job.job_hash: _needs_gpu(job.run, gpus_in_cluster) for job in jobs}  # checked before any starts
+    gpu = [_needs_gpu(job.run, gpus_in_cluster) for job in jobs]  # checked before any starts
+    jobs = [pin_auto_device(job, "cuda" if g else "cpu") for job, g in zip(jobs, gpu)]
+    needs_gpu = {job.job_hash: g for job, g in zip(jobs, gpu)}
     task = ray.remote(run_on_node)
     runtime_env = {"env_vars": forwarded_env()}
     pending: dict[Any, tuple[SweepJob, int]] = {}

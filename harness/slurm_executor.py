@@ -27,7 +27,7 @@ from typing import Any
 from harness.config import ResolvedRun, RunSpec
 from harness.errors import HarnessError, first_line
 from harness.isolated import Outcome, execute_isolated
-from harness.sweep import SweepJob
+from harness.sweep import SweepJob, pin_auto_device
 from harness.sweep_file import Resources
 
 # Minutes beyond the jobs' own timeouts: the array task's start (imports, unpickling) and end.
@@ -80,6 +80,9 @@ def run_slurm(jobs: list[SweepJob], resources: Resources, *, folder: str = "slur
     if any(job.run.device.startswith("cuda") for job in jobs):
         params["gpus_per_node"] = 1
     params.update(slurm_params or {})
+    # Jobs at --device auto run on CUDA exactly when their nodes get a GPU: resolved for that here.
+    gets_gpu = any(value and ("gpu" in key or "gres" in key) for key, value in params.items())
+    jobs = [pin_auto_device(job, "cuda" if gets_gpu else "cpu") for job in jobs]
     if executor.cluster == "slurm" and not {"timeout_min", "slurm_time"} & set(params):
         raise HarnessError("--executor slurm needs a time limit: set resources.timeout in the sweep file, or --timeout")
     executor.update_parameters(**params)

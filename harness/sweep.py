@@ -71,6 +71,17 @@ def resolve_jobs(loaded: LoadedSweep, results: str | None = None) -> list[SweepJ
     return list(jobs.values())
 
 
+
+def pin_auto_device(job: SweepJob, device_type: str) -> SweepJob:
+    """A job left at --device auto, resolved again for the device type it will run on where an
+    executor places it (a Ray task given a GPU, a Slurm node). `auto` was resolved on this
+    machine, which may have no GPU: without this the job's hash here (cpu) and its row's (cuda)
+    would differ, and every resumed sweep would run it again."""
+    if job.spec.device != "auto" or job.run.device_type == device_type:
+        return job
+    spec = job.spec.model_copy(update={"device": device_type})
+    return SweepJob(spec, resolve(spec)[0], job.resources)
+
 @dataclass
 class SweepPlan:
     jobs: list[SweepJob]

@@ -128,3 +128,18 @@ def test_a_lost_ray_task_is_recorded_without_the_drivers_device(tiny_model, tiny
     [row] = read_results(tmp_path / "r").to_dict("records")
     assert outcome.status == "failed" and row["error"] == "Ray task lost: node died"
     assert row["device"] == "cpu" and pd.isna(row["host"]) and pd.isna(row["device_name"])
+
+
+def test_a_job_at_device_auto_is_keyed_by_the_device_its_executor_gives_it(tiny_model, tiny_glue, tmp_path):
+    """Planned on a machine without a GPU, a job at --device auto that a cluster runs on a GPU
+    gets the hash its row will have (cuda), so a resumed sweep finds it done."""
+    from harness.sweep import pin_auto_device
+
+    [job] = tiny_jobs(tiny_model, tiny_glue, tmp_path / "r", seeds=(0,))
+    assert job.spec.device == "auto" and job.run.device_type == "cpu"
+    pinned = pin_auto_device(job, "cuda")
+    on_gpu = resolve(job.spec.model_copy(update={"device": "cuda"}))[0]
+    assert pinned.job_hash == on_gpu.job_hash != job.job_hash and pinned.run.device_type == "cuda"
+    assert pin_auto_device(job, "cpu") is job
+    explicit = SweepJob(job.spec.model_copy(update={"device": "cpu"}), job.run, job.resources)
+    assert pin_auto_device(explicit, "cuda") is explicit  # a device the user named is kept
