@@ -55,3 +55,26 @@ def _config(text: Any) -> dict | None:
     except ValueError:
         return None
     return config if isinstance(config, dict) else None
+
+
+# Shown beside a configuration already (its method, model and device), so never named as what differs.
+SHOWN_SETTINGS = frozenset({"suite", "task", "method", "method_params", "model", "model_hub_id", "device_name"})
+
+
+def setting_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) else str(value)
+
+
+def differing(settings_of: list[Mapping[str, Any]]) -> list[str | None]:
+    """Per configuration, the settings that vary among the configurations of its method and
+    model ('lr=0.0001'), so that two learning rates of one method read as two lines."""
+    peers: dict[tuple, list[int]] = {}
+    for i, mine in enumerate(settings_of):
+        peers.setdefault((str(mine.get("method")), str(mine.get("model"))), []).append(i)
+    texts: list[str | None] = [None] * len(settings_of)
+    for members in peers.values():
+        names = {k for i in members for k in settings_of[i]} - SHOWN_SETTINGS
+        varying = sorted(k for k in names if len({setting_text(settings_of[i].get(k)) for i in members}) > 1)
+        for i in members:
+            texts[i] = " ".join(f"{k}={setting_text(settings_of[i].get(k))}" for k in varying) or None
+    return texts

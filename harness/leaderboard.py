@@ -29,14 +29,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness import grouping
 from harness.atomic import atomic_write
 from harness.compare import IMPROVEMENT, METRIC_K, REGRESSION, Comparison, compare_stores
 from harness.errors import HarnessError
 from harness.store import latest_per_job, read_results, read_store, result_files
 
 NIGHT_FORMAT = "%Y-%m-%d"
-# One trend row per night and per these: seeds of one method are averaged.
-TREND_KEYS = ("suite", "task", "method", "model")
+# One trend row per night and per these: the seeds of one configuration are averaged.
+# `setting` is the configuration (harness.grouping) less the code and weights that ran, so that
+# a method's fix or a new model revision continues its line while another learning rate,
+# budget or device is a line of its own.
+TREND_KEYS = ("suite", "task", "method", "model", "setting")
+TREND_CODE_KEYS = ("method_versions", "model_digest")
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,8 @@ def _night_summary(day: Date, path: Path) -> pd.DataFrame:
     df = latest_per_job(read_results(path))
     if df.empty:
         return df
-    df = df.assign(stored_model_bytes=df["compressed_model_bytes"].fillna(df["model_bytes"]))
+    df = df.assign(stored_model_bytes=df["compressed_model_bytes"].fillna(df["model_bytes"]),
+                   setting=[_trend_setting(row) for row in df.to_dict("records")])
     keys = list(TREND_KEYS)
     ok = df[df["status"] == "ok"]
     stats = ok.groupby(keys, dropna=False).agg(
@@ -200,6 +206,11 @@ def _night_summary(day: Date, path: Path) -> pd.DataFrame:
     out["failed"] = out["failed"].fillna(0).astype(int)
     out.insert(0, "night", day)
     return out
+
+
+def _trend_setting(row: dict) -> str:
+    settings = {k: v for k, v in grouping.settings(row).items() if k not in TREND_CODE_KEYS}
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _distinct(values: pd.Series) -> str:
@@ -280,10 +291,15 @@ def build_sections(frame: pd.DataFrame) -> list[Section]:
 
 
 def _series_names(part: pd.DataFrame) -> list[str]:
-    """A line per method; the model is named too when a task runs with several."""
+    """A line per configuration: its method; the model too when a task runs with several; and
+    what differs from the method's other configurations (lr=..., device_name=...) when it has several."""
     if part["model"].nunique(dropna=False) > 1:
-        return [f"{m} · {model}" for m, model in zip(part["method"], part["model"])]
-    return list(part["method"])
+        names = [f"{m} · {model}" for m, model in zip(part["method"], part["model"])]
+    else:
+        names = list(part["method"])
+    distinct = list(dict.fromkeys(part["setting"]))
+    differs = dict(zip(distinct, grouping.differing([json.loads(s) for s in distinct])))
+    return [f"{name} ({differs[s]})" if differs[s] else name for name, s in zip(names, part["setting"])]
 
 
 def _colors(series: list[str]) -> dict[str, str]:
@@ -333,7 +349,7 @@ def _latest_rows(part: pd.DataFrame, latest: Date, previous: Date | None) -> lis
     rows = []
     for _, r in now.iterrows():
         b = before.get(tuple(r[k] for k in TREND_KEYS))
-        row = {"method": r["method"], "model": r["model"], "seeds": r["seeds"], "failed": r["failed"],
+        row = {"method": r["series"] if "series" in r else r["method"], "model": r["model"], "seeds": r["seeds"], "failed": r["failed"],
                "score": _plain(r["score"]), "score_change": _difference(r["score"], b, "score"),
                "is_new": previous is not None and b is None, "device_name": r["device_name"]}
         for cost in COSTS:

@@ -427,9 +427,6 @@ LEADERBOARD_DOCS = {
     "compression_kernel": DOCS["compression_kernel"], "device_name": DOCS["device_name"],
 }
 # Settings that the method and model columns already show.
-_SHOWN_SETTINGS = {"suite", "task", "method", "method_params", "model", "model_hub_id", "device_name"}
-
-
 def _median(runs: list[dict], column: str) -> float | None:
     values = [r.get(column) for r in runs if r.get(column) is not None]
     return float(np.median(values)) if values else None
@@ -479,24 +476,8 @@ def _line_cells(values: dict, best: dict, runs: list[dict], keys: list[str]) -> 
     return cells
 
 
-def _setting_text(value) -> str:
-    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (dict, list)) else str(value)
-
-
 def _differing_settings(groups: list[list[dict]]) -> list[str | None]:
-    """Per line, the settings that vary among the lines of its method and model ('lr=0.0001'),
-    so that two learning rates of one method read as two configurations."""
-    settings = [grouping.settings(runs[0]) for runs in groups]
-    peers: dict[tuple, list[int]] = {}
-    for i, mine in enumerate(settings):
-        peers.setdefault((str(mine.get("method")), str(mine.get("model"))), []).append(i)
-    texts: list[str | None] = [None] * len(settings)
-    for members in peers.values():
-        names = {k for i in members for k in settings[i]} - _SHOWN_SETTINGS
-        varying = sorted(k for k in names if len({_setting_text(settings[i].get(k)) for i in members}) > 1)
-        for i in members:
-            texts[i] = " ".join(f"{k}={_setting_text(settings[i].get(k))}" for k in varying) or None
-    return texts
+    return grouping.differing([grouping.settings(runs[0]) for runs in groups])
 
 
 def _leaderboard(ok: pd.DataFrame, records: list[dict]) -> Table:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from harness.errors import HarnessError
-from harness.leaderboard import append_night, nights, trend, write_leaderboard
+from harness.leaderboard import append_night, build_sections, nights, trend, write_leaderboard
 from harness.store import result_files
 from harness.sweep_file import load_sweep
 from tests.test_compare import MODEL, run_row, store
@@ -262,3 +262,22 @@ def test_names_cannot_break_out_of_the_leaderboard_script(tmp_path):
 
     assert unescape(loaded["fig-0-0"]["data"][0]["name"]) == name
     assert name in unescape(loaded["fig-0-0"]["data"][0]["hovertext"][0])
+
+
+def test_trend_keeps_configurations_apart_and_a_method_fix_continues_its_line(tmp_path):
+    """Two learning rates of LoRA in one night are two lines, never one mean; a method whose code
+    version was bumped the next night continues its line (the trend is there to show such changes)."""
+    first = store(tmp_path / "n1", *night_rows(NIGHT_1, {("lora:r=8", 0): 0.90}),
+                  *night_rows(NIGHT_1, {("lora:r=8", 0): 0.60}, config={"lr": 1e-5}))
+    second = store(tmp_path / "n2", *night_rows(NIGHT_2, {("lora:r=8", 0): 0.88}, config={"method_versions": [2]}))
+    root = tmp_path / "history"
+    append_night(first, root, NIGHT_1)
+    append_night(second, root, NIGHT_2)
+    frame = trend(root)
+    night_1 = frame[frame["night"] == date(2026, 1, 2)]
+    assert sorted(night_1["score"]) == pytest.approx([0.60, 0.90])  # not their mean, 0.75
+    [section] = build_sections(frame)
+    lines = {name for figure in section.figures[:1] for name in (t["name"] for t in figure["data"])}
+    assert any("lr=1e-05" in name for name in lines)
+    default = frame[frame["score"].round(2).isin([0.90, 0.88])]
+    assert default["setting"].nunique() == 1  # one line across the version bump
