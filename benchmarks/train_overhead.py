@@ -22,7 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from harness.config import RunSpec, resolve
 from harness.environment import describe
-from harness.job import fixed_subset
+from harness.subsets import fixed_subset
 from harness.method import MethodContext
 from harness.train import default_optimizer, train
 from harness.store import append_records

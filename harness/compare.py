@@ -1,6 +1,6 @@
 """Compare two result stores (BASE and NEW) run by run: quality and cost regressions.
 
-Matching. Runs are matched by job identity: the `job_hash` of harness/config.py, which
+Matching. Runs are matched by job identity: the `job_hash` of harness/spec.py, which
 leaves out paths, output places, the GPU index and the harness version or commit, and holds
 what changes a result (the device type among it, so a CPU run never matches a GPU run). A
 row of an older schema is keyed as `harness store upgrade` would re-key it. Each store is

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from harness.meters import forward_flops, measure_latency
-from harness.train import autocast, to_device
+from harness.passes import autocast, to_device
 
 
 def forward_latency(model: torch.nn.Module, data, run, device: torch.device) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from harness import environment
-from harness.config import DATA_SEED, ResolvedRun, RunSpec, resolve
+from harness.config import ResolvedRun, RunSpec, resolve
 from harness.devices import fp32_uses_tf32, mfu
 from harness.errors import HarnessError, first_line
 from harness.method import Compression, MethodContext, head_is_fresh
@@ -30,6 +30,7 @@ from harness.meters import (count_parameters, model_bytes, model_memory_bytes, s
 from harness.resolve import gguf_origin, model_load_error
 from harness.schema import SCHEMA_VERSION
 from harness.store import write_row
+from harness.subsets import fixed_subset
 from harness.profiling import profile_inference, profile_training, write_kernel_tables
 from harness.train import check_precision, first_batch, sample_batches, total_steps, train
 
@@ -122,15 +123,6 @@ def concurrent_jobs() -> int | None:
     if value is None:
         return 1
     return int(value) if value.strip() else None
-
-
-def fixed_subset(dataset, max_samples: int | None):
-    """The first `max_samples` of the split shuffled with DATA_SEED: the same examples for every
-    method and every run seed of a comparison. Shuffled, not the split's first rows, because
-    some splits are sorted by class (Imagenette's validation set starts with 392 tenches)."""
-    if max_samples and max_samples < len(dataset):
-        return dataset.shuffle(seed=DATA_SEED).select(range(max_samples))
-    return dataset
 
 
 def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.device, show_progress: bool,

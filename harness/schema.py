@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-# 2: job_hash is the versioned identity of harness/config.py (device type, kernel profiling,
+# 2: job_hash is the versioned identity of harness/spec.py (device type, kernel profiling,
 # latency settings, method versions, model digest; no package version); `harness store upgrade`
 # re-keys rows of schema 1.
 SCHEMA_VERSION = 2
@@ -28,7 +28,7 @@ class Column:
 COLUMNS: tuple[Column, ...] = (
     # identity
     Column("schema_version", pa.int32(), "version of this schema"),
-    Column("job_hash", pa.string(), "hash of the job's identity (harness/config.py IDENTITY_KEYS: every setting that changes a result, the device type, the methods' versions, the model's digest; no paths, no package version): same hash, same experiment"),
+    Column("job_hash", pa.string(), "hash of the job's identity (harness/spec.py IDENTITY_KEYS: every setting that changes a result, the device type, the methods' versions, the model's digest; no paths, no package version): same hash, same experiment"),
     Column("run_id", pa.string(), "unique id of this execution (a job re-run gets a new one)"),
     Column("created_at", pa.timestamp("us", tz="UTC"), "when the row was written"),
     Column("suite", pa.string(), "suite name, e.g. glue"),

@@ -8,7 +8,7 @@ job_hash changes), and the old file is removed only once every row it held is in
 store interrupted half-way is finished by running the command again. Do not run it while a
 sweep writes to the same store.
 
-Schema 1 -> 2: job_hash becomes the versioned identity of harness/config.py. A row is
+Schema 1 -> 2: job_hash becomes the versioned identity of harness/spec.py. A row is
 re-keyed from what it recorded:
 - its `config` JSON; a setting the harness gained after the row was written takes the value
   the code had before it existed (`ABSENT_IN_SCHEMA_1`: no kernel profiling, a linear schedule,
@@ -95,7 +95,7 @@ def _schema_1_to_2(row: dict[str, Any]) -> dict[str, Any]:
 # Schema version n -> the function taking a row of version n to version n + 1.
 STEPS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _schema_1_to_2}
 # The first schema version whose job_hash is the current identity (IDENTITY_VERSION of
-# harness/config.py): a later schema change that leaves job_hash alone does not re-key rows.
+# harness/spec.py): a later schema change that leaves job_hash alone does not re-key rows.
 IDENTITY_SCHEMA = 2
 
 

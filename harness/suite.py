@@ -9,17 +9,22 @@ metric with a maintained library.
 from __future__ import annotations
 
 import difflib
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
+from torch.utils.data import DataLoader
 
 from harness.errors import HarnessError, first_line
+from harness.passes import autocast, to_device
+from harness.progress import bar
 from harness.registry import Registry, summary_of
 from harness.resolve import DataSource, load_split, locate_split
+from harness.subsets import fixed_subset
 
 if TYPE_CHECKING:
-    from harness.config import ResolvedRun, RunSpec
+    from harness.spec import ResolvedRun, RunSpec
 
 SUITES: Registry[type["Suite"]] = Registry("suite", package="suites", entry_point_group="harness.suites")
 
@@ -195,8 +200,6 @@ class Suite:
 
     def load_eval(self, task: Task, sources: dict[str, DataSource], run: "ResolvedRun") -> list[tuple[str, str, Any]]:
         """(split, suffix, data set) of every evaluation split, loaded before any training."""
-        from harness.job import fixed_subset
-
         sets = [(split, suffix, fixed_subset(self.load(sources[split]), run.max_eval_samples)) for split, suffix in task.eval_splits]
         for split, _, dataset in sets:
             self.check_split(task, split, dataset)
@@ -235,8 +238,6 @@ class Suite:
         show_progress: bool,
     ) -> Evaluation:
         """Predictions on every evaluation split, scored by `compute_metrics`."""
-        from harness.train import predict
-
         metrics: dict[str, float] = {}
         seconds = 0.0
         first = None
@@ -310,3 +311,24 @@ class Suite:
 
     def compute_metrics(self, task: Task, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         raise NotImplementedError
+
+
+@torch.inference_mode()
+def predict(
+    model: torch.nn.Module, data: Prepared, suite: Suite, task: Task, *, batch_size: int, precision: str,
+    device: torch.device, label: str = "eval", show_progress: bool = True,
+) -> tuple[list, float]:
+    """Predictions over a prepared split, in order, and the seconds it took."""
+    model.eval()
+    loader = DataLoader(data.dataset, batch_size=batch_size, shuffle=False, collate_fn=data.collate)
+    predictions: list = []
+    start = time.perf_counter()
+    with bar(label, len(loader), show_progress) as progress:
+        for batch in loader:
+            batch = to_device(batch, device)
+            batch.pop("labels", None)
+            with autocast(device, precision):
+                outputs = model(**batch)
+            predictions.extend(suite.predictions(outputs, task))
+            progress.advance()
+    return predictions, time.perf_counter() - start

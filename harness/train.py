@@ -1,4 +1,4 @@
-"""A plain training loop (no Trainer) with meters, and evaluation.
+"""A plain training loop (no Trainer) with meters.
 
 Written by hand rather than with transformers' Trainer so that exactly the training
 steps are timed (no evaluation, logging or checkpointing inside the timed region),
@@ -8,7 +8,6 @@ method hooks run at a known point, and the loop stays small enough to audit.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +19,7 @@ from harness.meters import MemoryBreakdown, PeakMemory, Stopwatch, held_gradient
 # Re-exported: the measuring passes live below the loop, so meters and profiling need not import it.
 from harness.passes import autocast, loss_backward, to_device, untraced_backward  # noqa: F401
 from harness.progress import bar
-from harness.suite import Prepared, Suite, Task
+from harness.suite import Prepared
 from harness.train_flops import StepFlops
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
@@ -222,24 +221,3 @@ def train(
     # Outside the timed and metered region: the batches that ran, counted once per distinct shape.
     stats.flops = flops.total(model, device, precision)
     return stats
-
-
-@torch.inference_mode()
-def predict(
-    model: torch.nn.Module, data: Prepared, suite: Suite, task: Task, *, batch_size: int, precision: str,
-    device: torch.device, label: str = "eval", show_progress: bool = True,
-) -> tuple[list, float]:
-    """Predictions over a prepared split, in order, and the seconds it took."""
-    model.eval()
-    loader = DataLoader(data.dataset, batch_size=batch_size, shuffle=False, collate_fn=data.collate)
-    predictions: list = []
-    start = time.perf_counter()
-    with bar(label, len(loader), show_progress) as progress:
-        for batch in loader:
-            batch = to_device(batch, device)
-            batch.pop("labels", None)
-            with autocast(device, precision):
-                outputs = model(**batch)
-            predictions.extend(suite.predictions(outputs, task))
-            progress.advance()
-    return predictions, time.perf_counter() - start
