@@ -52,6 +52,7 @@ from harness.errors import HarnessError
 from harness.grouping import device_type, group_key
 from harness.store import latest_per_job, read_results
 from harness.store_upgrade import current_job_hash
+from harness.values import missing as _missing
 
 # Measured on the hardware: compared within a relative tolerance, and only on the same device.
 # Each maps to the column of its own 90th percentile, whose gap to the median is the noise band.
@@ -290,10 +291,6 @@ def _spread(row: dict, p50: str, p90: str) -> float:
 
 def _label(row: dict) -> str:
     return f"{row['suite']}/{row['task']} {row['method']} {row['model']} {row['seed']}"
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _plain(value: Any) -> Any:

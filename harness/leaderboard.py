@@ -24,7 +24,6 @@ import tempfile
 from dataclasses import dataclass
 from datetime import date as Date
 from datetime import datetime, timezone
-from html import escape
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +32,7 @@ from harness import grouping
 from harness.atomic import atomic_write
 from harness.compare import IMPROVEMENT, METRIC_K, REGRESSION, Comparison, compare_stores
 from harness.errors import HarnessError
+from harness.page_text import plotly_text, script_json
 from harness.store import latest_per_job, read_results, read_store, result_files
 
 NIGHT_FORMAT = "%Y-%m-%d"
@@ -328,14 +328,14 @@ def _line_figure(part: pd.DataFrame, column: str, title: str, y_title: str, scal
         fig.add_trace(go.Scatter(
             # Plotly renders names and hover text as HTML: user strings in them are escaped.
             x=[d.isoformat() for d in data["night"]], y=list(data[column] / scale), mode="lines+markers",
-            name=_ptext(name), line=dict(color=colors[name]), hoverinfo="text",
-            hovertext=[f"<b>{_ptext(name)}</b><br>{r.night.isoformat()}<br>{_ptext(y_title)}: {r[column] / scale:,.4g}<br>"
-                       f"mean of {r.seeds} seed(s){f', {r.failed} failed' if r.failed else ''}<br>{_ptext(r.device_name)}"
+            name=plotly_text(name), line=dict(color=colors[name]), hoverinfo="text",
+            hovertext=[f"<b>{plotly_text(name)}</b><br>{r.night.isoformat()}<br>{plotly_text(y_title)}: {r[column] / scale:,.4g}<br>"
+                       f"mean of {r.seeds} seed(s){f', {r.failed} failed' if r.failed else ''}<br>{plotly_text(r.device_name)}"
                        for _, r in data.iterrows()],
         ))
     # The axes are not forced to start at zero: a nightly is read for small moves.
     fig.update_layout(
-        title=_ptext(title), xaxis=dict(title="night", type="date", tickformat="%Y-%m-%d", dtick=tick), yaxis_title=y_title,
+        title=plotly_text(title), xaxis=dict(title="night", type="date", tickformat="%Y-%m-%d", dtick=tick), yaxis_title=y_title,
         template="plotly_white", height=380, margin=dict(l=60, r=20, t=60, b=50), legend=dict(title="method"),
     )
     return json.loads(fig.to_json())
@@ -369,11 +369,6 @@ def _relative(value, before, column: str) -> float | None:
     return None if not old or _plain(value) is None else (value - old) / abs(old)
 
 
-def _ptext(value) -> str:
-    """Text for plotly, which renders its strings as HTML (and decodes &amp;, &lt;, &gt;)."""
-    return escape(str(value), quote=False)
-
-
 def _plain(value):
     """None for a missing value (None or NaN), the value otherwise."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
@@ -393,8 +388,6 @@ def render(frame: pd.DataFrame, change: LatestChange | None, source: str) -> str
     from plotly.offline import get_plotlyjs
 
     from harness import __version__
-    from harness.report import script_json
-
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters.update(num=_num, signed=_signed, percent=_percent)
     sections = build_sections(frame)
@@ -404,7 +397,7 @@ def render(frame: pd.DataFrame, change: LatestChange | None, source: str) -> str
         sections=sections, costs=COSTS, change=change, changes=_changes(change), days=days, source=source,
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), version=__version__,
         plotly_js=get_plotlyjs(),
-        # Names are user input: inlined in <script> with <, > and & escaped (harness.report.script_json).
+        # Names are user input: inlined in <script> with <, > and & escaped (harness.page_text.script_json).
         figures_json=script_json(figures, allow_nan=True),
     )
 

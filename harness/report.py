@@ -38,6 +38,7 @@ import pyarrow as pa
 from harness import __version__, grouping
 from harness.atomic import atomic_write
 from harness.errors import HarnessError, first_line
+from harness.page_text import plotly_text, script_json
 from harness.pareto import pareto_mask
 from harness.schema import COLUMNS
 from harness.stats import MeanCI, mean_ci
@@ -201,21 +202,6 @@ def _pretty_json(text) -> str:
         return str(text)  # not JSON after all: shown as stored
 
 
-# Inside <script>, the HTML parser ends the element at "</script", and after "<!--<script" it
-# no longer ends it at "</script>" at all; U+2028/9 end a line in older JavaScript. Each is
-# written as its JSON escape, which a JSON parser reads back as the same character.
-_SCRIPT_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
-                                 "\u2029": "\\u2029"})
-
-
-def script_json(value, allow_nan: bool = False) -> str:
-    """JSON safe to inline in a <script> element whatever strings it holds (names are user
-    input). NaN is refused by default because it is not JSON and would break the page's script."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=allow_nan).translate(_SCRIPT_ESCAPES)
-
-
-
-
 def _slug(text) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text))
 
@@ -288,18 +274,12 @@ def _points(rows: pd.DataFrame, axis: CostAxis) -> pd.DataFrame:
     return data.assign(_cost=costs, _hollow=hollow, _front=front, _simulated=simulated, _shared=shared)
 
 
-def _ptext(value) -> str:
-    """Text for plotly, which renders its strings as HTML and decodes &amp;, &lt; and &gt; (not
-    &quot;): a name with '<' in it shows as written instead of as a tag."""
-    return escape(str(value), quote=False)
-
-
 def _hover(data: pd.DataFrame, axis: CostAxis, metric: str) -> list[str]:
     # A comprehension over columns: iterrows costs ~50 µs a row, which thousands of runs feel.
     # Plotly renders hover text as HTML: the names in it are escaped.
     return [
-        f"<b>{_ptext(method)}</b> seed {seed}<br>{_ptext(metric)} {score:.4f}<br>{_ptext(axis.title)}: {cost:,.4g}"
-        f"<br>model {_ptext(model)}<br>job {_ptext(job)} run {_ptext(run)}"
+        f"<b>{plotly_text(method)}</b> seed {seed}<br>{plotly_text(metric)} {score:.4f}<br>{plotly_text(axis.title)}: {cost:,.4g}"
+        f"<br>model {plotly_text(model)}<br>job {plotly_text(job)} run {plotly_text(run)}"
         + ("<br><i>simulated kernel: the dense float model ran</i>" if hollow and simulated and axis.inference else "")
         + (f"<br><i>timed while {int(jobs)} jobs shared the device: not a clean time</i>" if shared else "")
         + ("<br><b>Pareto-optimal</b>" if front else "")
@@ -320,7 +300,7 @@ def _figure(data: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict
         front = on_front[idx]
         traces.append({
             # Plotly renders names as HTML (and decodes entities): escaped, a name shows as written.
-            "type": "scatter", "mode": "markers", "name": _ptext(method), "x": cost[idx].tolist(), "y": score[idx].tolist(),
+            "type": "scatter", "mode": "markers", "name": plotly_text(method), "x": cost[idx].tolist(), "y": score[idx].tolist(),
             "marker": {"size": [14 if f else 9 for f in front],
                        "symbol": ["star" if f else "circle-open" if h else "circle" for f, h in zip(front, hollow[idx])],
                        "line": {"width": [1.5 if f else 0 for f in front], "color": "black"}},
@@ -386,7 +366,7 @@ def _axis_points(ok: pd.DataFrame):
 def _panels(ok: pd.DataFrame, suite: str, task: str, metric: str) -> list[Panel]:
     panels = []
     for axis, where, data in _axis_points(ok):
-        title = _ptext(f"{suite}/{task}: {metric} vs {axis.title}") + (f"<br><sup>on {_ptext(where)}</sup>" if where else "")
+        title = plotly_text(f"{suite}/{task}: {metric} vs {axis.title}") + (f"<br><sup>on {plotly_text(where)}</sup>" if where else "")
         figure = _figure(data, axis, metric, title)
         hollow, shared = int(data["_hollow"].sum()), int(data["_shared"].sum())
         panels.append(Panel(f"fig-{len(panels)}", axis, title, where, figure, _front_table(data, axis), hollow, shared))

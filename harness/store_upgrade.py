@@ -33,7 +33,6 @@ runs shared the old hash it cannot be attributed and stays under its old name.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ from harness.profiling import kernel_table_path
 from harness.resolve import ResolvedModel, model_digest, resolve_model
 from harness.schema import COLUMN_NAMES, SCHEMA_VERSION
 from harness.store import result_files, write_rows
+from harness.values import missing as _missing
 
 # Settings added to ResolvedRun while schema 1 was current, with the behaviour of the code
 # before each existed (kernel profiling came with its flag; the spine's schedule was linear).
@@ -58,10 +58,6 @@ ABSENT_IN_SCHEMA_1: dict[str, Any] = {
     "num_fewshot": None, "max_new_tokens": None, "preset": None,
 }
 UNAVAILABLE = "unavailable"
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def row_version(row: dict[str, Any]) -> int:
