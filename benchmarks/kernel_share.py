@@ -50,13 +50,19 @@ def first_batch(train, tokenizer, batch_size: int, max_length: int) -> dict[str,
 def profile_method(spec: str, base, batch, suite, device, args):
     """(phase, KernelProfile) for a training step and an inference forward of `spec` on a copy of `base`."""
     model = copy.deepcopy(base)
-    ctx = MethodContext(task_type="seq_cls", head_modules=tuple(suite.head_modules(model)), total_steps=1000, lr=1e-4, seed=0)
+    ctx = MethodContext(
+        task_type="seq_cls", head_modules=tuple(suite.head_modules(model)), total_steps=1000, lr=1e-4, seed=0
+    )
     pipeline = None
     if spec != "none":
         pipeline = Pipeline.parse(spec)
         model = pipeline.apply(model, ctx).to(device)
     scopes = adapter_scopes(model)
-    optimizer = build_optimizer(model, pipeline, ctx) if pipeline is not None else torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = (
+        build_optimizer(model, pipeline, ctx)
+        if pipeline is not None
+        else torch.optim.AdamW(model.parameters(), lr=1e-5)
+    )
     inputs = {k: v for k, v in batch.items() if k != "labels"}
 
     def train_step():
@@ -72,7 +78,12 @@ def profile_method(spec: str, base, batch, suite, device, args):
     results = []
     for phase, fn, train_mode in (("train", train_step, True), ("inference", inference, False)):
         model.train(train_mode)
-        results.append((phase, profile_steps(fn, device, warmup=args.warmup, steps=args.steps, adapters=scopes, repeats=args.repeats)))
+        results.append(
+            (
+                phase,
+                profile_steps(fn, device, warmup=args.warmup, steps=args.steps, adapters=scopes, repeats=args.repeats),
+            )
+        )
     return results
 
 
@@ -108,15 +119,19 @@ def main() -> None:
     batch = first_batch(train, tokenizer, args.batch_size, args.max_length)
     batch = {k: v.to(device) for k, v in batch.items()}
     tokens = int(batch["attention_mask"].sum())
-    print(f"{args.model} ({location}), SST-2 batch {tuple(batch['input_ids'].shape)} ({tokens} real tokens), "
-          f"device {device}, torch threads {torch.get_num_threads()}, {args.steps} steps x {args.repeats} profiles\n")
+    print(
+        f"{args.model} ({location}), SST-2 batch {tuple(batch['input_ids'].shape)} ({tokens} real tokens), "
+        f"device {device}, torch threads {torch.get_num_threads()}, {args.steps} steps x {args.repeats} profiles\n"
+    )
 
     summary = []
     for spec in args.methods.split(","):
         for phase, prof in profile_method(spec, base, batch, suite, device, args):
             per_step_ms = prof.total_us / prof.steps / 1000
-            print(f"== {spec} / {phase}: {per_step_ms:.1f} ms of {prof.device_kind} op time per step, "
-                  f"adapter share {prof.adapter_share:.1%}, top category {prof.top_category}")
+            print(
+                f"== {spec} / {phase}: {per_step_ms:.1f} ms of {prof.device_kind} op time per step, "
+                f"adapter share {prof.adapter_share:.1%}, top category {prof.top_category}"
+            )
             print(prof.format(args.top))
             print("   categories: " + ", ".join(f"{c} {s:.1%}" for c, s in prof.category_shares().items()))
             print("   " + "; ".join(prof.notes) + "\n")

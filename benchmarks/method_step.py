@@ -14,8 +14,8 @@ Writes <results>/_benchmarks/method_step.parquet, which `harness report` shows.
 from __future__ import annotations
 
 import argparse
-import logging
 import copy
+import logging
 import statistics
 import time
 from datetime import datetime, timezone
@@ -29,8 +29,8 @@ import torch
 from harness.atomic import atomic_write
 from harness.environment import describe
 from harness.errors import HarnessError, first_line
-from harness.method import METHODS, MethodContext, Pipeline
 from harness.meters import count_parameters, measure_latency, optimizer_state_bytes
+from harness.method import METHODS, MethodContext, Pipeline
 from harness.resolve import resolve_model
 from harness.train import build_optimizer
 
@@ -69,14 +69,22 @@ def time_method(spec, base, batch, args, device):
         model.eval()
     else:
         pipeline = Pipeline.parse(spec)
-        ctx = MethodContext(task_type="seq_cls", head_modules=("classifier",), total_steps=1000, lr=1e-4,
-                            seed=0, sample_batches=lambda n: iter([batch] * n))
+        ctx = MethodContext(
+            task_type="seq_cls",
+            head_modules=("classifier",),
+            total_steps=1000,
+            lr=1e-4,
+            seed=0,
+            sample_batches=lambda n: iter([batch] * n),
+        )
         model = pipeline.apply(model, ctx).to(device)
         trainable, total = count_parameters(model)
         model.train()
         step, optimizer = make_step(model, pipeline, ctx, batch)
         lat = measure_latency(step, device, args.warmup, args.repeats)
-        row.update(step_ms_p50=lat.p50_ms, step_ms_p90=lat.p90_ms, optimizer_state_bytes=optimizer_state_bytes(optimizer))
+        row.update(
+            step_ms_p50=lat.p50_ms, step_ms_p90=lat.p90_ms, optimizer_state_bytes=optimizer_state_bytes(optimizer)
+        )
         model.eval()
 
     @torch.inference_mode()
@@ -96,8 +104,12 @@ def lora_against_peft(base, batch, args, device) -> tuple[float, float]:
     ctx = MethodContext(task_type="seq_cls", head_modules=("classifier",), total_steps=1000, lr=1e-4, seed=0)
     harness_model = harness_pipeline.apply(copy.deepcopy(base), ctx).train()
     p = harness_pipeline.methods[0].params
-    direct = get_peft_model(copy.deepcopy(base), LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout,
-                                                            target_modules=["query", "value"], task_type="SEQ_CLS")).train()
+    direct = get_peft_model(
+        copy.deepcopy(base),
+        LoraConfig(
+            r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=["query", "value"], task_type="SEQ_CLS"
+        ),
+    ).train()
     harness_step, _ = make_step(harness_model, harness_pipeline, ctx, batch)
     direct_opt = torch.optim.AdamW([q for q in direct.parameters() if q.requires_grad], lr=1e-4)
 
@@ -133,9 +145,13 @@ def main() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its optional-kernel notice is not ours
     device = torch.device(args.device)
     torch.manual_seed(0)
-    base = AutoModelForSequenceClassification.from_pretrained(resolve_model(args.model).location, num_labels=2).to(device)
+    base = AutoModelForSequenceClassification.from_pretrained(resolve_model(args.model).location, num_labels=2).to(
+        device
+    )
     batch = {k: v.to(device) for k, v in fixed_batch(base.config.vocab_size, args.batch_size, args.seq_len, 2).items()}
-    names = [n for n in METHODS.names() if not n.startswith("test-")] if args.methods == "all" else args.methods.split(",")
+    names = (
+        [n for n in METHODS.names() if not n.startswith("test-")] if args.methods == "all" else args.methods.split(",")
+    )
     specs = ["none"] + [MODEL_OVERRIDES.get(n, n) for n in names]
 
     rows = []
@@ -148,7 +164,11 @@ def main() -> None:
             row = {"method": spec, "status": "failed", "error": f"{type(exc).__name__}: {first_line(exc)[:200]}"}
         rows.append(row)
         shown = f"step p50 {row.get('step_ms_p50', float('nan')):7.1f} ms  forward p50 {row.get('forward_ms_p50', float('nan')):6.1f} ms"
-        print(f"{spec:32s} {row['status']:6s} {shown}  ({time.perf_counter() - started:.0f}s)" + (f"  {row['error']}" if row["error"] else ""), flush=True)
+        print(
+            f"{spec:32s} {row['status']:6s} {shown}  ({time.perf_counter() - started:.0f}s)"
+            + (f"  {row['error']}" if row["error"] else ""),
+            flush=True,
+        )
 
     base_forward = next(r["forward_ms_p50"] for r in rows if r["method"] == "none")
     for row in rows:
@@ -160,10 +180,18 @@ def main() -> None:
     env = describe(device)
     stamp = datetime.now(timezone.utc)
     for row in rows:
-        row.update(model=args.model, batch_size=args.batch_size, seq_len=args.seq_len, repeats=args.repeats,
-                   device_name=env["device_name"], torch_version=env["torch_version"], peft_version=env["peft_version"],
-                   git_commit=env["git_commit"], created_at=stamp,
-                   lora_vs_peft_step_ratio=harness_ms / peft_ms if row["method"] == "lora" else None)
+        row.update(
+            model=args.model,
+            batch_size=args.batch_size,
+            seq_len=args.seq_len,
+            repeats=args.repeats,
+            device_name=env["device_name"],
+            torch_version=env["torch_version"],
+            peft_version=env["peft_version"],
+            git_commit=env["git_commit"],
+            created_at=stamp,
+            lora_vs_peft_step_ratio=harness_ms / peft_ms if row["method"] == "lora" else None,
+        )
     out = Path(args.results) / "_benchmarks" / "method_step.parquet"
     with atomic_write(out) as f:
         # from a DataFrame, so every row's keys become columns (the "none" row has no step time)

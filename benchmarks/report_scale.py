@@ -30,15 +30,46 @@ from harness.report import write_report
 from harness.schema import COLUMNS, SCHEMA_VERSION
 from harness.store import append_records, job_status, read_store, write_row
 
-TASKS = (("glue", "sst2", "accuracy"), ("glue", "mrpc", "f1"), ("glue", "cola", "matthews_correlation"),
-         ("glue", "mnli", "accuracy"), ("cifar", "cifar10", "accuracy"), ("imagenet", "imagenette", "accuracy"),
-         ("gsm8k", "gsm8k", "exact_match_flexible"))
-METHODS = ("full", "bitfit", "ia3", "vera", "loha", "lokr", "adalora", "prefix", "prompt", "ln_tuning",
-           *(f"lora:r={r}" for r in (2, 4, 8, 16, 32)), *(f"dora:r={r}" for r in (4, 8, 16)),
-           "int8", "int4", "nf4", "svd:rank=8", "svd:rank=32", "magnitude:sparsity=0.5",
-           "magnitude:sparsity=0.8", "wanda", "sparsegpt", "tome", "galore", "lisa")
+TASKS = (
+    ("glue", "sst2", "accuracy"),
+    ("glue", "mrpc", "f1"),
+    ("glue", "cola", "matthews_correlation"),
+    ("glue", "mnli", "accuracy"),
+    ("cifar", "cifar10", "accuracy"),
+    ("imagenet", "imagenette", "accuracy"),
+    ("gsm8k", "gsm8k", "exact_match_flexible"),
+)
+METHODS = (
+    "full",
+    "bitfit",
+    "ia3",
+    "vera",
+    "loha",
+    "lokr",
+    "adalora",
+    "prefix",
+    "prompt",
+    "ln_tuning",
+    *(f"lora:r={r}" for r in (2, 4, 8, 16, 32)),
+    *(f"dora:r={r}" for r in (4, 8, 16)),
+    "int8",
+    "int4",
+    "nf4",
+    "svd:rank=8",
+    "svd:rank=32",
+    "magnitude:sparsity=0.5",
+    "magnitude:sparsity=0.8",
+    "wanda",
+    "sparsegpt",
+    "tome",
+    "galore",
+    "lisa",
+)
 MODELS = ("model-small", "model-base")
-DEVICES = (("cpu", "Intel(R) Xeon(R) Processor", "cpu_peak_rss_reset"), ("cuda:0", "NVIDIA H100 80GB HBM3", "cuda_max_allocated"))
+DEVICES = (
+    ("cpu", "Intel(R) Xeon(R) Processor", "cpu_peak_rss_reset"),
+    ("cuda:0", "NVIDIA H100 80GB HBM3", "cuda_max_allocated"),
+)
 SEEDS, SETTINGS = 5, 5
 
 
@@ -53,37 +84,87 @@ def synthetic_row(i: int, task: tuple, method: str, model: str, seed: int, setti
     failed = i % 100 == 99
     score = float(np.clip(0.5 + 0.012 * m + 0.05 * big + rng.normal(0, 0.02), 0, 1))
     generation = suite == "gsm8k"
-    config = {"suite": suite, "task": name, "method": method, "model": model, "seed": seed,
-              "learning_rate": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2][setting], "batch_size": 32, "max_steps": 1000,
-              "eval": {"split": "validation", "max_samples": None}, "data_dir": "/data", "setting": setting}
+    config = {
+        "suite": suite,
+        "task": name,
+        "method": method,
+        "model": model,
+        "seed": seed,
+        "learning_rate": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2][setting],
+        "batch_size": 32,
+        "max_steps": 1000,
+        "eval": {"split": "validation", "max_samples": None},
+        "data_dir": "/data",
+        "setting": setting,
+    }
     row = {c.name: None for c in COLUMNS}
     row.update(
-        schema_version=SCHEMA_VERSION, job_hash=f"{i:016x}", run_id=f"r{i:011x}",
-        created_at=datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=i), suite=suite, task=name,
-        method=method, method_params=json.dumps([{"method": method.split(":")[0], "params": {}}]), model=model,
-        model_hub_id=f"org/{model}", seed=seed, config=json.dumps(config), status="failed" if failed else "ok",
-        error="RuntimeError: CUDA out of memory" if failed else None, metric=metric,
-        score=None if failed else score, metrics=json.dumps({metric: score}), eval_split="validation",
-        eval_samples=872, eval_seconds=float(rng.uniform(2, 20)), train_samples=10_000, train_steps=1000 if trains else 0,
-        train_seconds=float(rng.uniform(30, 600) * big) if trains else 0.0, trainable_params=trainable,
-        total_params=int(1e8 * big), model_bytes=int(4e8 * big),
+        schema_version=SCHEMA_VERSION,
+        job_hash=f"{i:016x}",
+        run_id=f"r{i:011x}",
+        created_at=datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=i),
+        suite=suite,
+        task=name,
+        method=method,
+        method_params=json.dumps([{"method": method.split(":")[0], "params": {}}]),
+        model=model,
+        model_hub_id=f"org/{model}",
+        seed=seed,
+        config=json.dumps(config),
+        status="failed" if failed else "ok",
+        error="RuntimeError: CUDA out of memory" if failed else None,
+        metric=metric,
+        score=None if failed else score,
+        metrics=json.dumps({metric: score}),
+        eval_split="validation",
+        eval_samples=872,
+        eval_seconds=float(rng.uniform(2, 20)),
+        train_samples=10_000,
+        train_steps=1000 if trains else 0,
+        train_seconds=float(rng.uniform(30, 600) * big) if trains else 0.0,
+        trainable_params=trainable,
+        total_params=int(1e8 * big),
+        model_bytes=int(4e8 * big),
         compressed_model_bytes=int(1e8 * big) if not trains else None,
         compression_kernel=("simulated" if method == "int4" else "real") if not trains else None,
-        flops_per_sample=float(2e10 * big * rng.uniform(0.5, 1)), peak_memory_bytes=int(rng.uniform(1, 20) * 2**30 * big),
-        peak_memory_kind=memory_kind, latency_bs1_p50_ms=float(rng.uniform(2, 50) * big),
-        latency_batch_p50_ms=float(rng.uniform(20, 500) * big), device=device, device_name=device_name,
-        pipeline_costs=json.dumps([{"step": method, "phase": "before training", "compresses": not trains, "seconds": 0.1,
-                                    "trainable_params": trainable, "total_params": int(1e8 * big), "model_bytes": int(4e8 * big)}]),
+        flops_per_sample=float(2e10 * big * rng.uniform(0.5, 1)),
+        peak_memory_bytes=int(rng.uniform(1, 20) * 2**30 * big),
+        peak_memory_kind=memory_kind,
+        latency_bs1_p50_ms=float(rng.uniform(2, 50) * big),
+        latency_batch_p50_ms=float(rng.uniform(20, 500) * big),
+        device=device,
+        device_name=device_name,
+        pipeline_costs=json.dumps(
+            [
+                {
+                    "step": method,
+                    "phase": "before training",
+                    "compresses": not trains,
+                    "seconds": 0.1,
+                    "trainable_params": trainable,
+                    "total_params": int(1e8 * big),
+                    "model_bytes": int(4e8 * big),
+                }
+            ]
+        ),
         ttft_bs1_p50_ms=float(rng.uniform(20, 200)) if generation else None,
         generation_batch_tokens_per_s=float(rng.uniform(50, 2000)) if generation else None,
-        harness_version="0.1.0", torch_version="2.13.0",
+        harness_version="0.1.0",
+        torch_version="2.13.0",
     )
     return row
 
 
 def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
-    combos = [(t, m, mo, s, st) for t in TASKS for m in METHODS for mo in MODELS for st in range(SETTINGS) for s in range(SEEDS)]
+    combos = [
+        (t, m, mo, s, st)
+        for t in TASKS
+        for m in METHODS
+        for mo in MODELS
+        for st in range(SETTINGS)
+        for s in range(SEEDS)
+    ]
     return [synthetic_row(i, *combos[i % len(combos)], rng) for i in range(n)]
 
 
@@ -97,9 +178,21 @@ def write_kernel_tables(results: Path, runs: list[tuple[str, str]]) -> None:
         for phase in ("train", "inference"):
             totals = sorted(np.random.default_rng(len(rows)).uniform(1, 1e4, 40), reverse=True)
             total = sum(totals)
-            rows += [{"job_hash": job, "phase": phase, "rank": k + 1, "name": f"aten::op_{k}", "category": categories[k % 7],
-                      "calls": 10 + k, "total_us": t, "mean_us": t / (10 + k), "share": t / total, "run_id": run}
-                     for k, t in enumerate(totals)]
+            rows += [
+                {
+                    "job_hash": job,
+                    "phase": phase,
+                    "rank": k + 1,
+                    "name": f"aten::op_{k}",
+                    "category": categories[k % 7],
+                    "calls": 10 + k,
+                    "total_us": t,
+                    "mean_us": t / (10 + k),
+                    "share": t / total,
+                    "run_id": run,
+                }
+                for k, t in enumerate(totals)
+            ]
         pq.write_table(pa.Table.from_pylist(rows), folder / f"{job}-{run}.parquet")
 
 
@@ -139,17 +232,31 @@ def main() -> None:
     print(f"first read (no index): {cold_s:.2f} s wall, {cold_cpu:.2f} s CPU")
     print(f"warm read (index):     {warm_s:.2f} s wall, {warm_cpu:.2f} s CPU (target < 3 s)")
     print(f"sweep planning:        {plan_s:.2f} s wall")
-    print(f"report: {n} runs -> {len(pages)} pages ({size:,.0f} MiB) in {report_s:.2f} s wall, {report_cpu:.2f} s CPU "
-          f"(target < 5 s; load average {load:.1f})")
+    print(
+        f"report: {n} runs -> {len(pages)} pages ({size:,.0f} MiB) in {report_s:.2f} s wall, {report_cpu:.2f} s CPU "
+        f"(target < 5 s; load average {load:.1f})"
+    )
     import torch
 
     env = describe(torch.device("cpu"))
     record = {
-        "created_at": datetime.now(timezone.utc), "rows": args.rows, "files": args.rows, "write_s": write_s,
-        "first_read_s": cold_s, "first_read_cpu_s": cold_cpu, "warm_read_s": warm_s, "warm_read_cpu_s": warm_cpu,
-        "plan_s": plan_s, "report_s": report_s, "report_cpu_s": report_cpu, "pages": len(pages),
-        "load_average": load, "within_target": warm_s < 3 and report_s < 5,
-        "cpu_model": env.get("cpu_model"), "cpu_threads": env.get("cpu_threads"), "git_commit": env.get("git_commit"),
+        "created_at": datetime.now(timezone.utc),
+        "rows": args.rows,
+        "files": args.rows,
+        "write_s": write_s,
+        "first_read_s": cold_s,
+        "first_read_cpu_s": cold_cpu,
+        "warm_read_s": warm_s,
+        "warm_read_cpu_s": warm_cpu,
+        "plan_s": plan_s,
+        "report_s": report_s,
+        "report_cpu_s": report_cpu,
+        "pages": len(pages),
+        "load_average": load,
+        "within_target": warm_s < 3 and report_s < 5,
+        "cpu_model": env.get("cpu_model"),
+        "cpu_threads": env.get("cpu_threads"),
+        "git_commit": env.get("git_commit"),
     }
     print(f"appended to {append_records(args.record, [record])}")
 

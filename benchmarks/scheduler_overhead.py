@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 
 from harness.config import RunSpec, resolve
 from harness.environment import describe
+from harness.store import append_records
 from harness.sweep import SweepJob, device_slots, run_local
 from harness.sweep_file import Resources
-from harness.store import append_records
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -55,8 +55,17 @@ def main() -> None:
         start = time.perf_counter()
         jobs = []
         for seed in range(args.jobs):
-            spec = RunSpec(suite=args.suite, task=args.task, method="none", model=args.model, data_dir=args.data_dir,
-                           max_eval_samples=args.eval_samples, latency_repeats=2, seed=seed, results_dir=results)
+            spec = RunSpec(
+                suite=args.suite,
+                task=args.task,
+                method="none",
+                model=args.model,
+                data_dir=args.data_dir,
+                max_eval_samples=args.eval_samples,
+                latency_repeats=2,
+                seed=seed,
+                results_dir=results,
+            )
             jobs.append(SweepJob(spec, resolve(spec)[0], Resources()))
         startup = time.perf_counter() - start
 
@@ -76,19 +85,32 @@ def main() -> None:
 
     ratio = makespan / ideal
     within = makespan <= 1.05 * ideal + startup
-    print(f"{args.jobs} jobs on {args.slots} slots: makespan {makespan:.1f}s, ideal (sum of job times / slots) "
-          f"{ideal:.1f}s, ratio {ratio:.3f}; start-up {startup:.1f}s -> {'within' if within else 'NOT within'} 5% + start-up")
-    print(f"per job: {statistics.mean(job_seconds):.1f}s wall on average, of which the harness's own overhead is "
-          f"process start + imports {imports:.2f}s and store write {store_write * 1e3:.1f}ms")
+    print(
+        f"{args.jobs} jobs on {args.slots} slots: makespan {makespan:.1f}s, ideal (sum of job times / slots) "
+        f"{ideal:.1f}s, ratio {ratio:.3f}; start-up {startup:.1f}s -> {'within' if within else 'NOT within'} 5% + start-up"
+    )
+    print(
+        f"per job: {statistics.mean(job_seconds):.1f}s wall on average, of which the harness's own overhead is "
+        f"process start + imports {imports:.2f}s and store write {store_write * 1e3:.1f}ms"
+    )
 
     import torch
 
     env = describe(torch.device("cpu"))
     record = {
-        "created_at": datetime.now(timezone.utc), "jobs": args.jobs, "slots": args.slots, "makespan_s": makespan,
-        "ideal_s": ideal, "ratio": ratio, "startup_s": startup, "mean_job_s": statistics.mean(job_seconds),
-        "process_start_imports_s": imports, "store_write_ms": store_write * 1e3, "within_target": within,
-        "device_name": env.get("device_name"), "git_commit": env.get("git_commit"),
+        "created_at": datetime.now(timezone.utc),
+        "jobs": args.jobs,
+        "slots": args.slots,
+        "makespan_s": makespan,
+        "ideal_s": ideal,
+        "ratio": ratio,
+        "startup_s": startup,
+        "mean_job_s": statistics.mean(job_seconds),
+        "process_start_imports_s": imports,
+        "store_write_ms": store_write * 1e3,
+        "within_target": within,
+        "device_name": env.get("device_name"),
+        "git_commit": env.get("git_commit"),
     }
     print(f"appended to {append_records(args.out, [record])}")
 

@@ -22,10 +22,10 @@ from transformers import get_linear_schedule_with_warmup
 
 from harness.config import RunSpec, resolve
 from harness.environment import describe
-from harness.subsets import fixed_subset
 from harness.method import MethodContext
-from harness.train import default_optimizer, train
 from harness.store import append_records
+from harness.subsets import fixed_subset
+from harness.train import default_optimizer, train
 
 
 def plain_loop(model, data, *, steps, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm, seed) -> float:
@@ -33,8 +33,13 @@ def plain_loop(model, data, *, steps, batch_size, lr, weight_decay, warmup_ratio
     params = [p for _, p in named]
     optimizer = default_optimizer(named, lr, weight_decay)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * steps), steps)
-    loader = DataLoader(data.dataset, batch_size=batch_size, shuffle=True, collate_fn=data.collate,
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(
+        data.dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=data.collate,
+        generator=torch.Generator().manual_seed(seed),
+    )
     model.train()
     done = 0
     start = time.perf_counter()
@@ -69,29 +74,62 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    spec = RunSpec(suite=args.suite, task=args.task, method=args.method, model=args.model, data_dir=args.data_dir,
-                   max_train_samples=args.train_samples, batch_size=args.batch_size, max_steps=args.steps)
+    spec = RunSpec(
+        suite=args.suite,
+        task=args.task,
+        method=args.method,
+        model=args.model,
+        data_dir=args.data_dir,
+        max_train_samples=args.train_samples,
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+    )
     run, suite, task, pipeline, sources = resolve(spec)
     train_ds = fixed_subset(suite.load(sources[task.train_split]), args.train_samples)
     torch.manual_seed(0)
     base, tokenizer = suite.build_model(run.model_location, task, train_ds)
     data = suite.prepare(train_ds, tokenizer, task, run.max_length)
-    ctx = MethodContext(task_type=suite.task_type, head_modules=suite.head_modules(base), total_steps=args.steps,
-                        lr=run.lr, weight_decay=run.weight_decay, seed=0)
+    ctx = MethodContext(
+        task_type=suite.task_type,
+        head_modules=suite.head_modules(base),
+        total_steps=args.steps,
+        lr=run.lr,
+        weight_decay=run.weight_decay,
+        seed=0,
+    )
     initial = pipeline.apply(base, ctx)
     device = torch.device("cpu")
 
     def time_harness() -> float:
         model = copy.deepcopy(initial)
-        return train(model, data, pipeline, ctx, batch_size=args.batch_size, steps=args.steps,
-                     warmup_ratio=run.warmup_ratio, max_grad_norm=run.max_grad_norm, precision="fp32",
-                     device=device, seed=0, show_progress=True).seconds
+        return train(
+            model,
+            data,
+            pipeline,
+            ctx,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            warmup_ratio=run.warmup_ratio,
+            max_grad_norm=run.max_grad_norm,
+            precision="fp32",
+            device=device,
+            seed=0,
+            show_progress=True,
+        ).seconds
 
     def time_plain() -> float:
         model = copy.deepcopy(initial)
-        return plain_loop(model, data, steps=args.steps, batch_size=args.batch_size, lr=run.lr,
-                          weight_decay=run.weight_decay, warmup_ratio=run.warmup_ratio,
-                          max_grad_norm=run.max_grad_norm, seed=0)
+        return plain_loop(
+            model,
+            data,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=run.lr,
+            weight_decay=run.weight_decay,
+            warmup_ratio=run.warmup_ratio,
+            max_grad_norm=run.max_grad_norm,
+            seed=0,
+        )
 
     harness_s, plain_s = [], []
     for i in range(args.repeats):
@@ -104,16 +142,28 @@ def main() -> None:
             harness_s.append(time_harness())
         print(f"repeat {i + 1}: harness {harness_s[-1]:.2f}s, plain {plain_s[-1]:.2f}s")
     ratio = statistics.median(harness_s) / statistics.median(plain_s)
-    print(f"median training time over {args.steps} steps: harness {statistics.median(harness_s):.2f}s, "
-          f"plain {statistics.median(plain_s):.2f}s, ratio {ratio:.3f} ({(ratio - 1) * 100:+.1f}%)")
+    print(
+        f"median training time over {args.steps} steps: harness {statistics.median(harness_s):.2f}s, "
+        f"plain {statistics.median(plain_s):.2f}s, ratio {ratio:.3f} ({(ratio - 1) * 100:+.1f}%)"
+    )
 
     env = describe(device)
     row = {
-        "benchmark": "train_overhead", "created_at": datetime.now(timezone.utc), "suite": run.suite, "task": run.task,
-        "method": run.method, "model": run.model, "steps": args.steps, "batch_size": args.batch_size,
-        "repeats": args.repeats, "harness_seconds_median": statistics.median(harness_s),
-        "plain_seconds_median": statistics.median(plain_s), "ratio": ratio,
-        "device_name": env["device_name"], "torch_version": env["torch_version"], "git_commit": env["git_commit"],
+        "benchmark": "train_overhead",
+        "created_at": datetime.now(timezone.utc),
+        "suite": run.suite,
+        "task": run.task,
+        "method": run.method,
+        "model": run.model,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "harness_seconds_median": statistics.median(harness_s),
+        "plain_seconds_median": statistics.median(plain_s),
+        "ratio": ratio,
+        "device_name": env["device_name"],
+        "torch_version": env["torch_version"],
+        "git_commit": env["git_commit"],
     }
     print(f"wrote {append_records(args.out, [row])}")
 

@@ -27,7 +27,9 @@ class AdapterParams(MethodParams):
 
     r: int = Field(8, gt=0, description="rank of the update")
     alpha: float = Field(16, gt=0, description="scale numerator: the update is scaled by alpha / r")
-    target_modules: list[str] | None = Field(None, description="module names; default: peft's per-architecture LoRA list (query, value for BERT/RoBERTa)")
+    target_modules: list[str] | None = Field(
+        None, description="module names; default: peft's per-architecture LoRA list (query, value for BERT/RoBERTa)"
+    )
 
 
 def _under(name: str, heads: tuple[str, ...]) -> bool:
@@ -39,11 +41,15 @@ def default_targets(model: nn.Module, method: str) -> list[str]:
     targets = default_lora_targets(model)
     if targets is None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
-        raise HarnessError(f"method {method!r}: no default target modules for model type {model_type!r}; give target_modules=...")
+        raise HarnessError(
+            f"method {method!r}: no default target modules for model type {model_type!r}; give target_modules=..."
+        )
     return targets
 
 
-def find_linears(model: nn.Module, targets: list[str], heads: tuple[str, ...], method: str) -> list[tuple[str, nn.Linear]]:
+def find_linears(
+    model: nn.Module, targets: list[str], heads: tuple[str, ...], method: str
+) -> list[tuple[str, nn.Linear]]:
     """(name, layer), in model order, for every `nn.Linear` outside the head whose name ends in a target."""
     check_target_modules(model, targets, method)
 
@@ -51,7 +57,8 @@ def find_linears(model: nn.Module, targets: list[str], heads: tuple[str, ...], m
         return name == target or name.endswith("." + target)
 
     found = [
-        (name, m) for name, m in model.named_modules()
+        (name, m)
+        for name, m in model.named_modules()
         if isinstance(m, nn.Linear) and not _under(name, heads) and any(matches(name, t) for t in targets)
     ]
     for target in targets:  # a target that names only non-linear modules (or only head layers) is bad input too
@@ -92,7 +99,9 @@ class AdapterLinear(nn.Module):
         return self.base
 
 
-def low_rank(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float, gate: torch.Tensor | None = None) -> torch.Tensor:
+def low_rank(
+    x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scale: float, gate: torch.Tensor | None = None
+) -> torch.Tensor:
     """scale * B diag(gate) A x, right to left, so the out x in update is never formed."""
     h = x @ A.T
     if gate is not None:
@@ -134,7 +143,9 @@ class AdapterMethod(Method):
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         check_target_modules(model, self.params.target_modules, self.name)  # [] is refused, not the default
-        targets = self.params.target_modules if self.params.target_modules is not None else default_targets(model, self.name)
+        targets = (
+            self.params.target_modules if self.params.target_modules is not None else default_targets(model, self.name)
+        )
         layers = find_linears(model, targets, tuple(ctx.head_modules), self.name)
         check_rank(layers, self.params.r, self.name)
         freeze_all_but(model, keep=ctx.head_modules)  # before wrapping: the new adapter parameters stay trainable

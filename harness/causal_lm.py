@@ -76,8 +76,15 @@ def collator(tokenizer, packing: bool):
     return pack
 
 
-def prepare_examples(tokenizer, prompts: list[str], answers: list[str], max_length: int, packing: bool,
-                     delimiter: str = " ", what: str = "training") -> Prepared:
+def prepare_examples(
+    tokenizer,
+    prompts: list[str],
+    answers: list[str],
+    max_length: int,
+    packing: bool,
+    delimiter: str = " ",
+    what: str = "training",
+) -> Prepared:
     """Encode (prompt, answer) pairs; a prompt too long for `max_length` is a one-line error
     that names the example."""
     from datasets import Dataset

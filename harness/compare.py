@@ -117,7 +117,15 @@ class Comparison:
     def table(self) -> str:
         header = ("kind", "run", "column", "base", "new", "change", "note")
         body = [
-            (c.kind, c.run, c.column, _fmt(c.base), _fmt(c.new), "" if c.relative is None else f"{c.relative:+.1%}", c.note)
+            (
+                c.kind,
+                c.run,
+                c.column,
+                _fmt(c.base),
+                _fmt(c.new),
+                "" if c.relative is None else f"{c.relative:+.1%}",
+                c.note,
+            )
             for c in self.sorted_changes()
         ]
         lines = []
@@ -130,10 +138,17 @@ class Comparison:
 
 
 def compare_stores(
-    base: str | os.PathLike, new: str | os.PathLike, metric_tolerance: float = 0.005, time_tolerance: float = 0.10,
+    base: str | os.PathLike,
+    new: str | os.PathLike,
+    metric_tolerance: float = 0.005,
+    time_tolerance: float = 0.10,
     metric_k: float = METRIC_K,
 ) -> Comparison:
-    for name, value in (("metric_tolerance", metric_tolerance), ("time_tolerance", time_tolerance), ("metric_k", metric_k)):
+    for name, value in (
+        ("metric_tolerance", metric_tolerance),
+        ("time_tolerance", time_tolerance),
+        ("metric_k", metric_k),
+    ):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise HarnessError(f"{name} must be a finite number, 0 or more (got {value!r})")
     base_ok, _ = _load(base, "BASE")
@@ -147,7 +162,9 @@ def compare_stores(
         if n is None:
             failed = new_failed.get(key)
             note = "missing in new" if failed is None else f"failed in new: {failed['error'] or 'no error recorded'}"
-            comparison.changes.append(Change(_label(b), "run", "ok", None if failed is None else "failed", None, REGRESSION, note))
+            comparison.changes.append(
+                Change(_label(b), "run", "ok", None if failed is None else "failed", None, REGRESSION, note)
+            )
             continue
         comparison.compared += 1
         pairs.append((b, n))
@@ -190,7 +207,9 @@ def _score_changes(pairs: list[tuple[dict, dict]], metric_tolerance: float, metr
             if not _missing(b["score"]):
                 changes.append(_change(_label(n), "score", b, n, REGRESSION, "score missing in new"))
         elif b["metric"] != n["metric"]:
-            changes.append(_change(_label(n), "score", b, n, INFO, f"not comparable (metric {b['metric']} vs {n['metric']})"))
+            changes.append(
+                _change(_label(n), "score", b, n, INFO, f"not comparable (metric {b['metric']} vs {n['metric']})")
+            )
         else:
             groups.setdefault((group_key(b), group_key(n)), []).append((b, n))
     for members in groups.values():
@@ -222,10 +241,21 @@ def _seed_mean_change(members: list[tuple[dict, dict]], metric_tolerance: float,
     seeds = ",".join(str(n["seed"]) for _, n in sorted(members, key=lambda m: str(m[1]["seed"])))
     label = f"{n0['suite']}/{n0['task']} {n0['method']} {n0['model']} seeds {seeds}"
     direction, kind = ("down", REGRESSION) if difference < 0 else ("up", IMPROVEMENT)
-    note = (f"{n0['metric']} mean of {len(members)} seeds {direction} {abs(difference):.4g}: more than "
-            f"{metric_tolerance:g} and {metric_k:g} SE ({metric_k * se:.4g})")
-    return [Change(label, "score", float(base.mean()), float(new.mean()), _relative(float(base.mean()), float(new.mean())),
-                   kind, note)]
+    note = (
+        f"{n0['metric']} mean of {len(members)} seeds {direction} {abs(difference):.4g}: more than "
+        f"{metric_tolerance:g} and {metric_k:g} SE ({metric_k * se:.4g})"
+    )
+    return [
+        Change(
+            label,
+            "score",
+            float(base.mean()),
+            float(new.mean()),
+            _relative(float(base.mean()), float(new.mean())),
+            kind,
+            note,
+        )
+    ]
 
 
 def _change(label: str, column: str, b: dict, n: dict, kind: str, note: str = "") -> Change:
@@ -253,7 +283,11 @@ def _compare_pair(b: dict, n: dict, time_tolerance: float) -> list[Change]:
             add("device_name", INFO, "time, memory and latency not comparable (device differs)")
     else:
         if shared and any(not _missing(b.get(c)) and not _missing(n.get(c)) for c in TIMED_COSTS):
-            add("concurrent_jobs", INFO, "not compared: shared device (time and latency timed while other jobs ran on it)")
+            add(
+                "concurrent_jobs",
+                INFO,
+                "not compared: shared device (time and latency timed while other jobs ran on it)",
+            )
         for column, p90 in MEASURED_COSTS.items():
             if _missing(b[column]) or _missing(n[column]) or (shared and column in TIMED_COSTS):
                 continue

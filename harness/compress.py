@@ -84,8 +84,14 @@ class _StopForward(Exception):
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, observe, method: str,
-              stop_after: nn.Module | None = None) -> None:
+def calibrate(
+    model: nn.Module,
+    layers: list[tuple[str, nn.Module]],
+    batches,
+    observe,
+    method: str,
+    stop_after: nn.Module | None = None,
+) -> None:
     """Run `batches` through `model` (eval mode: batch-norm running statistics, no dropout, as
     inference; no labels; on the model's device) and call observe(name, module, x) with every
     input to each of `layers`, as float. Token inputs (batch, seq, features) lose their padding
@@ -144,7 +150,9 @@ def calibrate(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, ob
         raise HarnessError(f"method {method!r}: no calibration input reached layer(s) {', '.join(missing[:3])}")
 
 
-def input_feature_norms(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, method: str) -> dict[str, torch.Tensor]:
+def input_feature_norms(
+    model: nn.Module, layers: list[tuple[str, nn.Module]], batches, method: str
+) -> dict[str, torch.Tensor]:
     """L2 norm of each input feature of each layer over every calibration token or position."""
     sums: dict[str, torch.Tensor] = {}
 
@@ -192,4 +200,3 @@ def calibration_set(ctx, tokens: int, batches: int | None = None) -> tuple[list[
     if not chosen:
         raise HarnessError("calibration needs training examples, but the training split has none")
     return chosen, total
-

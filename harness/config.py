@@ -13,9 +13,17 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.method import Pipeline
 from harness.resolve import DataSource, ResolvedModel, mirror_root, model_digest, preflight_model, resolve_model
+
 # Re-exported: callers name the spec types through this module too.
 from harness.spec import (  # noqa: F401
-    IDENTITY_KEYS, IDENTITY_VERSION, MAX_EPOCHS, RUN_FLAGS, ResolvedRun, RunSpec, device_type, flag_of,
+    IDENTITY_KEYS,
+    IDENTITY_VERSION,
+    MAX_EPOCHS,
+    RUN_FLAGS,
+    ResolvedRun,
+    RunSpec,
+    device_type,
+    flag_of,
 )
 from harness.subsets import DATA_SEED  # noqa: F401
 from harness.suite import SUITES, Suite, Task
@@ -38,17 +46,25 @@ def check_results_dir(folder: str) -> None:
         os.close(handle)
         os.unlink(probe)
     except OSError as exc:
-        raise HarnessError(f"--results {folder!r} is not writable ({exc.strerror or exc}); pass another --results") from None
+        raise HarnessError(
+            f"--results {folder!r} is not writable ({exc.strerror or exc}); pass another --results"
+        ) from None
 
 
 def _check_suite_options(spec: RunSpec, suite_cls: type[Suite]) -> None:
     """Options that only a causal-LM suite reads are an error elsewhere, not silently ignored."""
     if suite_cls.task_type == "causal_lm":
         return
-    given = [flag for flag, value in (
-        ("--packing", spec.packing), ("--train-data", spec.train_data), ("--num-fewshot", spec.num_fewshot),
-        ("--max-new-tokens", spec.max_new_tokens),
-    ) if value not in (None, False)]
+    given = [
+        flag
+        for flag, value in (
+            ("--packing", spec.packing),
+            ("--train-data", spec.train_data),
+            ("--num-fewshot", spec.num_fewshot),
+            ("--max-new-tokens", spec.max_new_tokens),
+        )
+        if value not in (None, False)
+    ]
     if given:
         lm_suites = ", ".join(name for name, cls in SUITES if cls.task_type == "causal_lm")
         raise HarnessError(f"{', '.join(given)} applies to causal-LM suites ({lm_suites}), not to {suite_cls.name!r}")

@@ -53,7 +53,9 @@ def peak_tflops(device_name: str, precision: str, tf32: bool = False) -> float |
     return None
 
 
-def mfu(train_flops: float | None, seconds: float, device_name: str, precision: str, tf32: bool = False) -> float | None:
+def mfu(
+    train_flops: float | None, seconds: float, device_name: str, precision: str, tf32: bool = False
+) -> float | None:
     """Achieved FLOP/s of training over the device's peak: the FLOPs of the steps that ran
     (executed FLOPs, harness/train_flops.py) / seconds / peak."""
     peak = peak_tflops(device_name, precision, tf32)

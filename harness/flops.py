@@ -24,9 +24,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 aten = torch.ops.aten
 
-_FORWARD = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-            "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
-            "_scaled_dot_product_fused_attention_overrideable")
+_FORWARD = (
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+)
 
 
 def _matmul(b: int, m: int, k: int, n: int) -> int:

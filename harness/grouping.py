@@ -17,10 +17,19 @@ from typing import Any, Mapping
 # places the weights and data were read from or results written to, the preset's name (its
 # settings are in the config themselves), the device as asked for (replaced by the row's),
 # and the package version (the methods' own versions, in the config, stand for their code).
-RUN_ONLY_KEYS = frozenset({
-    "seed", "model_location", "model_source", "data_dir", "data_sources", "results_dir", "preset", "device",
-    "harness_version",
-})
+RUN_ONLY_KEYS = frozenset(
+    {
+        "seed",
+        "model_location",
+        "model_source",
+        "data_dir",
+        "data_sources",
+        "results_dir",
+        "preset",
+        "device",
+        "harness_version",
+    }
+)
 # Without a readable config, the row's own columns that identify a configuration.
 FALLBACK_COLUMNS = ("suite", "task", "method", "method_params", "model", "model_hub_id")
 

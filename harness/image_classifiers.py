@@ -41,8 +41,9 @@ class RandomInitModel:
 
 # ViT-Ti/16 is DeiT-Ti's shape (Touvron et al., Training data-efficient image transformers,
 # ICML 2021, Table 1: hidden 192, 12 layers, 3 heads, MLP 768; LayerNorm eps 1e-6 as DeiT).
-_VIT_TINY = dict(image_size=224, patch_size=16, hidden_size=192, num_attention_heads=3, intermediate_size=768,
-                 layer_norm_eps=1e-6)
+_VIT_TINY = dict(
+    image_size=224, patch_size=16, hidden_size=192, num_attention_heads=3, intermediate_size=768, layer_norm_eps=1e-6
+)
 RANDOM_INIT_MODELS: dict[str, RandomInitModel] = {
     "vit-tiny": RandomInitModel("vit", {**_VIT_TINY, "num_hidden_layers": 12}),  # 5.5M parameters (10 classes)
     "vit-tiny-6": RandomInitModel("vit", {**_VIT_TINY, "num_hidden_layers": 6}),  # 2.9M: half the depth, for CPU runs
@@ -93,7 +94,9 @@ class ClassSubsetLogits(nn.Module):
         logits = outputs.logits.index_select(-1, self.class_ids)
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         return ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=getattr(outputs, "hidden_states", None),
+            loss=loss,
+            logits=logits,
+            hidden_states=getattr(outputs, "hidden_states", None),
             attentions=getattr(outputs, "attentions", None),
         )
 
@@ -119,7 +122,9 @@ def image_spec(location: str, config) -> ImageSpec:
         return _imagenet_statistics(location, size, "no preprocessor_config.json")
     mean, std = processor.get("image_mean"), processor.get("image_std")
     if not (isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) == 3):
-        return _imagenet_statistics(location, size, "its preprocessor_config.json has no 3-channel image_mean/image_std")
+        return _imagenet_statistics(
+            location, size, "its preprocessor_config.json has no 3-channel image_mean/image_std"
+        )
     return ImageSpec(size, tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
 
@@ -127,7 +132,11 @@ def _imagenet_statistics(location: str, size: int, why: str) -> ImageSpec:
     spec = ImageSpec(size)
     log.warning(
         "harness: warning: model %r has no usable image processor config (%s); normalising its inputs with "
-        "ImageNet's mean %s and std %s", location, why, spec.mean, spec.std,
+        "ImageNet's mean %s and std %s",
+        location,
+        why,
+        spec.mean,
+        spec.std,
     )
     return spec
 
@@ -147,7 +156,9 @@ def build_random_init(location: str, num_labels: int) -> nn.Module:
     return ResNetForImageClassification(ResNetConfig(**spec.config, num_labels=num_labels))
 
 
-def build_image_classifier(location: str, num_labels: int, imagenet_ids: Sequence[int] | None = None) -> tuple[nn.Module, ImageSpec]:
+def build_image_classifier(
+    location: str, num_labels: int, imagenet_ids: Sequence[int] | None = None
+) -> tuple[nn.Module, ImageSpec]:
     """The classifier for a task of `num_labels` classes, and what it takes as input.
 
     `imagenet_ids` are the task's classes as ImageNet-1k indices, in label order, when the task is

@@ -86,8 +86,14 @@ class DecodedImages(torch.utils.data.Dataset):
     reads the label column alone, without decoding a single image.
     """
 
-    def __init__(self, dataset, image_column: str, label_column: str, transform: Transform,
-                 label_map: Mapping[int, int] | None = None):
+    def __init__(
+        self,
+        dataset,
+        image_column: str,
+        label_column: str,
+        transform: Transform,
+        label_map: Mapping[int, int] | None = None,
+    ):
         self.dataset, self.image_column, self.label_column = dataset, image_column, label_column
         self.transform, self.label_map = transform, label_map
 

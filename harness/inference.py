@@ -17,7 +17,8 @@ def forward_latency(model: torch.nn.Module, data, run, device: torch.device) -> 
     n = min(run.eval_batch_size, len(data.dataset))
     examples = [data.dataset[i] for i in range(n)]
     result: dict[str, Any] = {
-        "latency_batch_size": n, "latency_repeats": run.latency_repeats,
+        "latency_batch_size": n,
+        "latency_repeats": run.latency_repeats,
         "latency_timer": "cuda_events" if device.type == "cuda" else "perf_counter",
     }
     model.eval()
@@ -46,8 +47,15 @@ GENERATION_REPEATS = 5
 
 
 def generation_costs(
-    model: torch.nn.Module, tokenizer, prompts: list[str], batch_size: int, device: torch.device, precision: str,
-    new_tokens: int = GENERATION_NEW_TOKENS, warmup: int = GENERATION_WARMUP, repeats: int = GENERATION_REPEATS,
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: list[str],
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    new_tokens: int = GENERATION_NEW_TOKENS,
+    warmup: int = GENERATION_WARMUP,
+    repeats: int = GENERATION_REPEATS,
 ) -> dict[str, Any]:
     """Time to first token and generation throughput, greedy, at batch 1 and at `batch_size`.
 
@@ -56,7 +64,11 @@ def generation_costs(
     per sequence, prefill included (end-to-end, as a user waits for it). Prompts are
     left-padded, as batched generation needs."""
     n = min(batch_size, len(prompts))
-    result: dict[str, Any] = {"generation_batch_size": n, "generation_new_tokens": new_tokens, "generation_repeats": repeats}
+    result: dict[str, Any] = {
+        "generation_batch_size": n,
+        "generation_new_tokens": new_tokens,
+        "generation_repeats": repeats,
+    }
     model.eval()
     for key, size in (("bs1", 1), ("batch", n)):
         inputs = tokenizer(prompts[:size], return_tensors="pt", padding=True, padding_side="left")
@@ -67,9 +79,14 @@ def generation_costs(
             def call():
                 with autocast(device, precision):
                     return model.generate(
-                        **inputs, max_new_tokens=k, min_new_tokens=k, do_sample=False, use_cache=True,
+                        **inputs,
+                        max_new_tokens=k,
+                        min_new_tokens=k,
+                        do_sample=False,
+                        use_cache=True,
                         pad_token_id=tokenizer.pad_token_id,
                     )
+
             return call
 
         first = measure_latency(generate(1), device, warmup, repeats)

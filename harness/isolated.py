@@ -48,8 +48,13 @@ def _gpu_names() -> dict[str, str]:
     without initialising CUDA itself (a context in the parent would hold GPU memory and make
     forked helpers unsafe). Empty without a driver."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index,uuid,name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,uuid,name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     names = {}
@@ -78,8 +83,9 @@ def watcher_environment(run_device: str, cuda_devices: str | None) -> dict:
     if run_device == "auto" and cuda_devices is None and not names:
         return env  # no GPU here: the job ran on the CPU, as it would have chosen
     device = "cuda" if run_device == "auto" else run_device
-    env.update(device=device, device_name=names.get(physical) if physical is not None else None,
-               cuda_driver_version=None)
+    env.update(
+        device=device, device_name=names.get(physical) if physical is not None else None, cuda_driver_version=None
+    )
     return env
 
 
@@ -89,8 +95,14 @@ def log_path(run: ResolvedRun) -> Path:
 
 
 def execute_isolated(
-    spec: RunSpec, run: ResolvedRun, *, timeout: float | None = None, memory_limit_gb: float | None = None,
-    cuda_devices: str | None = None, concurrent_jobs: int | None = None, planned_at: datetime | None = None,
+    spec: RunSpec,
+    run: ResolvedRun,
+    *,
+    timeout: float | None = None,
+    memory_limit_gb: float | None = None,
+    cuda_devices: str | None = None,
+    concurrent_jobs: int | None = None,
+    planned_at: datetime | None = None,
 ) -> Outcome:
     """Run the job in a worker process; block until it ends; return how it ended.
     `concurrent_jobs`: how many jobs the executor runs at once on this job's device (None:
@@ -114,8 +126,15 @@ def _ran_elsewhere(run: ResolvedRun, planned_at: datetime | None) -> bool:
     return planned_at is not None and bool((rows["created_at"] > planned_at).any())
 
 
-def _execute_claimed(spec: RunSpec, run: ResolvedRun, claim: Claim, timeout: float | None,
-                     memory_limit_gb: float | None, cuda_devices: str | None, concurrent_jobs: int | None) -> Outcome:
+def _execute_claimed(
+    spec: RunSpec,
+    run: ResolvedRun,
+    claim: Claim,
+    timeout: float | None,
+    memory_limit_gb: float | None,
+    cuda_devices: str | None,
+    concurrent_jobs: int | None,
+) -> Outcome:
     from harness.job import CONCURRENT_JOBS_ENV, record_failure
 
     def failed_row(error: str, detail: str) -> None:
@@ -134,8 +153,13 @@ def _execute_claimed(spec: RunSpec, run: ResolvedRun, claim: Claim, timeout: flo
     start = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.worker"], stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True, text=True,
+            [sys.executable, "-m", "harness.worker"],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            text=True,
         )
         with _LIVE_LOCK:
             _LIVE.add(proc)

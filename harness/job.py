@@ -11,8 +11,8 @@ import json
 import logging
 import os
 import traceback
-import warnings
 import uuid
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,14 +24,20 @@ from harness import environment
 from harness.config import ResolvedRun, RunSpec, resolve
 from harness.devices import fp32_uses_tf32, mfu
 from harness.errors import HarnessError, first_line
+from harness.meters import (
+    count_parameters,
+    model_bytes,
+    model_memory_bytes,
+    stored_parameter_count,
+    trainable_bytes,
+    weight_sparsity,
+)
 from harness.method import Compression, MethodContext, head_is_fresh
-from harness.meters import (count_parameters, model_bytes, model_memory_bytes, stored_parameter_count, trainable_bytes,
-                            weight_sparsity)
+from harness.profiling import profile_inference, profile_training, write_kernel_tables
 from harness.resolve import gguf_origin, model_load_error
 from harness.schema import SCHEMA_VERSION
 from harness.store import write_row
 from harness.subsets import fixed_subset
-from harness.profiling import profile_inference, profile_training, write_kernel_tables
 from harness.train import check_precision, first_batch, sample_batches, total_steps, train
 
 
@@ -84,8 +90,12 @@ def record_failure(run: ResolvedRun, error: str, detail: str = "", env: dict[str
 
 def _describe_error(exc: BaseException) -> str:
     text = str(exc).lower()
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in text or "can't allocate memory" in text \
-            or "cannot allocate memory" in text:  # ENOMEM's own words (e.g. mmap of a checkpoint under RLIMIT_DATA)
+    if (
+        isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError))
+        or "out of memory" in text
+        or "can't allocate memory" in text
+        or "cannot allocate memory" in text
+    ):  # ENOMEM's own words (e.g. mmap of a checkpoint under RLIMIT_DATA)
         return f"out of memory: {first_line(exc)}"
     message = first_line(exc)
     return type(exc).__name__ if message == type(exc).__name__ else f"{type(exc).__name__}: {message}"
@@ -125,8 +135,9 @@ def concurrent_jobs() -> int | None:
     return int(value) if value.strip() else None
 
 
-def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.device, show_progress: bool,
-             run_id: str) -> dict[str, Any]:
+def _execute(
+    run: ResolvedRun, suite, task, pipeline, sources, device: torch.device, show_progress: bool, run_id: str
+) -> dict[str, Any]:
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
@@ -155,14 +166,25 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
 
     train_data = suite.prepare_train(train_ds, processor, task, run)
     steps = total_steps(
-        len(train_data.dataset), run.batch_size, run.epochs, run.max_steps, run.gradient_accumulation_steps,
-        run.max_train_tokens, mean_tokens(train_data) if run.max_train_tokens else None,
+        len(train_data.dataset),
+        run.batch_size,
+        run.epochs,
+        run.max_steps,
+        run.gradient_accumulation_steps,
+        run.max_train_tokens,
+        mean_tokens(train_data) if run.max_train_tokens else None,
     )
     head = suite.head_modules(model)
     ctx = MethodContext(
-        task_type=suite.task_type, head_modules=head, dense_modules=suite.dense_modules(model),
-        total_steps=steps, lr=run.lr, weight_decay=run.weight_decay, seed=run.seed,
-        gradient_checkpointing=run.gradient_checkpointing, fresh_head=head_is_fresh(model, head),
+        task_type=suite.task_type,
+        head_modules=head,
+        dense_modules=suite.dense_modules(model),
+        total_steps=steps,
+        lr=run.lr,
+        weight_decay=run.weight_decay,
+        seed=run.seed,
+        gradient_checkpointing=run.gradient_checkpointing,
+        fresh_head=head_is_fresh(model, head),
         sample_batches=lambda n: sample_batches(train_data, run.batch_size, n, run.seed),
     )
     # On the job's device before the steps apply: calibration (Wanda, GPTQ) runs where training does.
@@ -170,9 +192,20 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
     trainable, total = count_parameters(model)
 
     stats = train(
-        model, train_data, pipeline, ctx, batch_size=run.batch_size, steps=steps, warmup_ratio=run.warmup_ratio,
-        max_grad_norm=run.max_grad_norm, precision=run.precision, device=device, seed=run.seed,
-        show_progress=show_progress, grad_accum=run.gradient_accumulation_steps, lr_scheduler=run.lr_scheduler,
+        model,
+        train_data,
+        pipeline,
+        ctx,
+        batch_size=run.batch_size,
+        steps=steps,
+        warmup_ratio=run.warmup_ratio,
+        max_grad_norm=run.max_grad_norm,
+        precision=run.precision,
+        device=device,
+        seed=run.seed,
+        show_progress=show_progress,
+        grad_accum=run.gradient_accumulation_steps,
+        lr_scheduler=run.lr_scheduler,
         max_tokens=run.max_train_tokens,
     )
     pipeline.record("train", "training", False, stats.seconds, model)
@@ -188,7 +221,9 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
     evaluation = suite.evaluate(model, processor, task, eval_sets, run, device, show_progress)
     inference = suite.inference_costs(model, processor, evaluation, run, device)
     if run.kernel_profile:
-        profiles["inference"] = profile_inference(model, first_batch(evaluation.data, run.eval_batch_size), device, run.precision)
+        profiles["inference"] = profile_inference(
+            model, first_batch(evaluation.data, run.eval_batch_size), device, run.precision
+        )
         write_kernel_tables(run.results_dir, run.job_hash, run_id, profiles)
     return {
         "metric": task.primary_metric,
@@ -226,8 +261,13 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         "activation_bytes": stats.memory.activation_bytes if stats.memory else None,
         "train_flops": stats.flops,
         "train_flops_per_step": stats.flops_per_step,
-        "mfu": mfu(stats.flops, stats.seconds, environment.device_name(device), run.precision,
-                   tf32=device.type == "cuda" and fp32_uses_tf32(model)),
+        "mfu": mfu(
+            stats.flops,
+            stats.seconds,
+            environment.device_name(device),
+            run.precision,
+            tf32=device.type == "cuda" and fp32_uses_tf32(model),
+        ),
         "mfu_flops_kind": "executed" if stats.flops is not None else None,
         "peak_memory_bytes": stats.peak_memory_bytes,
         "peak_memory_reserved_bytes": stats.peak_memory_reserved_bytes,
@@ -237,10 +277,10 @@ def _execute(run: ResolvedRun, suite, task, pipeline, sources, device: torch.dev
         **inference,
         "adapter_overhead_share": profiles["train"].adapter_share if "train" in profiles else None,
         "adapter_overhead_share_inference": profiles["inference"].adapter_share if "inference" in profiles else None,
-        "top_kernel_category": profiles["train"].top_category if "train" in profiles else (
-            profiles["inference"].top_category if "inference" in profiles else None),
+        "top_kernel_category": profiles["train"].top_category
+        if "train" in profiles
+        else (profiles["inference"].top_category if "inference" in profiles else None),
     }
-
 
 
 def mean_tokens(data) -> float:

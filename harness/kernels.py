@@ -114,27 +114,45 @@ CATEGORIES = (MATMUL, ATTENTION, NORMALISATION, ELEMENTWISE, MEMORY_COPY, ADAPTE
 #  7. elementwise: ATen pointwise ops (forward and *_backward), the optimizers' fused
 #     _foreach_* ops and the generic pointwise kernel templates.
 # `adapter op` never comes from a name: rows attributed to adapter scopes get it.
-CATEGORY_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((category, re.compile(pattern, re.IGNORECASE)) for category, pattern in (
-    (MEMORY_COPY, r"^mem(cpy|set)\b"),
-    (OTHER, r"log_?softmax|nll_loss|cross_entropy"),
-    (ATTENTION, r"scaled_dot_product|_fused_sdp|flash|fmha|efficient_attention|attention|softmax"),
-    (NORMALISATION, r"(layer|rms|batch|group|instance)_?norm|gammabeta|rowwisemoments|\bbn_(fw|bw)"),
-    (MATMUL, (r"^aten::(mm|addmm|_addmm_activation|bmm|baddbmm|addbmm|matmul|linear|mv|addmv|dot|vdot|einsum|_scaled_mm|_int_mm|"
-             r"conv\w*|_convolution\w*|convolution\w*|cudnn_convolution\w*|mkldnn_convolution|_slow_conv2d\w*)$"
-             r"|gemm|gemv|cutlass|cublas|cudnn|nvjet|xmma|splitkreduce|\bsm\d+_|\b(ampere|volta|turing|hopper)_|implicit_convolve|winograd")),
-    (MEMORY_COPY, (r"^aten::(copy_|to|_to_copy|contiguous|clone|cat|stack|index|index_select|index_put_|_index_put_impl_|index_add_|"
-                  r"gather|scatter\w*|embedding\w*|take|masked_select|masked_scatter\w*|narrow_copy|repeat|repeat_interleave|"
-                  r"flip|roll|constant_pad_nd|pad|slice_backward|select_backward|_unsafe_index\w*|split_with_sizes_copy|"
-                  r"\w+_copy|_reshape_copy)$"
-                  r"|copy|catarray|index_?select|index_elementwise|indexing|gather|scatter|embedding")),
-    (ELEMENTWISE, (r"^aten::(_foreach_\w+|(native_)?(add|sub|rsub|mul|div|neg|pow|sqrt|rsqrt|exp|exp2|expm1|log|log1p|log2|abs|sign|"
-                  r"reciprocal|erf|erfinv|tanh|sigmoid|relu|relu6|gelu|silu|mish|elu|selu|celu|leaky_relu|hardtanh|hardswish|"
-                  r"hardsigmoid|softplus|threshold|clamp|clamp_min|clamp_max|clip|maximum|minimum|where|masked_fill|lerp|"
-                  r"addcmul|addcdiv|fill|zero|zeros_like|ones_like|full_like|dropout|feature_dropout|bernoulli|eq|ne|lt|le|gt|"
-                  r"ge|logical_\w+|bitwise_\w+|floor|ceil|round|trunc|frac|square|sin|cos|tan|fmod|remainder|"
-                  r"nan_to_num|isnan|isinf|isfinite)(_backward)?_?)$"
-                  r"|elementwise_kernel|multi_tensor_apply|fill_?functor|foreach")),
-))
+CATEGORY_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (category, re.compile(pattern, re.IGNORECASE))
+    for category, pattern in (
+        (MEMORY_COPY, r"^mem(cpy|set)\b"),
+        (OTHER, r"log_?softmax|nll_loss|cross_entropy"),
+        (ATTENTION, r"scaled_dot_product|_fused_sdp|flash|fmha|efficient_attention|attention|softmax"),
+        (NORMALISATION, r"(layer|rms|batch|group|instance)_?norm|gammabeta|rowwisemoments|\bbn_(fw|bw)"),
+        (
+            MATMUL,
+            (
+                r"^aten::(mm|addmm|_addmm_activation|bmm|baddbmm|addbmm|matmul|linear|mv|addmv|dot|vdot|einsum|_scaled_mm|_int_mm|"
+                r"conv\w*|_convolution\w*|convolution\w*|cudnn_convolution\w*|mkldnn_convolution|_slow_conv2d\w*)$"
+                r"|gemm|gemv|cutlass|cublas|cudnn|nvjet|xmma|splitkreduce|\bsm\d+_|\b(ampere|volta|turing|hopper)_|implicit_convolve|winograd"
+            ),
+        ),
+        (
+            MEMORY_COPY,
+            (
+                r"^aten::(copy_|to|_to_copy|contiguous|clone|cat|stack|index|index_select|index_put_|_index_put_impl_|index_add_|"
+                r"gather|scatter\w*|embedding\w*|take|masked_select|masked_scatter\w*|narrow_copy|repeat|repeat_interleave|"
+                r"flip|roll|constant_pad_nd|pad|slice_backward|select_backward|_unsafe_index\w*|split_with_sizes_copy|"
+                r"\w+_copy|_reshape_copy)$"
+                r"|copy|catarray|index_?select|index_elementwise|indexing|gather|scatter|embedding"
+            ),
+        ),
+        (
+            ELEMENTWISE,
+            (
+                r"^aten::(_foreach_\w+|(native_)?(add|sub|rsub|mul|div|neg|pow|sqrt|rsqrt|exp|exp2|expm1|log|log1p|log2|abs|sign|"
+                r"reciprocal|erf|erfinv|tanh|sigmoid|relu|relu6|gelu|silu|mish|elu|selu|celu|leaky_relu|hardtanh|hardswish|"
+                r"hardsigmoid|softplus|threshold|clamp|clamp_min|clamp_max|clip|maximum|minimum|where|masked_fill|lerp|"
+                r"addcmul|addcdiv|fill|zero|zeros_like|ones_like|full_like|dropout|feature_dropout|bernoulli|eq|ne|lt|le|gt|"
+                r"ge|logical_\w+|bitwise_\w+|floor|ceil|round|trunc|frac|square|sin|cos|tan|fmod|remainder|"
+                r"nan_to_num|isnan|isinf|isfinite)(_backward)?_?)$"
+                r"|elementwise_kernel|multi_tensor_apply|fill_?functor|foreach"
+            ),
+        ),
+    )
+)
 
 
 def categorise(name: str) -> str:
@@ -272,16 +290,27 @@ class KernelProfile:
 
         if phase not in ("train", "inference"):
             raise ValueError(f"phase must be 'train' or 'inference', not {phase!r}")
-        schema = pa.schema([
-            ("job_hash", pa.string()), ("phase", pa.string()), ("rank", pa.int64()), ("name", pa.string()),
-            ("category", pa.string()), ("calls", pa.int64()), ("total_us", pa.float64()), ("mean_us", pa.float64()),
-            ("share", pa.float64()),
-        ])
+        schema = pa.schema(
+            [
+                ("job_hash", pa.string()),
+                ("phase", pa.string()),
+                ("rank", pa.int64()),
+                ("name", pa.string()),
+                ("category", pa.string()),
+                ("calls", pa.int64()),
+                ("total_us", pa.float64()),
+                ("mean_us", pa.float64()),
+                ("share", pa.float64()),
+            ]
+        )
         columns = {
             "job_hash": [job_hash] * len(self.rows),
             "phase": [phase] * len(self.rows),
             "rank": list(range(1, len(self.rows) + 1)),
-            **{key: [row[key] for row in self.rows] for key in ("name", "category", "calls", "total_us", "mean_us", "share")},
+            **{
+                key: [row[key] for row in self.rows]
+                for key in ("name", "category", "calls", "total_us", "mean_us", "share")
+            },
         }
         return pa.table(columns, schema=schema)
 
@@ -289,7 +318,9 @@ class KernelProfile:
         lines = [f"{'share':>6}  {'total_us':>11}  {'calls':>6}  {'category':<13}  name"]
         for row in self.top(n):
             name = row["name"] if len(row["name"]) <= 90 else row["name"][:87] + "..."
-            lines.append(f"{row['share']:6.1%}  {row['total_us']:11.1f}  {row['calls']:6d}  {row['category']:<13}  {name}")
+            lines.append(
+                f"{row['share']:6.1%}  {row['total_us']:11.1f}  {row['calls']:6d}  {row['category']:<13}  {name}"
+            )
         return "\n".join(lines)
 
 
@@ -343,8 +374,10 @@ def profile_steps(
             hooks.remove()
         events = list(prof.events())
         items, measured, notes = _items(events, cuda, adapters is not None)
-        step_ranges = sorted((e for e in events if e.name == STEP_RANGE and e.device_type == torch.autograd.DeviceType.CPU),
-                             key=lambda e: e.time_range.start)
+        step_ranges = sorted(
+            (e for e in events if e.name == STEP_RANGE and e.device_type == torch.autograd.DeviceType.CPU),
+            key=lambda e: e.time_range.start,
+        )
         profiles.append((items, measured, notes, step_ranges))
 
     measured = all(p[1] for p in profiles)
@@ -352,8 +385,12 @@ def profile_steps(
     if robust:
         per_step = _per_step_minimum(profiles, steps)
         if per_step is not None:
-            return _table(per_step, cuda, measured, steps, notes + [f"per operator call, least time over {steps * repeats} steps"])
-        notes.append("steps ran different operators: table summed over the least-disturbed profile instead of per-call minima")
+            return _table(
+                per_step, cuda, measured, steps, notes + [f"per operator call, least time over {steps * repeats} steps"]
+            )
+        notes.append(
+            "steps ran different operators: table summed over the least-disturbed profile instead of per-call minima"
+        )
     best = min(profiles, key=lambda p: sum(item.us for item in p[0]))
     return _table(best[0], cuda, measured, steps, notes)
 
@@ -468,8 +505,11 @@ def _items(events: list, cuda: bool, measure_adapters: bool) -> tuple[list[_Item
                 items.append(_Item(e.name, e.self_cpu_time_total, adapter, e.time_range.start))
         return items, attribution is not None, []
     by_corr = {
-        e.id: e for e in events
-        if e.device_type == torch.autograd.DeviceType.CPU and not e.is_async and getattr(e, "linked_correlation_id", 0) == 0
+        e.id: e
+        for e in events
+        if e.device_type == torch.autograd.DeviceType.CPU
+        and not e.is_async
+        and getattr(e, "linked_correlation_id", 0) == 0
     }
     linked = True
     for e in events:
@@ -499,16 +539,25 @@ def _table(items: list[_Item], cuda: bool, measured: bool, steps: int, notes: li
     total = sum(group[1] for group in groups.values())
     rows = [
         {
-            "name": name, "calls": int(calls), "total_us": float(us), "mean_us": float(us) / calls,
-            "category": category, "share": float(us) / total if total > 0 else 0.0,
+            "name": name,
+            "calls": int(calls),
+            "total_us": float(us),
+            "mean_us": float(us) / calls,
+            "category": category,
+            "share": float(us) / total if total > 0 else 0.0,
         }
         for (name, category), (calls, us) in groups.items()
     ]
     rows.sort(key=lambda row: (-row["total_us"], row["name"]))
     share = (adapter_us / total if total > 0 else 0.0) if measured else None
     return KernelProfile(
-        rows=rows, total_us=float(total), adapter_share=share, device_kind="cuda" if cuda else "cpu",
-        steps=steps, adapter_us=adapter_us if measured else None, notes=list(notes),
+        rows=rows,
+        total_us=float(total),
+        adapter_share=share,
+        device_kind="cuda" if cuda else "cpu",
+        steps=steps,
+        adapter_us=adapter_us if measured else None,
+        notes=list(notes),
     )
 
 
@@ -519,11 +568,17 @@ def summarise(events: list, cuda: bool, measure_adapters: bool = True, steps: in
 
 
 def adapter_share(
-    model: nn.Module, fn: Callable[[], None], device: torch.device | str, warmup: int = 2, steps: int = 3, repeats: int = 1,
+    model: nn.Module,
+    fn: Callable[[], None],
+    device: torch.device | str,
+    warmup: int = 2,
+    steps: int = 3,
+    repeats: int = 1,
     robust: bool | None = None,
 ) -> float:
     """Share of operator/kernel time spent in `model`'s adapters over `steps` calls of
     `fn` (0.0 for a model without adapters)."""
-    share = profile_steps(fn, device, warmup=warmup, steps=steps, adapters=adapter_scopes(model), repeats=repeats,
-                          robust=robust).adapter_share
+    share = profile_steps(
+        fn, device, warmup=warmup, steps=steps, adapters=adapter_scopes(model), repeats=repeats, robust=robust
+    ).adapter_share
     return 0.0 if share is None else share

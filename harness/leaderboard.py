@@ -64,8 +64,9 @@ TREND_COLUMNS = ["night", *TREND_KEYS, "metric", "score", "seeds", "failed", *(c
 # History ----------------------------------------------------------------------------------
 
 
-def append_night(store_dir: str | os.PathLike, history_dir: str | os.PathLike, date: str | None = None,
-                 replace: bool = False) -> Path:
+def append_night(
+    store_dir: str | os.PathLike, history_dir: str | os.PathLike, date: str | None = None, replace: bool = False
+) -> Path:
     """Copy the result files of one night's store into <history>/<date>/ (date: YYYY-MM-DD,
     today in UTC by default) and return that folder. An existing night is kept unless
     `replace`: a second nightly on the same day is more likely a mistake than intent."""
@@ -77,7 +78,9 @@ def append_night(store_dir: str | os.PathLike, history_dir: str | os.PathLike, d
         raise HarnessError(f"history {history_dir} is inside the store {store}; keep them apart")
     night = Path(history_dir) / _night_name(date)
     if night.exists() and not replace:
-        raise HarnessError(f"night {night.name} is already in {history_dir}; give another date or replace it (--replace)")
+        raise HarnessError(
+            f"night {night.name} is already in {history_dir}; give another date or replace it (--replace)"
+        )
     staged = _stage_copy(store, files, night)
     _move_into_place(staged, night)
     return night
@@ -99,8 +102,10 @@ def _check_readable(store: Path) -> None:
     if read.skipped:
         path, why = read.skipped[0]
         more = f" (and {len(read.skipped) - 1} more)" if len(read.skipped) > 1 else ""
-        raise HarnessError(f"store {store}: {path} is not a readable result file ({why}){more}; "
-                           "remove or repair it before adding the night")
+        raise HarnessError(
+            f"store {store}: {path} is not a readable result file ({why}){more}; "
+            "remove or repair it before adding the night"
+        )
     if read.frame.empty:
         raise HarnessError(f"store {store}: no readable rows, nothing to add")
 
@@ -192,13 +197,18 @@ def _night_summary(day: Date, path: Path) -> pd.DataFrame:
     df = latest_per_job(read_results(path))
     if df.empty:
         return df
-    df = df.assign(stored_model_bytes=df["compressed_model_bytes"].fillna(df["model_bytes"]),
-                   setting=[_trend_setting(row) for row in df.to_dict("records")])
+    df = df.assign(
+        stored_model_bytes=df["compressed_model_bytes"].fillna(df["model_bytes"]),
+        setting=[_trend_setting(row) for row in df.to_dict("records")],
+    )
     keys = list(TREND_KEYS)
     ok = df[df["status"] == "ok"]
     stats = ok.groupby(keys, dropna=False).agg(
-        metric=("metric", "first"), score=("score", "mean"), seeds=("run_id", "size"),
-        **{c.column: (c.column, "mean") for c in COSTS}, device_name=("device_name", _distinct),
+        metric=("metric", "first"),
+        score=("score", "mean"),
+        seeds=("run_id", "size"),
+        **{c.column: (c.column, "mean") for c in COSTS},
+        device_name=("device_name", _distinct),
     )
     failed = df[df["status"] != "ok"].groupby(keys, dropna=False).size().rename("failed")
     out = stats.join(failed, how="outer").reset_index()
@@ -230,8 +240,12 @@ class LatestChange:
     problem: str | None = None  # why the two nights could not be compared
 
 
-def latest_change(history_dir: str | os.PathLike, metric_tolerance: float = 0.005,
-                  time_tolerance: float = 0.10, metric_k: float = METRIC_K) -> LatestChange | None:
+def latest_change(
+    history_dir: str | os.PathLike,
+    metric_tolerance: float = 0.005,
+    time_tolerance: float = 0.10,
+    metric_k: float = METRIC_K,
+) -> LatestChange | None:
     """`compare_stores` between the last two nights; None with fewer than two."""
     found = nights(history_dir)
     if len(found) < 2:
@@ -246,8 +260,13 @@ def latest_change(history_dir: str | os.PathLike, metric_tolerance: float = 0.00
 # Page -------------------------------------------------------------------------------------
 
 
-def write_leaderboard(history_dir: str | os.PathLike, out_dir: str | os.PathLike, metric_tolerance: float = 0.005,
-                      time_tolerance: float = 0.10, metric_k: float = METRIC_K) -> Path:
+def write_leaderboard(
+    history_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    metric_tolerance: float = 0.005,
+    time_tolerance: float = 0.10,
+    metric_k: float = METRIC_K,
+) -> Path:
     """Write <out>/index.html for the history and return its path. The tolerances are those of
     `compare_stores` for the latest night's regressions and improvements."""
     if not nights(history_dir):
@@ -284,8 +303,11 @@ def build_sections(frame: pd.DataFrame) -> list[Section]:
         figures = [_line_figure(part, "score", f"{suite}/{task}: {metric} over nights", metric, 1.0, colors, tick)]
         for cost in COSTS:
             if part[cost.column].notna().any():  # e.g. no training time for `none`-only tasks
-                figures.append(_line_figure(part, cost.column, f"{suite}/{task}: {cost.title}", cost.title, cost.scale,
-                                            colors, tick))
+                figures.append(
+                    _line_figure(
+                        part, cost.column, f"{suite}/{task}: {cost.title}", cost.title, cost.scale, colors, tick
+                    )
+                )
         sections.append(Section(suite, task, metric, f"{suite}-{task}", figures, _latest_rows(part, latest, previous)))
     return sections
 
@@ -316,8 +338,9 @@ def _day_tick(first: Date, last: Date) -> int:
     return 86_400_000 * max(1, math.ceil((last - first).days / 10))
 
 
-def _line_figure(part: pd.DataFrame, column: str, title: str, y_title: str, scale: float,
-                 colors: dict[str, str], tick: int) -> dict:
+def _line_figure(
+    part: pd.DataFrame, column: str, title: str, y_title: str, scale: float, colors: dict[str, str], tick: int
+) -> dict:
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -325,18 +348,31 @@ def _line_figure(part: pd.DataFrame, column: str, title: str, y_title: str, scal
         data = group.dropna(subset=[column]).sort_values("night")
         if data.empty:
             continue
-        fig.add_trace(go.Scatter(
-            # Plotly renders names and hover text as HTML: user strings in them are escaped.
-            x=[d.isoformat() for d in data["night"]], y=list(data[column] / scale), mode="lines+markers",
-            name=plotly_text(name), line=dict(color=colors[name]), hoverinfo="text",
-            hovertext=[f"<b>{plotly_text(name)}</b><br>{r.night.isoformat()}<br>{plotly_text(y_title)}: {r[column] / scale:,.4g}<br>"
-                       f"mean of {r.seeds} seed(s){f', {r.failed} failed' if r.failed else ''}<br>{plotly_text(r.device_name)}"
-                       for _, r in data.iterrows()],
-        ))
+        fig.add_trace(
+            go.Scatter(
+                # Plotly renders names and hover text as HTML: user strings in them are escaped.
+                x=[d.isoformat() for d in data["night"]],
+                y=list(data[column] / scale),
+                mode="lines+markers",
+                name=plotly_text(name),
+                line=dict(color=colors[name]),
+                hoverinfo="text",
+                hovertext=[
+                    f"<b>{plotly_text(name)}</b><br>{r.night.isoformat()}<br>{plotly_text(y_title)}: {r[column] / scale:,.4g}<br>"
+                    f"mean of {r.seeds} seed(s){f', {r.failed} failed' if r.failed else ''}<br>{plotly_text(r.device_name)}"
+                    for _, r in data.iterrows()
+                ],
+            )
+        )
     # The axes are not forced to start at zero: a nightly is read for small moves.
     fig.update_layout(
-        title=plotly_text(title), xaxis=dict(title="night", type="date", tickformat="%Y-%m-%d", dtick=tick), yaxis_title=y_title,
-        template="plotly_white", height=380, margin=dict(l=60, r=20, t=60, b=50), legend=dict(title="method"),
+        title=plotly_text(title),
+        xaxis=dict(title="night", type="date", tickformat="%Y-%m-%d", dtick=tick),
+        yaxis_title=y_title,
+        template="plotly_white",
+        height=380,
+        margin=dict(l=60, r=20, t=60, b=50),
+        legend=dict(title="method"),
     )
     return json.loads(fig.to_json())
 
@@ -349,9 +385,16 @@ def _latest_rows(part: pd.DataFrame, latest: Date, previous: Date | None) -> lis
     rows = []
     for _, r in now.iterrows():
         b = before.get(tuple(r[k] for k in TREND_KEYS))
-        row = {"method": r["series"] if "series" in r else r["method"], "model": r["model"], "seeds": r["seeds"], "failed": r["failed"],
-               "score": _plain(r["score"]), "score_change": _difference(r["score"], b, "score"),
-               "is_new": previous is not None and b is None, "device_name": r["device_name"]}
+        row = {
+            "method": r["series"] if "series" in r else r["method"],
+            "model": r["model"],
+            "seeds": r["seeds"],
+            "failed": r["failed"],
+            "score": _plain(r["score"]),
+            "score_change": _difference(r["score"], b, "score"),
+            "is_new": previous is not None and b is None,
+            "device_name": r["device_name"],
+        }
         for cost in COSTS:
             row[cost.column] = None if _plain(r[cost.column]) is None else r[cost.column] / cost.scale
             row[cost.column + "_change"] = _relative(r[cost.column], b, cost.column)
@@ -388,14 +431,21 @@ def render(frame: pd.DataFrame, change: LatestChange | None, source: str) -> str
     from plotly.offline import get_plotlyjs
 
     from harness import __version__
+
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters.update(num=_num, signed=_signed, percent=_percent)
     sections = build_sections(frame)
     figures = {f"fig-{i}-{j}": fig for i, s in enumerate(sections) for j, fig in enumerate(s.figures)}
     days = sorted(frame["night"].unique())
     return env.from_string(TEMPLATE).render(
-        sections=sections, costs=COSTS, change=change, changes=_changes(change), days=days, source=source,
-        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), version=__version__,
+        sections=sections,
+        costs=COSTS,
+        change=change,
+        changes=_changes(change),
+        days=days,
+        source=source,
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        version=__version__,
         plotly_js=get_plotlyjs(),
         # Names are user input: inlined in <script> with <, > and & escaped (harness.page_text.script_json).
         figures_json=script_json(figures, allow_nan=True),

@@ -74,8 +74,9 @@ def _quiet_lm_eval() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _evaluate(lm, config: dict[str, Any], num_fewshot: int, limit: int | None, gen_kwargs: dict | None,
-              show_progress: bool = True):
+def _evaluate(
+    lm, config: dict[str, Any], num_fewshot: int, limit: int | None, gen_kwargs: dict | None, show_progress: bool = True
+):
     from lm_eval import simple_evaluate
 
     _quiet_lm_eval()
@@ -85,8 +86,14 @@ def _evaluate(lm, config: dict[str, Any], num_fewshot: int, limit: int | None, g
     # repository; the row records the harness's own commit, so the lookup is skipped.
     with mock.patch("lm_eval.evaluator.get_git_commit_hash", lambda: None), silence:
         return simple_evaluate(
-            model=lm, tasks=[dict(config)], num_fewshot=num_fewshot, limit=limit, gen_kwargs=gen_kwargs,
-            log_samples=True, verbosity="ERROR", task_manager=task_manager(),
+            model=lm,
+            tasks=[dict(config)],
+            num_fewshot=num_fewshot,
+            limit=limit,
+            gen_kwargs=gen_kwargs,
+            log_samples=True,
+            verbosity="ERROR",
+            task_manager=task_manager(),
         )
 
 
@@ -115,7 +122,9 @@ def prompts(config: dict[str, Any], num_fewshot: int, limit: int | None) -> list
     return recorder.contexts
 
 
-def check_prompts_fit(contexts: list[str], tokenizer, window: int, max_new_tokens: int, num_fewshot: int, task: str) -> None:
+def check_prompts_fit(
+    contexts: list[str], tokenizer, window: int, max_new_tokens: int, num_fewshot: int, task: str
+) -> None:
     """A prompt that with the generated tokens overflows the context window would be cut on
     the left by lm-eval without a word: bad input, said before any training."""
     lengths = [len(ids) for ids in tokenizer(contexts)["input_ids"]] if contexts else [0]
@@ -129,8 +138,15 @@ def check_prompts_fit(contexts: list[str], tokenizer, window: int, max_new_token
 
 
 def evaluate(
-    model: torch.nn.Module, tokenizer, config: dict[str, Any], *, num_fewshot: int, limit: int | None,
-    batch_size: int, max_new_tokens: int, show_progress: bool = True,
+    model: torch.nn.Module,
+    tokenizer,
+    config: dict[str, Any],
+    *,
+    num_fewshot: int,
+    limit: int | None,
+    batch_size: int,
+    max_new_tokens: int,
+    show_progress: bool = True,
 ) -> LmEvalResult:
     """lm-eval's `simple_evaluate` on `model` as it is (a peft model, a merged or compressed one)."""
     from lm_eval.models.huggingface import HFLM
@@ -140,13 +156,21 @@ def evaluate(
     # As `lm_eval --gen_kwargs max_gen_toks=N` sets it, so that call reproduces this one.
     out = _evaluate(lm, config, num_fewshot, limit, {"max_gen_toks": max_new_tokens}, show_progress)
     task = config["task"]
-    metrics = {k: float(v) for k, v in out["results"][task].items() if isinstance(v, (int, float)) and k != "sample_len"}
+    metrics = {
+        k: float(v) for k, v in out["results"][task].items() if isinstance(v, (int, float)) and k != "sample_len"
+    }
     task_config_used = out["configs"][task]
     settings = {
-        "harness": "lm-eval", "lm_eval_version": lm_eval_version(), "task": task,
-        "task_version": out.get("versions", {}).get(task), "num_fewshot": out["n-shot"][task], "limit": limit,
-        "generation_kwargs": task_config_used.get("generation_kwargs"), "max_gen_toks": max_new_tokens,
-        "batch_size": batch_size, "fewshot_seed": out["config"].get("fewshot_seed"),
+        "harness": "lm-eval",
+        "lm_eval_version": lm_eval_version(),
+        "task": task,
+        "task_version": out.get("versions", {}).get(task),
+        "num_fewshot": out["n-shot"][task],
+        "limit": limit,
+        "generation_kwargs": task_config_used.get("generation_kwargs"),
+        "max_gen_toks": max_new_tokens,
+        "batch_size": batch_size,
+        "fewshot_seed": out["config"].get("fewshot_seed"),
         "filters": [f["name"] for f in task_config_used.get("filter_list") or []],
     }
     return LmEvalResult(metrics, out["samples"][task], settings)

@@ -202,8 +202,9 @@ def held_gradient_bytes(params: list[torch.nn.Parameter]) -> int:
     return sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
 
 
-def memory_breakdown(model: torch.nn.Module, gradient_bytes: int, optimizer_bytes: int | None,
-                     added_bytes: int | None) -> MemoryBreakdown:
+def memory_breakdown(
+    model: torch.nn.Module, gradient_bytes: int, optimizer_bytes: int | None, added_bytes: int | None
+) -> MemoryBreakdown:
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     optim = optimizer_bytes or 0
     activations = None if added_bytes is None else max(0, added_bytes - gradient_bytes - optim)
@@ -337,7 +338,9 @@ def weight_sparsity(model: torch.nn.Module) -> float | None:
     return zeros / total if total else None
 
 
-def train_step_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, precision: str) -> int:
+def train_step_flops(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, precision: str
+) -> int:
     """Operations of one forward and backward pass on `batch` (the optimizer's update is not
     counted), by FlopCounterMode with harness/flops.py's formulas. Executed operations: a
     frozen weight's gradient is not computed, so it is not counted. The model is left

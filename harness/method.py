@@ -383,14 +383,38 @@ class Pipeline:
     def resolved_params(self) -> list[dict[str, Any]]:
         return [{"method": m.name, "params": m.resolved_params()} for m in self.methods]
 
-    def record(self, step: str, phase: str, compresses: bool, seconds: float, model: torch.nn.Module,
-               notes: dict[str, Any] | None = None) -> None:
+    def record(
+        self,
+        step: str,
+        phase: str,
+        compresses: bool,
+        seconds: float,
+        model: torch.nn.Module,
+        notes: dict[str, Any] | None = None,
+    ) -> None:
         trainable, total = count_parameters(model)
-        self.costs.append(StepCost(step, phase, compresses, seconds, trainable, total, model_bytes(model),
-                                   notes if notes is not None else {}))
+        self.costs.append(
+            StepCost(
+                step,
+                phase,
+                compresses,
+                seconds,
+                trainable,
+                total,
+                model_bytes(model),
+                notes if notes is not None else {},
+            )
+        )
 
-    def _timed(self, step: str, phase: str, compresses: bool, model: torch.nn.Module,
-               work: Callable[[torch.nn.Module], torch.nn.Module], notes: dict[str, Any] | None = None) -> torch.nn.Module:
+    def _timed(
+        self,
+        step: str,
+        phase: str,
+        compresses: bool,
+        model: torch.nn.Module,
+        work: Callable[[torch.nn.Module], torch.nn.Module],
+        notes: dict[str, Any] | None = None,
+    ) -> torch.nn.Module:
         with Stopwatch(device_of(model)) as watch:
             model = work(model)
         self.record(step, phase, compresses, watch.seconds, model, notes)
@@ -400,8 +424,9 @@ class Pipeline:
         self.check_context(ctx)
         self._ctx = ctx
         for method in self.before:
-            model = self._timed(method.spec(), "before training", method.compresses, model, lambda m: method.apply(m, ctx),
-                                method.notes)
+            model = self._timed(
+                method.spec(), "before training", method.compresses, model, lambda m: method.apply(m, ctx), method.notes
+            )
         for method in self.after:
             method.preflight(model, ctx)
         return model
@@ -409,7 +434,9 @@ class Pipeline:
     def optimizer(self, params: list[torch.nn.Parameter], ctx: MethodContext) -> torch.optim.Optimizer | None:
         made = [(m.name, opt) for m in self.before if (opt := m.optimizer(params, ctx)) is not None]
         if len(made) > 1:
-            raise HarnessError(f"methods {', '.join(n for n, _ in made)} each bring an optimizer; a pipeline may have one")
+            raise HarnessError(
+                f"methods {', '.join(n for n, _ in made)} each bring an optimizer; a pipeline may have one"
+            )
         return made[0][1] if made else None
 
     def on_step(self, step: int, model: torch.nn.Module) -> None:
@@ -439,8 +466,14 @@ class Pipeline:
         model = self._timed("merge", "after training", True, model, merge_all)
         ctx = self._ctx  # set by apply, which always comes first
         for method in self.after:
-            model = self._timed(method.spec(), "after training", True, model, lambda m: method.finalize(method.apply(m, ctx)),
-                                method.notes)
+            model = self._timed(
+                method.spec(),
+                "after training",
+                True,
+                model,
+                lambda m: method.finalize(method.apply(m, ctx)),
+                method.notes,
+            )
         return model
 
     def compression(self, model: torch.nn.Module) -> Compression | None:

@@ -9,8 +9,9 @@ from html import escape
 # Inside <script>, the HTML parser ends the element at "</script", and after "<!--<script" it
 # no longer ends it at "</script>" at all; U+2028/9 end a line in older JavaScript. Each is
 # written as its JSON escape, which a JSON parser reads back as the same character.
-_SCRIPT_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
-                                 "\u2029": "\\u2029"})
+_SCRIPT_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
 
 
 def script_json(value, allow_nan: bool = False) -> str:

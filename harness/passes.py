@@ -68,8 +68,10 @@ def unchanged(model: torch.nn.Module):
     moved = [name for (name, p), v in zip(params, param_versions) if p._version != v]
     moved += [name for (name, b, persistent), v in zip(buffers, versions) if not persistent and b._version != v]
     if moved:
-        raise RuntimeError(f"a measuring pass wrote to {', '.join(moved)}, which cannot be restored; "
-                           "the model's forward must not modify its weights")
+        raise RuntimeError(
+            f"a measuring pass wrote to {', '.join(moved)}, which cannot be restored; "
+            "the model's forward must not modify its weights"
+        )
 
 
 @contextmanager

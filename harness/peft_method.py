@@ -34,7 +34,11 @@ def check_target_modules(model: torch.nn.Module, targets: list[str] | None, meth
     for target in targets:
         if not any(n == target or n.endswith("." + target) for n in names):
             close = difflib.get_close_matches(target, suffixes, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}?" if close else f"linear layers: {', '.join(linear_module_names(model))}"
+            hint = (
+                f"did you mean {', '.join(close)}?"
+                if close
+                else f"linear layers: {', '.join(linear_module_names(model))}"
+            )
             raise HarnessError(f"method {method!r}: target module {target!r} is not in the model; {hint}")
 
 

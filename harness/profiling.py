@@ -47,8 +47,13 @@ def profile_training(model: torch.nn.Module, batch: dict, device: torch.device, 
     batch = to_device(batch, device)
     with untraced_backward(model, device), _native_stderr_silenced():
         model.train()
-        return profile_steps(lambda: loss_backward(model, batch, device, precision), device, warmup=warmup,
-                             steps=steps, adapters=adapter_scopes(model))
+        return profile_steps(
+            lambda: loss_backward(model, batch, device, precision),
+            device,
+            warmup=warmup,
+            steps=steps,
+            adapters=adapter_scopes(model),
+        )
 
 
 def profile_inference(model: torch.nn.Module, batch: dict, device: torch.device, precision: str) -> KernelProfile:

@@ -25,9 +25,16 @@ def bar(description: str, total: int, enabled: bool = True, status: str = "") ->
         yield Bar(None)
         return
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-        console=Console(stderr=True), transient=False, refresh_per_second=4,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=Console(stderr=True),
+        transient=False,
+        refresh_per_second=4,
     )
     with progress:
         yield Bar(progress, progress.add_task(description, total=total, status=status))

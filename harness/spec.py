@@ -19,8 +19,6 @@ from harness.resolve import ResolvedModel
 from harness.subsets import DATA_SEED
 
 
-
-
 def _folder_name(value: str) -> str:
     # A blank folder name would write the store into the current folder.
     if not value.strip():
@@ -105,11 +103,38 @@ IDENTITY_VERSION = 2
 # methods' `version`s stand for their code. The device enters by type (cpu, cuda), not index;
 # the model by its content or hub revision (`model_digest`), beside its hub id.
 IDENTITY_KEYS = (
-    "suite", "task", "method", "method_versions", "model_hub_id", "model_digest", "seed", "data_seed",
-    "max_train_samples", "max_eval_samples", "epochs", "max_steps", "lr", "batch_size", "eval_batch_size",
-    "max_length", "warmup_ratio", "weight_decay", "max_grad_norm", "precision", "lr_scheduler",
-    "gradient_accumulation_steps", "gradient_checkpointing", "max_train_tokens", "packing", "train_data",
-    "num_fewshot", "max_new_tokens", "device_type", "kernel_profile", "latency_warmup", "latency_repeats",
+    "suite",
+    "task",
+    "method",
+    "method_versions",
+    "model_hub_id",
+    "model_digest",
+    "seed",
+    "data_seed",
+    "max_train_samples",
+    "max_eval_samples",
+    "epochs",
+    "max_steps",
+    "lr",
+    "batch_size",
+    "eval_batch_size",
+    "max_length",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "precision",
+    "lr_scheduler",
+    "gradient_accumulation_steps",
+    "gradient_checkpointing",
+    "max_train_tokens",
+    "packing",
+    "train_data",
+    "num_fewshot",
+    "max_new_tokens",
+    "device_type",
+    "kernel_profile",
+    "latency_warmup",
+    "latency_repeats",
 )
 
 

@@ -48,11 +48,14 @@ REQUIRED = ("job_hash", "run_id", "status")
 # What `job_status` (sweep planning) needs.
 _NAMES = frozenset(SCHEMA.names)
 STATUS_COLUMNS = ("job_hash", "status", "created_at", "run_id")
-_PROVENANCE = pa.schema([("_file", pa.string()), ("_size", pa.int64()), ("_mtime_ns", pa.int64()), ("_ino", pa.int64())])
+_PROVENANCE = pa.schema(
+    [("_file", pa.string()), ("_size", pa.int64()), ("_mtime_ns", pa.int64()), ("_ino", pa.int64())]
+)
 _INDEX_SCHEMA = pa.schema(list(SCHEMA) + list(_PROVENANCE))
 # The index is valid only for the schema (names, types, version) it was built with.
 _FINGERPRINT = hashlib.sha256(
-    repr([SCHEMA_VERSION, 1, [(f.name, str(f.type)) for f in _INDEX_SCHEMA]]).encode()).hexdigest()[:16]
+    repr([SCHEMA_VERSION, 1, [(f.name, str(f.type)) for f in _INDEX_SCHEMA]]).encode()
+).hexdigest()[:16]
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -222,8 +225,12 @@ def _scan(files: list[_File], columns: list[str] | None) -> tuple[pa.Table | Non
         f = by_path[path]
         for batch in file_batches:
             n = batch.num_rows
-            prov = [pa.array([f.rel] * n, pa.string()), pa.array([f.size] * n, pa.int64()),
-                    pa.array([f.mtime_ns] * n, pa.int64()), pa.array([f.ino] * n, pa.int64())]
+            prov = [
+                pa.array([f.rel] * n, pa.string()),
+                pa.array([f.size] * n, pa.int64()),
+                pa.array([f.mtime_ns] * n, pa.int64()),
+                pa.array([f.ino] * n, pa.int64()),
+            ]
             good.append(pa.RecordBatch.from_arrays(batch.columns + prov, names=batch.schema.names + _PROVENANCE.names))
     return (pa.Table.from_batches(good) if good else None), skipped
 
@@ -251,8 +258,10 @@ def _check(physical: pa.Schema, batches: list[pa.RecordBatch]) -> str | None:
         version = batch.column(batch.schema.get_field_index("schema_version"))
         newest = pc.max(version).as_py()
         if newest is not None and newest > SCHEMA_VERSION:
-            return (f"written by a newer harness (schema version {newest}, this one reads up to {SCHEMA_VERSION}); "
-                    "upgrade the harness to read it")
+            return (
+                f"written by a newer harness (schema version {newest}, this one reads up to {SCHEMA_VERSION}); "
+                "upgrade the harness to read it"
+            )
     return None
 
 
@@ -260,8 +269,11 @@ def _check(physical: pa.Schema, batches: list[pa.RecordBatch]) -> str | None:
 def _check_schema(physical: pa.Schema) -> str | None:
     """The scan casts silently (an integer job_hash becomes a string, '0.9' a float); a result
     file has the exact types."""
-    wrong = [f"{f.name} is {f.type}, not {SCHEMA.field(f.name).type}" for f in physical
-             if f.name in _NAMES and f.type != SCHEMA.field(f.name).type and not pa.types.is_null(f.type)]
+    wrong = [
+        f"{f.name} is {f.type}, not {SCHEMA.field(f.name).type}"
+        for f in physical
+        if f.name in _NAMES and f.type != SCHEMA.field(f.name).type and not pa.types.is_null(f.type)
+    ]
     if wrong:
         return "wrong column type (" + "; ".join(wrong[:3]) + ")"
     missing = [c for c in REQUIRED if c not in physical.names]
@@ -299,7 +311,9 @@ def latest_per_job(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df
     ranked = df.assign(_ok=(df["status"] == "ok").astype(int)).sort_values(
-        ["job_hash", "_ok", "created_at", "run_id"], ascending=[True, False, False, False], kind="mergesort",
+        ["job_hash", "_ok", "created_at", "run_id"],
+        ascending=[True, False, False, False],
+        kind="mergesort",
     )
     return ranked.drop_duplicates("job_hash", keep="first").drop(columns="_ok").reset_index(drop=True)
 

@@ -53,9 +53,16 @@ from harness.values import missing as _missing
 # Settings added to ResolvedRun while schema 1 was current, with the behaviour of the code
 # before each existed (kernel profiling came with its flag; the spine's schedule was linear).
 ABSENT_IN_SCHEMA_1: dict[str, Any] = {
-    "kernel_profile": False, "lr_scheduler": "linear", "gradient_accumulation_steps": 1,
-    "gradient_checkpointing": False, "max_train_tokens": None, "packing": False, "train_data": None,
-    "num_fewshot": None, "max_new_tokens": None, "preset": None,
+    "kernel_profile": False,
+    "lr_scheduler": "linear",
+    "gradient_accumulation_steps": 1,
+    "gradient_checkpointing": False,
+    "max_train_tokens": None,
+    "packing": False,
+    "train_data": None,
+    "num_fewshot": None,
+    "max_new_tokens": None,
+    "preset": None,
 }
 UNAVAILABLE = "unavailable"
 
@@ -81,8 +88,14 @@ def _schema_1_to_2(row: dict[str, Any]) -> dict[str, Any]:
     except (HarnessError, OSError):
         filled["model_digest"] = UNAVAILABLE
     run = ResolvedRun.model_validate(filled)
-    upgraded = {**row, "schema_version": 2, "job_hash": run.job_hash, "config": run.model_dump_json(),
-                "model_hub_id": run.model_hub_id, "model_digest": run.model_digest}
+    upgraded = {
+        **row,
+        "schema_version": 2,
+        "job_hash": run.job_hash,
+        "config": run.model_dump_json(),
+        "model_hub_id": run.model_hub_id,
+        "model_digest": run.model_digest,
+    }
     if _missing(row.get("identity_upgraded_from")):
         upgraded["identity_upgraded_from"] = row["job_hash"]
     return upgraded
@@ -99,7 +112,9 @@ def upgrade_row(row: dict[str, Any], to: int = SCHEMA_VERSION) -> dict[str, Any]
     """The row as the harness of schema version `to` (default: this one) writes it."""
     version = row_version(row)
     if version > SCHEMA_VERSION:
-        raise HarnessError(f"schema version {version} is newer than this harness's ({SCHEMA_VERSION}); upgrade the harness")
+        raise HarnessError(
+            f"schema version {version} is newer than this harness's ({SCHEMA_VERSION}); upgrade the harness"
+        )
     while version < to:
         step = STEPS.get(version)
         if step is None:
@@ -134,11 +149,15 @@ class UpgradeSummary:
 
     def lines(self, dry_run: bool) -> list[str]:
         would = "would be " if dry_run else ""
-        lines = [f"{self.rekeyed} rows {would}re-keyed to schema {SCHEMA_VERSION} ({self.files_written} files), "
-                 f"{self.current} already current"]
+        lines = [
+            f"{self.rekeyed} rows {would}re-keyed to schema {SCHEMA_VERSION} ({self.files_written} files), "
+            f"{self.current} already current"
+        ]
         if self.models_unavailable:
-            lines.append(f"{self.models_unavailable} rows name a model that is gone: model_digest 'unavailable', "
-                         f"they match no new run")
+            lines.append(
+                f"{self.models_unavailable} rows name a model that is gone: model_digest 'unavailable', "
+                f"they match no new run"
+            )
         if self.device_unknown:
             lines.append(f"{self.device_unknown} rows record no device: device_type 'unknown', they match no new run")
         if self.dropped_columns:
@@ -146,8 +165,10 @@ class UpgradeSummary:
         if self.kernel_tables_moved:
             lines.append(f"{self.kernel_tables_moved} kernel tables {would}moved to the run that wrote them")
         for path in self.kernel_tables_left:
-            lines.append(f"kernel table {path} left as it is: no single run of its old job hash wrote it "
-                         f"(CPU and GPU runs shared the hash, or no row says it was profiled)")
+            lines.append(
+                f"kernel table {path} left as it is: no single run of its old job hash wrote it "
+                f"(CPU and GPU runs shared the hash, or no row says it was profiled)"
+            )
         lines += [f"skipped {entry}" for entry in self.skipped]
         return lines
 
@@ -179,8 +200,10 @@ def upgrade_store(results_dir: str | os.PathLike, dry_run: bool = False) -> Upgr
             continue
         newest = max((row_version(r) for r in rows), default=SCHEMA_VERSION)
         if newest > SCHEMA_VERSION:  # refused before anything is written
-            raise HarnessError(f"{path} has schema version {newest}, newer than this harness's ({SCHEMA_VERSION}); "
-                               f"upgrade the harness instead")
+            raise HarnessError(
+                f"{path} has schema version {newest}, newer than this harness's ({SCHEMA_VERSION}); "
+                f"upgrade the harness instead"
+            )
         if all(row_version(r) == SCHEMA_VERSION for r in rows):
             summary.current += len(rows)
             continue
@@ -216,7 +239,9 @@ def upgrade_store(results_dir: str | os.PathLike, dry_run: bool = False) -> Upgr
     return summary
 
 
-def _move_kernel_tables(runs: dict[tuple[Path, str], list[dict[str, Any]]], summary: UpgradeSummary, dry_run: bool) -> None:
+def _move_kernel_tables(
+    runs: dict[tuple[Path, str], list[dict[str, Any]]], summary: UpgradeSummary, dry_run: bool
+) -> None:
     """A schema-1 kernel table, `_kernels/<old hash>.parquet`, was rewritten by every profiled run
     of its hash: it is the latest one's. It becomes that run's table when the old hash is one job
     now; when it is several (CPU and GPU runs), which device the last writer had is not known."""
@@ -243,8 +268,11 @@ def _move_kernel_tables(runs: dict[tuple[Path, str], list[dict[str, Any]]], summ
             continue
         for name, value in (("job_hash", writer["job_hash"]), ("run_id", writer["run_id"])):
             column = pa.array([value] * table.num_rows, pa.string())
-            table = (table.set_column(table.column_names.index(name), name, column) if name in table.column_names
-                     else table.append_column(name, column))
+            table = (
+                table.set_column(table.column_names.index(name), name, column)
+                if name in table.column_names
+                else table.append_column(name, column)
+            )
         with atomic_write(kernel_table_path(str(root), writer["job_hash"], writer["run_id"])) as f:
             pq.write_table(table, f)
         legacy.unlink()

@@ -31,8 +31,15 @@ SUITES: Registry[type["Suite"]] = Registry("suite", package="suites", entry_poin
 # Models that number positions from padding_idx + 1 (transformers' create_position_ids_from_input_ids):
 # RoBERTa's 514 position embeddings hold 512 tokens.
 PADDING_OFFSET_POSITIONS = (
-    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text", "longformer",
-    "mpnet", "ibert",
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "roberta-prelayernorm",
+    "data2vec-text",
+    "longformer",
+    "mpnet",
+    "ibert",
 )
 
 
@@ -59,7 +66,9 @@ def check_files(source: DataSource) -> None:
         try:
             rows += pq.ParquetFile(file).metadata.num_rows
         except Exception as exc:  # noqa: BLE001 - truncated, foreign or unreadable: all the same to the user
-            raise HarnessError(f"could not read split {source.split!r} of {name} from {file}: {first_line(exc)}") from None
+            raise HarnessError(
+                f"could not read split {source.split!r} of {name} from {file}: {first_line(exc)}"
+            ) from None
     if rows == 0:
         raise HarnessError(f"split {source.split!r} of {name} has no examples ({', '.join(source.files)})")
 
@@ -81,7 +90,9 @@ def check_labels(where: str, dataset, column: str, classes: int | None) -> None:
     if classes is None:
         return
     if not (pa.types.is_integer(values.type) or pa.types.is_dictionary(values.type)):
-        raise HarnessError(f"{where}: labels of column {column!r} are {values.type}, not class numbers 0..{classes - 1}")
+        raise HarnessError(
+            f"{where}: labels of column {column!r} are {values.type}, not class numbers 0..{classes - 1}"
+        )
     numbers = np.asarray(values.to_numpy(zero_copy_only=False) if hasattr(values, "to_numpy") else values)
     outside = numbers[(numbers < 0) | (numbers >= classes)]
     if outside.size:
@@ -189,7 +200,9 @@ class Suite:
         except KeyError:
             close = difflib.get_close_matches(name.lower(), list(cls.tasks), n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}?" if close else f"tasks: {', '.join(cls.tasks)}"
-            raise HarnessError(f"unknown task {name!r} in suite {cls.name!r}; {hint} (see `harness list tasks`)") from None
+            raise HarnessError(
+                f"unknown task {name!r} in suite {cls.name!r}; {hint} (see `harness list tasks`)"
+            ) from None
 
     # Data ------------------------------------------------------------------
     def locate(self, task: Task, data_dir, train_data: str | None = None) -> dict[str, DataSource]:
@@ -200,7 +213,10 @@ class Suite:
 
     def load_eval(self, task: Task, sources: dict[str, DataSource], run: "ResolvedRun") -> list[tuple[str, str, Any]]:
         """(split, suffix, data set) of every evaluation split, loaded before any training."""
-        sets = [(split, suffix, fixed_subset(self.load(sources[split]), run.max_eval_samples)) for split, suffix in task.eval_splits]
+        sets = [
+            (split, suffix, fixed_subset(self.load(sources[split]), run.max_eval_samples))
+            for split, suffix in task.eval_splits
+        ]
         for split, _, dataset in sets:
             self.check_split(task, split, dataset)
         return sets
@@ -234,7 +250,13 @@ class Suite:
         """Bad input found once the model and its processor are loaded, before training."""
 
     def evaluate(
-        self, model: torch.nn.Module, processor, task: Task, eval_sets, run: "ResolvedRun", device: torch.device,
+        self,
+        model: torch.nn.Module,
+        processor,
+        task: Task,
+        eval_sets,
+        run: "ResolvedRun",
+        device: torch.device,
         show_progress: bool,
     ) -> Evaluation:
         """Predictions on every evaluation split, scored by `compute_metrics`."""
@@ -244,15 +266,26 @@ class Suite:
         for split, suffix, ds in eval_sets:
             data = self.prepare(ds, processor, task, run.max_length)
             predictions, took = predict(
-                model, data, self, task, batch_size=run.eval_batch_size, precision=run.precision, device=device,
-                label=f"eval {split}", show_progress=show_progress,
+                model,
+                data,
+                self,
+                task,
+                batch_size=run.eval_batch_size,
+                precision=run.precision,
+                device=device,
+                label=f"eval {split}",
+                show_progress=show_progress,
             )
             seconds += took
-            metrics.update({f"{k}{suffix}": v for k, v in self.compute_metrics(task, predictions, data.references).items()})
+            metrics.update(
+                {f"{k}{suffix}": v for k, v in self.compute_metrics(task, predictions, data.references).items()}
+            )
             first = first or data
         return Evaluation(metrics, seconds, [split for split, _, _ in eval_sets], len(first.dataset), first)
 
-    def inference_costs(self, model: torch.nn.Module, processor, evaluation: Evaluation, run: "ResolvedRun", device: torch.device) -> dict[str, Any]:
+    def inference_costs(
+        self, model: torch.nn.Module, processor, evaluation: Evaluation, run: "ResolvedRun", device: torch.device
+    ) -> dict[str, Any]:
         """Forward latency (batch 1 and the eval batch) and FLOPs per example on evaluation inputs."""
         from harness.inference import forward_latency
 
@@ -315,8 +348,16 @@ class Suite:
 
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module, data: Prepared, suite: Suite, task: Task, *, batch_size: int, precision: str,
-    device: torch.device, label: str = "eval", show_progress: bool = True,
+    model: torch.nn.Module,
+    data: Prepared,
+    suite: Suite,
+    task: Task,
+    *,
+    batch_size: int,
+    precision: str,
+    device: torch.device,
+    label: str = "eval",
+    show_progress: bool = True,
 ) -> tuple[list, float]:
     """Predictions over a prepared split, in order, and the seconds it took."""
     model.eval()

@@ -40,9 +40,17 @@ class SweepJob:
 
 
 # Which RunSpec field a resolution error is about, from the words the error starts with.
-_FIELD_OF_ERROR = (("unknown suite", "suite"), ("unknown task", "task"), ("unknown method", "method"),
-                   ("method ", "method"), ("unknown model", "model"), ("model ", "model"), ("split ", "task"),
-                   ("data dir", "data_dir"), ("unknown preset", "preset"))
+_FIELD_OF_ERROR = (
+    ("unknown suite", "suite"),
+    ("unknown task", "task"),
+    ("unknown method", "method"),
+    ("method ", "method"),
+    ("unknown model", "model"),
+    ("model ", "model"),
+    ("split ", "task"),
+    ("data dir", "data_dir"),
+    ("unknown preset", "preset"),
+)
 
 
 def resolve_jobs(loaded: LoadedSweep, results: str | None = None) -> list[SweepJob]:
@@ -58,7 +66,9 @@ def resolve_jobs(loaded: LoadedSweep, results: str | None = None) -> list[SweepJ
         except ValidationError as exc:
             err = exc.errors()[0]
             key = str(err["loc"][0]) if err["loc"] else ""
-            message = "unknown setting" if err["type"] == "extra_forbidden" else f"{err['msg']} (got {err.get('input')!r})"
+            message = (
+                "unknown setting" if err["type"] == "extra_forbidden" else f"{err['msg']} (got {err.get('input')!r})"
+            )
             raise loaded.error(job.origin.get(key, ()), message) from None
         try:
             run = resolve(spec)[0]
@@ -71,7 +81,6 @@ def resolve_jobs(loaded: LoadedSweep, results: str | None = None) -> list[SweepJ
     return list(jobs.values())
 
 
-
 def pin_auto_device(job: SweepJob, device_type: str) -> SweepJob:
     """A job left at --device auto, resolved again for the device type it will run on where an
     executor places it (a Ray task given a GPU, a Slurm node). `auto` was resolved on this
@@ -81,6 +90,7 @@ def pin_auto_device(job: SweepJob, device_type: str) -> SweepJob:
         return job
     spec = job.spec.model_copy(update={"device": device_type})
     return SweepJob(spec, resolve(spec)[0], job.resources)
+
 
 @dataclass
 class SweepPlan:
@@ -135,8 +145,10 @@ class Progress:
     def line(self) -> str:
         eta = self.eta_seconds()
         left = "?" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
-        return (f"done {self.done} · running {self.running} · failed {self.failed} · queued {self.queued} "
-                f"· {time.perf_counter() - self.started:.0f}s elapsed · about {left} left")
+        return (
+            f"done {self.done} · running {self.running} · failed {self.failed} · queued {self.queued} "
+            f"· {time.perf_counter() - self.started:.0f}s elapsed · about {left} left"
+        )
 
 
 def device_slots(devices: list[str] | None, jobs_per_device: int, max_parallel: int | None) -> list[str | None]:
@@ -152,8 +164,11 @@ def device_slots(devices: list[str] | None, jobs_per_device: int, max_parallel: 
     return slots
 
 
-def run_local(jobs: list[SweepJob], slots: list[str | None],
-              on_update: Callable[[Progress, SweepJob | None, Outcome | None], None] | None = None) -> list[Outcome]:
+def run_local(
+    jobs: list[SweepJob],
+    slots: list[str | None],
+    on_update: Callable[[Progress, SweepJob | None, Outcome | None], None] | None = None,
+) -> list[Outcome]:
     """Each job in its own process, one per slot; a failed attempt is retried as often as the
     job's resources say.
     Ctrl-C kills every running job and re-raises: nothing half-written is left, and the
@@ -173,10 +188,15 @@ def run_local(jobs: list[SweepJob], slots: list[str | None],
                 job, attempt = queue.pop(0)
                 slot = free.pop(0)
                 future = pool.submit(
-                    execute_isolated, job.spec, job.run, timeout=job.resources.timeout,
-                    memory_limit_gb=job.resources.memory_limit_gb, cuda_devices=slot,
+                    execute_isolated,
+                    job.spec,
+                    job.run,
+                    timeout=job.resources.timeout,
+                    memory_limit_gb=job.resources.memory_limit_gb,
+                    cuda_devices=slot,
                     # A retry follows this sweep's own failed row, written after planning.
-                    concurrent_jobs=sharing[slot], planned_at=planned_at if attempt == 0 else None,
+                    concurrent_jobs=sharing[slot],
+                    planned_at=planned_at if attempt == 0 else None,
                 )
                 running[future] = (job, attempt, slot)
                 progress.running += 1
@@ -214,7 +234,10 @@ _SUMMARY_WORDS = {"elsewhere": "run by another sweep"}
 
 def summary(outcomes: list[Outcome]) -> str:
     counts = Counter(o.status for o in outcomes)
-    return ", ".join(f"{n} {_SUMMARY_WORDS.get(status, status)}" for status, n in sorted(counts.items())) or "nothing to run"
+    return (
+        ", ".join(f"{n} {_SUMMARY_WORDS.get(status, status)}" for status, n in sorted(counts.items()))
+        or "nothing to run"
+    )
 
 
 def parse_devices(text: str | None) -> list[str] | None:

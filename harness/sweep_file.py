@@ -169,8 +169,11 @@ def _expand(loaded: LoadedSweep) -> list[SweepJobSpec]:
             axes.append([(key, v, p) for v, p in zip(values, paths)])
         for combo in itertools.product(*axes):
             merged = {**defaults, **{key: (v, p) for key, v, p in combo}}
-            jobs.append(SweepJobSpec({k: v for k, (v, _) in merged.items()}, {k: p for k, (_, p) in merged.items()},
-                                     config.resources))
+            jobs.append(
+                SweepJobSpec(
+                    {k: v for k, (v, _) in merged.items()}, {k: p for k, (_, p) in merged.items()}, config.resources
+                )
+            )
     for i, run in enumerate(config.runs):
         run = dict(run)
         resources = config.resources
@@ -179,12 +182,16 @@ def _expand(loaded: LoadedSweep) -> list[SweepJobSpec]:
             if not isinstance(own, dict):
                 raise loaded.error(("runs", i, "resources"), "a mapping of timeout, retries, memory_limit_gb")
             if "jobs_per_device" in own:
-                raise loaded.error(("runs", i, "resources", "jobs_per_device"), "set jobs_per_device for the whole sweep")
+                raise loaded.error(
+                    ("runs", i, "resources", "jobs_per_device"), "set jobs_per_device for the whole sweep"
+                )
             try:
                 resources = Resources(**{**config.resources.model_dump(), **own})
             except ValidationError as exc:
                 err = exc.errors()[0]
                 raise loaded.error(("runs", i, "resources", *err["loc"]), _pydantic_message(err)) from None
         merged = {**defaults, **{k: (v, ("runs", i, k)) for k, v in run.items()}}
-        jobs.append(SweepJobSpec({k: v for k, (v, _) in merged.items()}, {k: p for k, (_, p) in merged.items()}, resources))
+        jobs.append(
+            SweepJobSpec({k: v for k, (v, _) in merged.items()}, {k: p for k, (_, p) in merged.items()}, resources)
+        )
     return jobs

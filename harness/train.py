@@ -14,8 +14,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.errors import HarnessError
+from harness.meters import (
+    MemoryBreakdown,
+    PeakMemory,
+    Stopwatch,
+    held_gradient_bytes,
+    memory_breakdown,
+    optimizer_state_bytes,
+)
 from harness.method import MethodContext, Pipeline
-from harness.meters import MemoryBreakdown, PeakMemory, Stopwatch, held_gradient_bytes, memory_breakdown, optimizer_state_bytes
+
 # Re-exported: the measuring passes live below the loop, so meters and profiling need not import it.
 from harness.passes import autocast, loss_backward, to_device, untraced_backward  # noqa: F401
 from harness.progress import bar
@@ -49,13 +57,20 @@ def check_precision(precision: str, device: torch.device) -> None:
     """fp16 needs loss scaling, which the loop does with CUDA's GradScaler only: on another
     device small fp16 gradients would underflow to zero unnoticed."""
     if precision == "fp16" and device.type != "cuda":
-        raise HarnessError(f"--precision fp16 on {device.type} has no loss scaling here (only on CUDA), so small "
-                           "gradients would underflow; use --precision bf16 or fp32")
+        raise HarnessError(
+            f"--precision fp16 on {device.type} has no loss scaling here (only on CUDA), so small "
+            "gradients would underflow; use --precision bf16 or fp32"
+        )
 
 
 def total_steps(
-    num_examples: int, batch_size: int, epochs: float, max_steps: int | None, grad_accum: int = 1,
-    max_tokens: int | None = None, tokens_per_example: float | None = None,
+    num_examples: int,
+    batch_size: int,
+    epochs: float,
+    max_steps: int | None,
+    grad_accum: int = 1,
+    max_tokens: int | None = None,
+    tokens_per_example: float | None = None,
 ) -> int:
     """Optimizer steps: --max-steps, else epochs over the data; a token budget caps either at
     the steps its tokens fill on average (training also stops when the budget is spent)."""
@@ -100,19 +115,30 @@ def first_batch(data: Prepared, batch_size: int) -> dict:
 
 def sample_batches(data: Prepared, batch_size: int, n: int, seed: int):
     """n shuffled training batches (on CPU) for methods that calibrate or initialise from data."""
-    loader = DataLoader(data.dataset, batch_size=batch_size, shuffle=True, collate_fn=data.collate,
-                        generator=torch.Generator().manual_seed(seed + 1))
+    loader = DataLoader(
+        data.dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=data.collate,
+        generator=torch.Generator().manual_seed(seed + 1),
+    )
     for i, batch in enumerate(loader):
         if i >= n:
             return
         yield batch
 
 
-def default_optimizer(params: list[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def default_optimizer(
+    params: list[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and normalisation weights (as transformers' Trainer)."""
     decay = [p for n, p in params if not n.endswith(NO_DECAY)]
     no_decay = [p for n, p in params if n.endswith(NO_DECAY)]
-    groups = [g for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    groups = [
+        g
+        for g in ({"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+        if g["params"]
+    ]
     return torch.optim.AdamW(groups, lr=lr)
 
 
@@ -156,11 +182,18 @@ def train(
     optimizer = build_optimizer(model, pipeline, ctx)
     # Clip over what the optimizer updates: a method may train parameters frozen at the start (LISA).
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    scheduler = get_scheduler(lr_scheduler, optimizer, num_warmup_steps=int(warmup_ratio * steps), num_training_steps=steps)
-    batches = _forever(DataLoader(
-        data.dataset, batch_size=batch_size, shuffle=True, collate_fn=data.collate,
-        generator=torch.Generator().manual_seed(seed),
-    ))
+    scheduler = get_scheduler(
+        lr_scheduler, optimizer, num_warmup_steps=int(warmup_ratio * steps), num_training_steps=steps
+    )
+    batches = _forever(
+        DataLoader(
+            data.dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            collate_fn=data.collate,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    )
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     flops = StepFlops(model)
     # Gradients actually held, at the end of each step's backward passes (before zero_grad).

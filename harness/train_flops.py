@@ -29,10 +29,12 @@ from harness.passes import to_device
 
 def batch_signature(batch: dict) -> tuple:
     """What a batch's FLOPs depend on: each tensor's shape and dtype; other values as given."""
-    return tuple(sorted(
-        (key, (tuple(value.shape), str(value.dtype)) if torch.is_tensor(value) else repr(value))
-        for key, value in batch.items()
-    ))
+    return tuple(
+        sorted(
+            (key, (tuple(value.shape), str(value.dtype)) if torch.is_tensor(value) else repr(value))
+            for key, value in batch.items()
+        )
+    )
 
 
 class StepFlops:

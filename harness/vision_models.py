@@ -46,7 +46,9 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = OptionAShortcut(in_planes, planes, stride) if stride != 1 or in_planes != planes else nn.Identity()
+        self.shortcut = (
+            OptionAShortcut(in_planes, planes, stride) if stride != 1 or in_planes != planes else nn.Identity()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -111,7 +113,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise HarnessError(f"checkpoint {str(path)!r} holds no state dict (expected {{net: state_dict}} or a state dict)")
+        raise HarnessError(
+            f"checkpoint {str(path)!r} holds no state dict (expected {{net: state_dict}} or a state dict)"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}  # DataParallel saves prefix "module."
 
 
@@ -119,7 +123,9 @@ def load_resnet20(path: str | Path, num_classes: int) -> CifarResNet:
     """ResNet-20 with the checkpoint's weights; a fresh linear head when the class count differs."""
     state = load_state_dict(path)
     if "linear.weight" not in state:
-        raise HarnessError(f"checkpoint {str(path)!r} is not a CIFAR ResNet (no 'linear.weight'; keys: {', '.join(list(state)[:4])}, ...)")
+        raise HarnessError(
+            f"checkpoint {str(path)!r} is not a CIFAR ResNet (no 'linear.weight'; keys: {', '.join(list(state)[:4])}, ...)"
+        )
     model = resnet20(num_classes=int(state["linear.weight"].shape[0]))
     try:
         model.load_state_dict(state)

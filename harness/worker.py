@@ -61,8 +61,10 @@ def limit_memory() -> None:
 
     used = data_segment_bytes()
     if used is not None and used >= int(limit):
-        raise HarnessError(f"memory_limit_gb {int(limit) / 2**30:.3g} is below what a worker holds after its imports "
-                           f"({used / 2**30:.2f} GB of data segment); give a larger limit")
+        raise HarnessError(
+            f"memory_limit_gb {int(limit) / 2**30:.3g} is below what a worker holds after its imports "
+            f"({used / 2**30:.2f} GB of data segment); give a larger limit"
+        )
     resource.setrlimit(resource.RLIMIT_DATA, (int(limit), int(limit)))
 
 

@@ -59,9 +59,18 @@ class AdaLoRA(PeftMethod):
         if total - tinit - tfinal < 1:
             raise HarnessError(f"method 'adalora': {total} steps leave no pruning phase; train longer")
         return AdaLoraConfig(
-            init_r=p.init_r, target_r=p.target_r, lora_alpha=p.alpha, lora_dropout=p.dropout,
-            tinit=tinit, tfinal=tfinal, deltaT=p.delta_t, beta1=p.beta1, beta2=p.beta2,
-            orth_reg_weight=p.orth_reg_weight, total_step=total, target_modules=p.target_modules,
+            init_r=p.init_r,
+            target_r=p.target_r,
+            lora_alpha=p.alpha,
+            lora_dropout=p.dropout,
+            tinit=tinit,
+            tfinal=tfinal,
+            deltaT=p.delta_t,
+            beta1=p.beta1,
+            beta2=p.beta2,
+            orth_reg_weight=p.orth_reg_weight,
+            total_step=total,
+            target_modules=p.target_modules,
             **self.common_kwargs(ctx),
         )
 

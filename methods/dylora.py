@@ -24,7 +24,9 @@ from harness.method import METHODS
 
 class DyLoraParams(AdapterParams):
     r: int = Field(8, gt=0, description="maximum rank; training samples ranks 1..r")
-    eval_rank: int | None = Field(None, gt=0, description="rank used at inference (default r); finalize truncates to it")
+    eval_rank: int | None = Field(
+        None, gt=0, description="rank used at inference (default r); finalize truncates to it"
+    )
 
     @model_validator(mode="after")
     def _check(self):

@@ -39,10 +39,14 @@ from methods.lisa import transformer_layers
 class GaLoreParams(MethodParams):
     # The authors' GLUE fine-tuning command (GaLore README, "Fine-Tuning RoBERTa on GLUE").
     rank: int = Field(4, gt=0, description="rank of the gradient projection")
-    update_proj_gap: int = Field(500, gt=0, description="steps between recomputing the projection (SVD of the gradient)")
+    update_proj_gap: int = Field(
+        500, gt=0, description="steps between recomputing the projection (SVD of the gradient)"
+    )
     scale: float = Field(4.0, gt=0, description="scale of the projected-back update")
     proj_type: Literal["std", "reverse_std", "left", "right", "full"] = "std"
-    target_modules: list[str] | None = Field(None, description="module name suffixes; default: every linear layer in the transformer blocks")
+    target_modules: list[str] | None = Field(
+        None, description="module name suffixes; default: every linear layer in the transformer blocks"
+    )
 
 
 def _galore_adamw():
@@ -64,8 +68,12 @@ def _galore_adamw():
                 if proj is None:
                     continue
                 mats = proj.ortho_matrix if isinstance(proj.ortho_matrix, list) else [proj.ortho_matrix]
-                mats = [m.clone(memory_format=torch.contiguous_format)
-                        if m.untyped_storage().nbytes() > m.numel() * m.element_size() else m for m in mats]
+                mats = [
+                    m.clone(memory_format=torch.contiguous_format)
+                    if m.untyped_storage().nbytes() > m.numel() * m.element_size()
+                    else m
+                    for m in mats
+                ]
                 proj.ortho_matrix = mats if isinstance(proj.ortho_matrix, list) else mats[0]
             return loss
 
@@ -91,10 +99,14 @@ class GaLore(Method):
         check_target_modules(model, p.target_modules, self.name)
         prefix, _ = transformer_layers(model)
         targets = {
-            name: m for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and (
-                any(name == t or name.endswith("." + t) for t in p.target_modules) if p.target_modules
-                else name.startswith(prefix + "."))
+            name: m
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear)
+            and (
+                any(name == t or name.endswith("." + t) for t in p.target_modules)
+                if p.target_modules
+                else name.startswith(prefix + ".")
+            )
         }
         if not targets:
             raise HarnessError("method 'galore': no linear layer matches the target modules")
@@ -114,8 +126,14 @@ class GaLore(Method):
         no_decay = [q for q in rest if self.names.get(id(q), "").endswith(NO_DECAY)]
         decay = [q for q in rest if not self.names.get(id(q), "").endswith(NO_DECAY)]
         groups = [
-            {"params": projected, "weight_decay": ctx.weight_decay,
-             "rank": p.rank, "update_proj_gap": p.update_proj_gap, "scale": p.scale, "proj_type": p.proj_type},
+            {
+                "params": projected,
+                "weight_decay": ctx.weight_decay,
+                "rank": p.rank,
+                "update_proj_gap": p.update_proj_gap,
+                "scale": p.scale,
+                "proj_type": p.proj_type,
+            },
             {"params": decay, "weight_decay": ctx.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]

@@ -62,7 +62,9 @@ class QuantizedMatrix(NamedTuple):
     zero: torch.Tensor  # (rows, groups), integers in [0, 2^bits - 1]
 
 
-def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, damp: float = 0.01) -> QuantizedMatrix:
+def gptq_quantize(
+    weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, damp: float = 0.01
+) -> QuantizedMatrix:
     """GPTQ of a (rows, cols) weight matrix against H = 2 X Xᵀ, (cols, cols); float32 throughout.
 
     An input that never varied in calibration (zero diagonal in H) would make H singular:
@@ -80,8 +82,10 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
         # the upper Cholesky factor of H⁻¹: row i holds column i's error weights on columns i..
         U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     except torch.linalg.LinAlgError:
-        raise HarnessError(f"method 'gptq': a layer's input covariance is not positive definite after dampening by "
-                           f"{damp}; raise damp (e.g. gptq:damp=0.1)") from None
+        raise HarnessError(
+            f"method 'gptq': a layer's input covariance is not positive definite after dampening by "
+            f"{damp}; raise damp (e.g. gptq:damp=0.1)"
+        ) from None
 
     levels = 2**bits - 1
     size = cols if group_size == 0 else group_size
@@ -143,8 +147,10 @@ class SharedHessians:
         if key in keys:
             return  # this input is already in the slot's sum (a layer sharing it came first)
         if keys and len(self.members[slot]) > 1:
-            raise HarnessError(f"method 'gptq': layers {sorted(self.members[slot])} shared an input on the first "
-                               "calibration batch but not on a later one")
+            raise HarnessError(
+                f"method 'gptq': layers {sorted(self.members[slot])} shared an input on the first "
+                "calibration batch but not on a later one"
+            )
         keys.add(key)
         rows = input_rows(module, x)
         product = rows.T @ rows
@@ -165,8 +171,9 @@ class SharedHessians:
     __getitem__ = hessian
 
 
-def collect_hessians(model: nn.Module, layers: list[tuple[str, nn.Module]], batches,
-                     stop_after: nn.Module | None = None) -> SharedHessians:
+def collect_hessians(
+    model: nn.Module, layers: list[tuple[str, nn.Module]], batches, stop_after: nn.Module | None = None
+) -> SharedHessians:
     """The shared Hessians of `layers` over the calibration batches (one pass per batch,
     ending after `stop_after` when given; padding positions left out)."""
     hessians = SharedHessians()
@@ -180,7 +187,9 @@ def collect_hessians(model: nn.Module, layers: list[tuple[str, nn.Module]], batc
     return hessians
 
 
-def calibration_groups(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> list[tuple[nn.Module | None, list[tuple[str, nn.Module]]]]:
+def calibration_groups(
+    model: nn.Module, layers: list[tuple[str, nn.Module]]
+) -> list[tuple[nn.Module | None, list[tuple[str, nn.Module]]]]:
     """`layers` in the order a sequential calibration takes them, as (block, its layers): the
     layers before the transformer's block list, then each block, then those after it (pooler,
     ...), the block being the module after which a pass may stop (None: run the whole model).
@@ -213,11 +222,17 @@ def calibration_groups(model: nn.Module, layers: list[tuple[str, nn.Module]]) ->
 
 class GptqParams(MethodParams):
     bits: Literal[2, 3, 4, 8] = Field(4, description="bits per weight")
-    group_size: int = Field(128, ge=0, description="inputs sharing one scale and zero point; 0: one group per output channel")
+    group_size: int = Field(
+        128, ge=0, description="inputs sharing one scale and zero point; 0: one group per output channel"
+    )
     damp: float = Field(0.01, gt=0, le=1, description="added to H's diagonal, as a share of its mean diagonal")
     # the papers' 128 x 2048 calibration tokens (IST-DASLab/gptq: --nsamples 128, seqlen 2048)
-    calibration_tokens: int = Field(PAPER_TOKENS, ge=1, description="calibration tokens from the training split (all it has, if fewer)")
-    calibration_batches: int | None = Field(None, ge=1, description="exactly this many training batches instead of a token budget")
+    calibration_tokens: int = Field(
+        PAPER_TOKENS, ge=1, description="calibration tokens from the training split (all it has, if fewer)"
+    )
+    calibration_batches: int | None = Field(
+        None, ge=1, description="exactly this many training batches instead of a token budget"
+    )
 
 
 @METHODS.register("gptq")
@@ -229,7 +244,9 @@ class Gptq(Method):
     quantizes = True  # a grid no later training or merge may leave; no requantize (its grid comes from calibration)
     compresses = True
     version = 2  # sequential block by block, shared Hessians, the papers' calibration budget
-    paper = "Frantar et al., GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers, ICLR 2023"
+    paper = (
+        "Frantar et al., GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers, ICLR 2023"
+    )
     Params = GptqParams
 
     def apply(self, model, ctx):
@@ -258,11 +275,18 @@ class Gptq(Method):
             quantized = gptq_quantize(matrix, hessian, p.bits, p.group_size, p.damp).values
         else:
             rows, cols = matrix.shape[0] // groups, matrix.shape[1]
-            quantized = torch.cat([
-                gptq_quantize(matrix[g * rows : (g + 1) * rows], hessian[g * cols : (g + 1) * cols, g * cols : (g + 1) * cols],
-                              p.bits, p.group_size, p.damp).values
-                for g in range(groups)
-            ])
+            quantized = torch.cat(
+                [
+                    gptq_quantize(
+                        matrix[g * rows : (g + 1) * rows],
+                        hessian[g * cols : (g + 1) * cols, g * cols : (g + 1) * cols],
+                        p.bits,
+                        p.group_size,
+                        p.damp,
+                    ).values
+                    for g in range(groups)
+                ]
+            )
         layer.weight.copy_(quantized.reshape(layer.weight.shape))
 
     def compression(self, model):

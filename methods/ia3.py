@@ -10,7 +10,9 @@ from harness.peft_method import PeftMethod
 
 
 class IA3Params(MethodParams):
-    target_modules: list[str] | None = Field(None, description="default: peft's per-architecture list (key, value, output.dense for BERT)")
+    target_modules: list[str] | None = Field(
+        None, description="default: peft's per-architecture list (key, value, output.dense for BERT)"
+    )
     feedforward_modules: list[str] | None = Field(None, description="subset of target_modules whose input is scaled")
     merge: bool = Field(False, description="fold the vectors into the weights after training")
 
@@ -36,5 +38,7 @@ class IA3(PeftMethod):
 
         p = self.params
         return IA3Config(
-            target_modules=p.target_modules, feedforward_modules=p.feedforward_modules, **self.common_kwargs(ctx),
+            target_modules=p.target_modules,
+            feedforward_modules=p.feedforward_modules,
+            **self.common_kwargs(ctx),
         )

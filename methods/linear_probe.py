@@ -21,6 +21,8 @@ class LinearProbe(Method):
 
     def apply(self, model, ctx):
         if not ctx.head_modules:
-            raise HarnessError(f"method 'linear-probe' trains a fresh task head, and {type(model).__name__} has none here")
+            raise HarnessError(
+                f"method 'linear-probe' trains a fresh task head, and {type(model).__name__} has none here"
+            )
         freeze_all_but(model, keep=ctx.head_modules)
         return model

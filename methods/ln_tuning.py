@@ -15,7 +15,9 @@ class LNTuningParams(MethodParams):
 
 def is_norm(module: torch.nn.Module) -> bool:
     # Llama-style models use their own RMSNorm classes (LlamaRMSNorm), not torch's.
-    return isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)) or type(module).__name__.endswith(("LayerNorm", "RMSNorm"))
+    return isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)) or type(module).__name__.endswith(
+        ("LayerNorm", "RMSNorm")
+    )
 
 
 def layer_norm_names(model: torch.nn.Module) -> list[str]:
@@ -35,4 +37,6 @@ class LNTuning(PeftMethod):
     def peft_config(self, ctx, model):
         from peft import LNTuningConfig
 
-        return LNTuningConfig(target_modules=self.params.target_modules or layer_norm_names(model), **self.common_kwargs(ctx))
+        return LNTuningConfig(
+            target_modules=self.params.target_modules or layer_norm_names(model), **self.common_kwargs(ctx)
+        )

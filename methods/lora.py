@@ -21,8 +21,12 @@ class LoraParams(MethodParams):
     # alpha = 2r, as in peft's method comparison; the LoRA paper's RoBERTa runs use alpha = r.
     alpha: float = Field(16, gt=0, description="scale numerator: the update is scaled by alpha / r")
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | None = Field(None, description="module names; default: peft's per-architecture list (query, value for BERT/RoBERTa)")
-    merge: bool = Field(False, description="merge the update into the weights after training (measured inference then has no adapter)")
+    target_modules: list[str] | None = Field(
+        None, description="module names; default: peft's per-architecture list (query, value for BERT/RoBERTa)"
+    )
+    merge: bool = Field(
+        False, description="merge the update into the weights after training (measured inference then has no adapter)"
+    )
 
 
 class LoraFamily(PeftMethod):
@@ -44,10 +48,13 @@ class LoraFamily(PeftMethod):
         p = self.params
         return LoraConfig(
             # Explicit targets: the data-driven initialisers read them before peft would fill them in.
-            r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=p.target_modules or default_lora_targets(model),
-            **self.extra_config(ctx, model), **self.common_kwargs(ctx),
+            r=p.r,
+            lora_alpha=p.alpha,
+            lora_dropout=p.dropout,
+            target_modules=p.target_modules or default_lora_targets(model),
+            **self.extra_config(ctx, model),
+            **self.common_kwargs(ctx),
         )
-
 
 
 @METHODS.register("lora")

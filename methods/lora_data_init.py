@@ -73,7 +73,11 @@ class CorDA(_DataInitialised):
             for batch in batches:
                 for i in range(len(batch["input_ids"])):
                     keep = batch["attention_mask"][i].bool() if "attention_mask" in batch else slice(None)
-                    single = {k: v[i : i + 1, keep] if v.dim() == 2 else v[i : i + 1] for k, v in batch.items() if k != "labels"}
+                    single = {
+                        k: v[i : i + 1, keep] if v.dim() == 2 else v[i : i + 1]
+                        for k, v in batch.items()
+                        if k != "labels"
+                    }
                     model(**single)
 
         preprocess_corda(model, config, run_model=run_model)

@@ -22,7 +22,9 @@ class LycorisParams(MethodParams):
 class _Lycoris(PeftMethod):
     Params = LycorisParams
     category = "low-rank, structured product"
-    paper = "Yeh et al., Navigating Text-To-Image Customization: From LyCORIS Fine-Tuning to Model Evaluation, ICLR 2024"
+    paper = (
+        "Yeh et al., Navigating Text-To-Image Customization: From LyCORIS Fine-Tuning to Model Evaluation, ICLR 2024"
+    )
     rank_param = "r"
     default_lr = 2e-3  # the LoRA budget rate; the family's papers tune per task
     config_name = ""
@@ -32,8 +34,12 @@ class _Lycoris(PeftMethod):
 
         p = self.params
         return getattr(peft, self.config_name)(
-            r=p.r, alpha=p.alpha, rank_dropout=p.rank_dropout, module_dropout=p.module_dropout,
-            target_modules=p.target_modules, **self.common_kwargs(ctx),
+            r=p.r,
+            alpha=p.alpha,
+            rank_dropout=p.rank_dropout,
+            module_dropout=p.module_dropout,
+            target_modules=p.target_modules,
+            **self.common_kwargs(ctx),
         )
 
 

@@ -45,8 +45,13 @@ class OFT(PeftMethod):
 
         p = self.params
         return OFTConfig(
-            r=0, oft_block_size=p.block_size, coft=p.coft, eps=p.eps, block_share=p.block_share,
-            target_modules=p.target_modules, **self.common_kwargs(ctx),
+            r=0,
+            oft_block_size=p.block_size,
+            coft=p.coft,
+            eps=p.eps,
+            block_share=p.block_share,
+            target_modules=p.target_modules,
+            **self.common_kwargs(ctx),
         )
 
 
@@ -73,8 +78,11 @@ class BOFT(PeftMethod):
 
         p = self.params
         return BOFTConfig(
-            boft_block_size=p.block_size, boft_n_butterfly_factor=p.n_butterfly_factor, boft_dropout=p.dropout,
-            target_modules=p.target_modules, **self.common_kwargs(ctx),
+            boft_block_size=p.block_size,
+            boft_n_butterfly_factor=p.n_butterfly_factor,
+            boft_dropout=p.dropout,
+            target_modules=p.target_modules,
+            **self.common_kwargs(ctx),
         )
 
 
@@ -104,8 +112,12 @@ class HRA(PeftMethod):
 
 
 class RoadParams(MethodParams):
-    variant: Literal["road_1", "road_2", "road_4"] = Field("road_1", description="angles and scales shared per pair (1), per element (2) or two per element (4)")
-    group_size: int = Field(64, gt=0, description="features grouped into 2-D pairs; must divide the layer's output size")
+    variant: Literal["road_1", "road_2", "road_4"] = Field(
+        "road_1", description="angles and scales shared per pair (1), per element (2) or two per element (4)"
+    )
+    group_size: int = Field(
+        64, gt=0, description="features grouped into 2-D pairs; must divide the layer's output size"
+    )
     target_modules: list[str] | None = None
     merge: bool = False
 
@@ -124,4 +136,6 @@ class RoAd(PeftMethod):
         from peft import RoadConfig
 
         p = self.params
-        return RoadConfig(variant=p.variant, group_size=p.group_size, target_modules=p.target_modules, **self.common_kwargs(ctx))
+        return RoadConfig(
+            variant=p.variant, group_size=p.group_size, target_modules=p.target_modules, **self.common_kwargs(ctx)
+        )

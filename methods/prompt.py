@@ -43,15 +43,33 @@ def refuse_soft_prompt_generation(method: str, model: torch.nn.Module, ctx: Meth
         )
 
 
-def _prefix_forward_through_cache(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None,
-                                  output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+def _prefix_forward_through_cache(
+    self,
+    input_ids=None,
+    attention_mask=None,
+    inputs_embeds=None,
+    labels=None,
+    output_attentions=None,
+    output_hidden_states=None,
+    return_dict=None,
+    **kwargs,
+):
     """peft's prefix-tuning forward (its attention mask already extended over the prefix), with
     the prefix passed as `cache`: each attention layer prepends it to its keys and values."""
     rows = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-    given = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states, "return_dict": return_dict}
+    given = {
+        "output_attentions": output_attentions,
+        "output_hidden_states": output_hidden_states,
+        "return_dict": return_dict,
+    }
     return self.base_model(
-        input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels,
-        cache=self.get_prompt(rows), **{k: v for k, v in given.items() if v is not None}, **kwargs,
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        inputs_embeds=inputs_embeds,
+        labels=labels,
+        cache=self.get_prompt(rows),
+        **{k: v for k, v in given.items() if v is not None},
+        **kwargs,
     )
 
 
@@ -110,5 +128,6 @@ class PrefixTuning(PeftMethod):
         from peft import PrefixTuningConfig
 
         p = self.params
-        return PrefixTuningConfig(num_virtual_tokens=p.num_virtual_tokens, prefix_projection=p.projection, **self.common_kwargs(ctx))
-
+        return PrefixTuningConfig(
+            num_virtual_tokens=p.num_virtual_tokens, prefix_projection=p.projection, **self.common_kwargs(ctx)
+        )

@@ -30,7 +30,12 @@ from pydantic import Field
 from torch import nn
 
 from harness.compress import (
-    PAPER_TOKENS, as_matrix, calibration_set, compressible_layers, dense_bytes_except, input_feature_norms,
+    PAPER_TOKENS,
+    as_matrix,
+    calibration_set,
+    compressible_layers,
+    dense_bytes_except,
+    input_feature_norms,
 )
 from harness.errors import HarnessError
 from harness.method import METHODS, Compression, Method, MethodParams, freeze_all_but
@@ -83,7 +88,9 @@ def is_two_four(weight: torch.Tensor) -> bool:
 
 
 class SparsityParams(MethodParams):
-    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="share of each pruned layer's weights set to zero, 0 <= s < 1")
+    sparsity: float = Field(
+        0.5, ge=0.0, lt=1.0, description="share of each pruned layer's weights set to zero, 0 <= s < 1"
+    )
 
 
 class _Pruning(Method):
@@ -204,8 +211,12 @@ class TwoFourPruning(_Pruning):
 
 class WandaParams(SparsityParams):
     # the paper's 128 x 2048 calibration tokens (locuslab/wanda: --nsamples 128, seqlen 2048 for LLaMA)
-    calibration_tokens: int = Field(PAPER_TOKENS, ge=1, description="calibration tokens from the training split (all it has, if fewer)")
-    n_batches: int | None = Field(None, ge=1, description="exactly this many training batches instead of a token budget")
+    calibration_tokens: int = Field(
+        PAPER_TOKENS, ge=1, description="calibration tokens from the training split (all it has, if fewer)"
+    )
+    n_batches: int | None = Field(
+        None, ge=1, description="exactly this many training batches instead of a token budget"
+    )
 
 
 @METHODS.register("wanda")

@@ -172,14 +172,20 @@ def weight_only_compression(model: torch.nn.Module, layers: list, bits: int, gro
     if not layers or not all(on_grid(as_matrix(layer.weight), bits, group_size) for _, layer in layers):
         return dense_compression(model)
     quantized = sum(layer.weight.numel() for _, layer in layers)
-    groups = sum(layer.weight.shape[0] * groups_per_row(as_matrix(layer.weight).shape[1], group_size) for _, layer in layers)
+    groups = sum(
+        layer.weight.shape[0] * groups_per_row(as_matrix(layer.weight).shape[1], group_size) for _, layer in layers
+    )
     overhead_bits = groups * (SCALE_BITS + bits)  # a scale and a zero point per group
-    stored = model_bytes(model, without_weights_of=[layer for _, layer in layers]) + (quantized * bits + overhead_bits) // 8
+    stored = (
+        model_bytes(model, without_weights_of=[layer for _, layer in layers]) + (quantized * bits + overhead_bits) // 8
+    )
     return Compression(weight_bits=bits + overhead_bits / quantized, kernel="simulated", compressed_bytes=stored)
 
 
 class WeightOnlyParams(MethodParams):
-    group_size: int = Field(128, ge=0, description="inputs sharing one scale and zero point; 0: one group per output channel")
+    group_size: int = Field(
+        128, ge=0, description="inputs sharing one scale and zero point; 0: one group per output channel"
+    )
 
 
 class _WeightOnly(Method):
@@ -276,8 +282,11 @@ class Int8Dynamic(Method):
         for module in model.modules():
             if isinstance(module, DynamicLinear):
                 weight, bias = module.weight(), module.bias()
-                per_channel = weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric,
-                                                   torch.per_channel_affine_float_qparams)
+                per_channel = weight.qscheme() in (
+                    torch.per_channel_affine,
+                    torch.per_channel_symmetric,
+                    torch.per_channel_affine_float_qparams,
+                )
                 packed += weight.numel() * weight.element_size() + 8 * (weight.shape[0] if per_channel else 1)
                 if bias is not None:
                     packed += bias.numel() * bias.element_size()

@@ -45,9 +45,13 @@ GATE_BETAS = (0.9, 0.999)
 class SoraParams(AdapterParams):
     r: int = Field(8, gt=0, description="initial (maximum) rank r_max")
     # official GLUE script: --sparse_lambda_2 3e-4 (the soft threshold xi)
-    sparsity_lambda: float = Field(3e-4, ge=0, description="soft threshold xi on the gate after each step (official code: sparse_lambda_2)")
+    sparsity_lambda: float = Field(
+        3e-4, ge=0, description="soft threshold xi on the gate after each step (official code: sparse_lambda_2)"
+    )
     # official GLUE script: --sparse_lambda 10 (the L1 term's coefficient)
-    l1_lambda: float = Field(10.0, ge=0, description="coefficient of the L1 term mean|g| added to the loss (official code: sparse_lambda)")
+    l1_lambda: float = Field(
+        10.0, ge=0, description="coefficient of the L1 term mean|g| added to the loss (official code: sparse_lambda)"
+    )
 
 
 class SoraLinear(LowRankLinear):
@@ -70,8 +74,15 @@ def soft_threshold(x: torch.Tensor, xi: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def gate_step(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float, threshold: float,
-              betas: tuple[float, float] = GATE_BETAS, eps: float = GATE_EPS) -> None:
+def gate_step(
+    p: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict,
+    lr: float,
+    threshold: float,
+    betas: tuple[float, float] = GATE_BETAS,
+    eps: float = GATE_EPS,
+) -> None:
     """One step of the official gate optimizer on `p`, in place: Adam with the bias correction
     in the step size and eps added to sqrt(v), no weight decay, then the soft threshold."""
     if not state:
@@ -147,8 +158,11 @@ class SoRA(AdapterMethod):
         groups = [
             {"params": decay, "weight_decay": ctx.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
-            {"params": [p for p in params if id(p) in gates], "weight_decay": 0.0,
-             "gate_threshold": self.params.sparsity_lambda},
+            {
+                "params": [p for p in params if id(p) in gates],
+                "weight_decay": 0.0,
+                "gate_threshold": self.params.sparsity_lambda,
+            },
         ]
         return SoraAdamW([g for g in groups if g["params"]], lr=ctx.lr, betas=GATE_BETAS)
 

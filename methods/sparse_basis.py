@@ -18,7 +18,9 @@ from harness.peft_method import PeftMethod
 
 
 class FourierFTParams(MethodParams):
-    n_frequency: int = Field(1000, gt=0, description="learned spectral coefficients per layer (paper: 1000 for RoBERTa-base)")
+    n_frequency: int = Field(
+        1000, gt=0, description="learned spectral coefficients per layer (paper: 1000 for RoBERTa-base)"
+    )
     scaling: float = Field(150.0, gt=0, description="scale of the update (paper: 150 for GLUE)")
     random_loc_seed: int = 777
     target_modules: list[str] | None = None
@@ -40,8 +42,11 @@ class FourierFT(PeftMethod):
 
         p = self.params
         return FourierFTConfig(
-            n_frequency=p.n_frequency, scaling=p.scaling, random_loc_seed=p.random_loc_seed,
-            target_modules=p.target_modules, **self.common_kwargs(ctx),
+            n_frequency=p.n_frequency,
+            scaling=p.scaling,
+            random_loc_seed=p.random_loc_seed,
+            target_modules=p.target_modules,
+            **self.common_kwargs(ctx),
         )
 
 
@@ -69,8 +74,13 @@ class RandLoRA(PeftMethod):
 
         p = self.params
         return RandLoraConfig(
-            r=p.r, randlora_alpha=p.alpha, randlora_dropout=p.dropout, sparse=p.sparse,
-            projection_prng_key=ctx.seed, target_modules=p.target_modules, **self.common_kwargs(ctx),
+            r=p.r,
+            randlora_alpha=p.alpha,
+            randlora_dropout=p.dropout,
+            sparse=p.sparse,
+            projection_prng_key=ctx.seed,
+            target_modules=p.target_modules,
+            **self.common_kwargs(ctx),
         )
 
 
@@ -100,8 +110,13 @@ class VBLoRA(PeftMethod):
 
         p = self.params
         return VBLoRAConfig(
-            r=p.r, num_vectors=p.num_vectors, vector_length=p.vector_length, topk=p.topk, vblora_dropout=p.dropout,
-            target_modules=p.target_modules, **self.common_kwargs(ctx),
+            r=p.r,
+            num_vectors=p.num_vectors,
+            vector_length=p.vector_length,
+            topk=p.topk,
+            vblora_dropout=p.dropout,
+            target_modules=p.target_modules,
+            **self.common_kwargs(ctx),
         )
 
 

@@ -91,9 +91,14 @@ def _conv_chains(path: str, module: nn.Module) -> list[PrunableGroup]:
     groups, k = [], 1
     while (conv := _child(module, f"conv{k}")) is not None:
         bn, nxt = _child(module, f"bn{k}"), _child(module, f"conv{k + 1}")
-        if (_plain(conv, nn.Conv2d) and _plain(bn, nn.BatchNorm2d) and _plain(nxt, nn.Conv2d)
-                and conv.groups == 1 and nxt.groups == 1
-                and conv.out_channels == bn.num_features == nxt.in_channels):
+        if (
+            _plain(conv, nn.Conv2d)
+            and _plain(bn, nn.BatchNorm2d)
+            and _plain(nxt, nn.Conv2d)
+            and conv.groups == 1
+            and nxt.groups == 1
+            and conv.out_channels == bn.num_features == nxt.in_channels
+        ):
             groups.append(PrunableGroup("channel", (f"{path}conv{k}",), f"{path}conv{k + 1}", (f"{path}bn{k}",)))
         k += 1
     return groups
@@ -107,8 +112,12 @@ def _ffn(path: str, module: nn.Module) -> list[PrunableGroup]:
         up, down = _child(module, up_name), _child(module, down_name)
         # BERT's `intermediate` holds only its dense layer; ViT's `mlp` only fc1 and fc2
         parent, own = (_child(module, "intermediate"), ("dense",)) if "." in up_name else (module, (up_name, down_name))
-        if (_plain(up, nn.Linear) and _plain(down, nn.Linear) and up.out_features == down.in_features
-                and _holds_only(parent, own)):
+        if (
+            _plain(up, nn.Linear)
+            and _plain(down, nn.Linear)
+            and up.out_features == down.in_features
+            and _holds_only(parent, own)
+        ):
             return [PrunableGroup("neuron", (path + up_name,), path + down_name)]
     return []
 
@@ -117,7 +126,12 @@ def _heads(path: str, module: nn.Module) -> list[PrunableGroup]:
     attn = _child(module, "self")
     if attn is not None and hasattr(attn, "attention_head_size") and _holds_only(attn, ("query", "key", "value")):
         # BERT-style: attention.self holds query/key/value and the head counts; attention.output.dense mixes the heads
-        names, consumer, owner, size = ("self.query", "self.key", "self.value"), "output.dense", "self", attn.attention_head_size
+        names, consumer, owner, size = (
+            ("self.query", "self.key", "self.value"),
+            "output.dense",
+            "self",
+            attn.attention_head_size,
+        )
     elif hasattr(module, "head_dim") and _holds_only(module, ("q_proj", "k_proj", "v_proj", "o_proj")):
         # one module holds q/k/v/o_proj and the head counts (ViT in transformers 5)
         names, consumer, owner, size = ("q_proj", "k_proj", "v_proj"), "o_proj", "", module.head_dim
@@ -128,8 +142,11 @@ def _heads(path: str, module: nn.Module) -> list[PrunableGroup]:
         return []
     if len({p.out_features for p in projections} | {out.in_features}) != 1:  # grouped-query attention: not pruned
         return []
-    return [PrunableGroup("head", tuple(path + n for n in names), path + consumer, unit_size=size,
-                          owner=(path + owner).rstrip("."))]
+    return [
+        PrunableGroup(
+            "head", tuple(path + n for n in names), path + consumer, unit_size=size, owner=(path + owner).rstrip(".")
+        )
+    ]
 
 
 def find_groups(model: nn.Module, head_modules: tuple[str, ...] = ()) -> list[PrunableGroup]:
@@ -204,8 +221,18 @@ def _sliced_layer(layer: nn.Module, rows: torch.Tensor | None = None, cols: torc
     if isinstance(layer, nn.Linear):
         new = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, **like)
     else:
-        new = nn.Conv2d(weight.shape[1], weight.shape[0], layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                        dilation=layer.dilation, groups=1, bias=has_bias, padding_mode=layer.padding_mode, **like)
+        new = nn.Conv2d(
+            weight.shape[1],
+            weight.shape[0],
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=1,
+            bias=has_bias,
+            padding_mode=layer.padding_mode,
+            **like,
+        )
     with torch.no_grad():
         new.weight.copy_(weight)
         if has_bias:
@@ -216,8 +243,15 @@ def _sliced_layer(layer: nn.Module, rows: torch.Tensor | None = None, cols: torc
 
 def _sliced_norm(norm: nn.BatchNorm2d, keep: torch.Tensor) -> nn.BatchNorm2d:
     like = norm.weight if norm.weight is not None else norm.running_mean
-    new = nn.BatchNorm2d(len(keep), eps=norm.eps, momentum=norm.momentum, affine=norm.affine,
-                         track_running_stats=norm.track_running_stats, device=like.device, dtype=like.dtype)
+    new = nn.BatchNorm2d(
+        len(keep),
+        eps=norm.eps,
+        momentum=norm.momentum,
+        affine=norm.affine,
+        track_running_stats=norm.track_running_stats,
+        device=like.device,
+        dtype=like.dtype,
+    )
     with torch.no_grad():
         for name in ("weight", "bias", "running_mean", "running_var"):
             old = getattr(norm, name)
@@ -248,10 +282,18 @@ def remove_units(model: nn.Module, group: PrunableGroup, keep: torch.Tensor) -> 
 
 
 class ChannelParams(MethodParams):
-    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="share of each group's channels / FFN neurons removed, 0 <= s < 1 (at least one kept)")
-    heads: float = Field(0.0, ge=0.0, lt=1.0, description="share of each attention layer's heads removed, 0 <= s < 1 (at least one kept)")
+    sparsity: float = Field(
+        0.5,
+        ge=0.0,
+        lt=1.0,
+        description="share of each group's channels / FFN neurons removed, 0 <= s < 1 (at least one kept)",
+    )
+    heads: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of each attention layer's heads removed, 0 <= s < 1 (at least one kept)"
+    )
     importance: Literal["l1", "activation"] = Field(
-        "l1", description="l1: sum |w| of the unit's producer weights (Li et al. 2017); activation: Wanda's |W|*||X|| summed over the unit's consumer weights (calibration batches)"
+        "l1",
+        description="l1: sum |w| of the unit's producer weights (Li et al. 2017); activation: Wanda's |W|*||X|| summed over the unit's consumer weights (calibration batches)",
     )
     n_batches: int = Field(8, ge=1, description="calibration batches for importance=activation")
 
@@ -273,11 +315,16 @@ class ChannelPruning(Method):
         groups = [g for g in found if g.kind != "head" or p.heads > 0]
         if not groups:
             wrapped = any(hasattr(m, "base_layer") for m in model.modules())
-            hint = ("its layers are wrapped by an adapter; put channel before it or merge it first (merge=true)" if wrapped else
-                    "supported: ResNet conv{k}->bn{k}->conv{k+1} blocks, BERT/ViT FFNs and attention heads")
+            hint = (
+                "its layers are wrapped by an adapter; put channel before it or merge it first (merge=true)"
+                if wrapped
+                else "supported: ResNet conv{k}->bn{k}->conv{k+1} blocks, BERT/ViT FFNs and attention heads"
+            )
             raise HarnessError(f"method 'channel': found nothing to prune in {type(model).__name__} ({hint})")
         if p.heads > 0 and not any(g.kind == "head" for g in groups):
-            raise HarnessError(f"method 'channel': heads={p.heads} but {type(model).__name__} has no attention whose heads it can prune; use heads=0")
+            raise HarnessError(
+                f"method 'channel': heads={p.heads} but {type(model).__name__} has no attention whose heads it can prune; use heads=0"
+            )
         share = {"channel": p.sparsity, "neuron": p.sparsity, "head": p.heads}
         if p.importance == "activation":
             norms = consumer_column_norms(model, [g.consumer for g in groups], ctx.batches(p.n_batches))

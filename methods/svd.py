@@ -36,7 +36,9 @@ class SVDParams(MethodParams):
     rank: int | None = Field(None, gt=0, description="rank kept in every layer (capped at the layer's full rank)")
     energy: float | None = Field(None, gt=0, le=1, description="share of squared singular values to keep, per layer")
     activation_aware: bool = Field(False, description="ASVD: factorise W diag(mean|x|^alpha) from calibration batches")
-    alpha: float = Field(0.5, ge=0, le=1, description="ASVD's exponent on the mean absolute input (the paper's default 0.5)")
+    alpha: float = Field(
+        0.5, ge=0, le=1, description="ASVD's exponent on the mean absolute input (the paper's default 0.5)"
+    )
     n_batches: int = Field(8, ge=1, description="calibration batches for activation_aware")
 
     @model_validator(mode="after")
@@ -60,8 +62,9 @@ def svd_of(layer: nn.Module, input_scale: torch.Tensor | None = None) -> tuple[t
     return torch.linalg.svd(scaled_matrix(layer, input_scale), full_matrices=False)
 
 
-def factorise(layer: nn.Module, rank: int, input_scale: torch.Tensor | None = None,
-              svd: tuple[torch.Tensor, ...] | None = None) -> nn.Sequential:
+def factorise(
+    layer: nn.Module, rank: int, input_scale: torch.Tensor | None = None, svd: tuple[torch.Tensor, ...] | None = None
+) -> nn.Sequential:
     """The layer as two smaller ones whose product is its rank-`rank` truncation; with
     `input_scale` (ASVD's S), the truncation of W S with S^-1 folded into the first factor.
     `svd` is `svd_of(layer, input_scale)` when the caller has it already."""
@@ -74,8 +77,17 @@ def factorise(layer: nn.Module, rank: int, input_scale: torch.Tensor | None = No
         first, second = nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features, bias=bias)
         first.weight.data = vh.to(dtype)
     else:
-        first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                          dilation=layer.dilation, groups=1, bias=False, padding_mode=layer.padding_mode)
+        first = nn.Conv2d(
+            layer.in_channels,
+            rank,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=1,
+            bias=False,
+            padding_mode=layer.padding_mode,
+        )
         second = nn.Conv2d(rank, layer.out_channels, 1, bias=bias)
         first.weight.data = vh.reshape(rank, *layer.weight.shape[1:]).to(dtype)
     second.weight.data = (u * s).reshape(second.weight.shape).to(dtype)
@@ -101,8 +113,10 @@ class TruncatedSVD(Method):
     name = "svd"
     category = "low-rank compression"
     compresses = True
-    paper = ("Kaushal et al., LORD: Low Rank Decomposition of Monolingual Code LLMs, 2023; Denton et al., NeurIPS 2014; "
-             "activation_aware: Yuan et al., ASVD, 2023")
+    paper = (
+        "Kaushal et al., LORD: Low Rank Decomposition of Monolingual Code LLMs, 2023; Denton et al., NeurIPS 2014; "
+        "activation_aware: Yuan et al., ASVD, 2023"
+    )
     Params = SVDParams
 
     def apply(self, model, ctx):
@@ -128,8 +142,11 @@ class TruncatedSVD(Method):
                 model.set_submodule(name, factorise(layer, rank, scale, svd))
                 self.ranks[name] = rank
         if not self.ranks:  # an unchanged model is no compression
-            why = (f"every layer's full rank is at most {self.params.rank}" if self.params.rank else
-                   f"keeping {self.params.energy} of the spectrum makes no layer smaller")
+            why = (
+                f"every layer's full rank is at most {self.params.rank}"
+                if self.params.rank
+                else f"keeping {self.params.energy} of the spectrum makes no layer smaller"
+            )
             raise HarnessError(f"method 'svd': no layer was factorised ({why}); lower rank or energy")
         freeze_all_but(model)  # compression alone trains nothing; a later pipeline step decides what trains
         return model
@@ -139,7 +156,9 @@ class TruncatedSVD(Method):
 
 
 @torch.no_grad()
-def activation_scales(model: nn.Module, layers: list[tuple[str, nn.Module]], batches, alpha: float) -> dict[str, torch.Tensor]:
+def activation_scales(
+    model: nn.Module, layers: list[tuple[str, nn.Module]], batches, alpha: float
+) -> dict[str, torch.Tensor]:
     """ASVD's per-input-feature scale (mean |x_j|)^alpha of each layer over the calibration
     inputs, in the column order of `weight.reshape(out, -1)` (a conv's unfolded patch)."""
     sums: dict[str, torch.Tensor] = {}

@@ -115,7 +115,9 @@ class _LayerPlan:
     state: _MergeState
 
 
-def _tome_forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+def _tome_forward(
+    self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+) -> torch.Tensor:
     """A ViT layer (pre-norm attention, then MLP, each with dropout and a residual) that merges
     `r` tokens between the two, with proportional attention over the merged tokens' sizes."""
     plan: _LayerPlan = self._tome_plan
@@ -156,7 +158,9 @@ def _merging_class(base: type) -> type:
     """A subclass of the layer's own class with the merging forward: isinstance checks, the
     parameters and their names stay the same."""
     if base not in _MERGING_CLASSES:
-        _MERGING_CLASSES[base] = type(f"ToMe{base.__name__}", (base,), {"forward": _tome_forward, "__module__": __name__})
+        _MERGING_CLASSES[base] = type(
+            f"ToMe{base.__name__}", (base,), {"forward": _tome_forward, "__module__": __name__}
+        )
     return _MERGING_CLASSES[base]
 
 
@@ -173,7 +177,11 @@ def find_vit(model: nn.Module) -> tuple[nn.Module, nn.ModuleList] | None:
         if patches and isinstance(layers, nn.ModuleList) and len(layers) and all(map(_is_vit_layer, layers)):
             return embeddings, layers
         legacy = getattr(getattr(module, "encoder", None), "layer", None)
-        if patches and isinstance(legacy, nn.ModuleList) and hasattr(getattr(legacy[0], "attention", None), "attention"):
+        if (
+            patches
+            and isinstance(legacy, nn.ModuleList)
+            and hasattr(getattr(legacy[0], "attention", None), "attention")
+        ):
             raise HarnessError(
                 "method 'tome': this ViT has transformers 4.x layers (attention.attention.query); token merging "
                 "supports the transformers>=5 layout (attention.q_proj): upgrade transformers"
@@ -237,7 +245,9 @@ class ToMe(Method):
         if isinstance(r, int):
             return [r] * n_layers
         if len(r) != n_layers:
-            raise HarnessError(f"method 'tome': r lists {len(r)} values but the model has {n_layers} layers; give one per layer")
+            raise HarnessError(
+                f"method 'tome': r lists {len(r)} values but the model has {n_layers} layers; give one per layer"
+            )
         return list(r)
 
     @staticmethod

@@ -10,7 +10,9 @@ from harness.peft_method import PeftMethod
 
 
 class VeraParams(MethodParams):
-    r: int = Field(256, gt=0, description="rank of the shared random matrices (peft default; the paper uses 1024 for RoBERTa-base)")
+    r: int = Field(
+        256, gt=0, description="rank of the shared random matrices (peft default; the paper uses 1024 for RoBERTa-base)"
+    )
     dropout: float = Field(0.0, ge=0, lt=1)
     d_initial: float = Field(0.1, gt=0, description="initial value of the d scaling vector")
     target_modules: list[str] | None = None
@@ -31,6 +33,10 @@ class VeRA(PeftMethod):
 
         p = self.params
         return VeraConfig(
-            r=p.r, vera_dropout=p.dropout, d_initial=p.d_initial, target_modules=p.target_modules,
-            projection_prng_key=ctx.seed, **self.common_kwargs(ctx),
+            r=p.r,
+            vera_dropout=p.dropout,
+            d_initial=p.d_initial,
+            target_modules=p.target_modules,
+            projection_prng_key=ctx.seed,
+            **self.common_kwargs(ctx),
         )

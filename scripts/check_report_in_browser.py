@@ -29,9 +29,18 @@ from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--enable-logging=stderr", "--v=0", "--virtual-time-budget=8000", "--window-size=1400,2000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--virtual-time-budget=8000",
+    "--window-size=1400,2000",
 )
 CONSOLE_ERROR = re.compile(r"Uncaught|:ERROR:CONSOLE|\b\w*Error\b")
 REFERENCE = re.compile(r"<(?:script|link)\b[^>]*?\b(?:src|href)\s*=\s*[\"']?([^\"'\s>]+)", re.IGNORECASE)
@@ -63,7 +72,9 @@ def pages_to_check(site: Path, runs: int) -> list[Page]:
     for pareto in sorted(site.glob("pareto-*.html")):
         axes = re.findall(r'<option value="([^"]+)"', pareto.read_text(encoding="utf-8"))
         pages += [Page(pareto, axis) for axis in axes] or [Page(pareto)]
-    run_pages = sorted(site.glob("run-*.html"), key=lambda p: ("kernel-fig-" not in p.read_text(encoding="utf-8"), p.name))
+    run_pages = sorted(
+        site.glob("run-*.html"), key=lambda p: ("kernel-fig-" not in p.read_text(encoding="utf-8"), p.name)
+    )
     return pages + [Page(p) for p in run_pages[:runs]]
 
 

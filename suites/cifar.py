@@ -35,16 +35,30 @@ CIFAR_TASKS = {
     for t in [
         # Hub columns: img (Image), label (ClassLabel, 10 classes).
         CifarTask(
-            name="cifar10", dataset="uoft-cs/cifar10", config="plain_text", train_split="train",
-            eval_splits=(("test", ""),), primary_metric="accuracy", summary="32x32 images, 10 classes",
-            image_column="img", label_column="label", num_labels=10,
+            name="cifar10",
+            dataset="uoft-cs/cifar10",
+            config="plain_text",
+            train_split="train",
+            eval_splits=(("test", ""),),
+            primary_metric="accuracy",
+            summary="32x32 images, 10 classes",
+            image_column="img",
+            label_column="label",
+            num_labels=10,
         ),
         # Hub columns: img (Image), fine_label (ClassLabel, 100 classes), coarse_label (20
         # superclasses); the benchmark is the 100 fine labels.
         CifarTask(
-            name="cifar100", dataset="uoft-cs/cifar100", config="cifar100", train_split="train",
-            eval_splits=(("test", ""),), primary_metric="accuracy", summary="32x32 images, 100 classes (top-1, top-5)",
-            image_column="img", label_column="fine_label", num_labels=100,
+            name="cifar100",
+            dataset="uoft-cs/cifar100",
+            config="cifar100",
+            train_split="train",
+            eval_splits=(("test", ""),),
+            primary_metric="accuracy",
+            summary="32x32 images, 100 classes (top-1, top-5)",
+            image_column="img",
+            label_column="fine_label",
+            num_labels=100,
         ),
     ]
 }
@@ -68,7 +82,12 @@ class Cifar(ImageSuite):
     # from the method. No warm-up (the paper warms up only ResNet-110). max_length is unused:
     # images are 32x32.
     defaults = TrainDefaults(
-        epochs=3, batch_size=128, eval_batch_size=256, max_length=IMAGE_SIZE, warmup_ratio=0.0, weight_decay=1e-4,
+        epochs=3,
+        batch_size=128,
+        eval_batch_size=256,
+        max_length=IMAGE_SIZE,
+        warmup_ratio=0.0,
+        weight_decay=1e-4,
         source="He et al. 2016 (ResNet), sec. 4.2: batch 128, weight decay 1e-4; epochs shortened for a fine-tuning budget",
     )
 

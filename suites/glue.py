@@ -28,8 +28,16 @@ class GlueTask(Task):
 
 def _task(name, fields, num_labels, metrics, primary, summary, eval_splits=(("validation", ""),)):
     return GlueTask(
-        name=name, dataset=HUB_ID, config=name, train_split="train", eval_splits=eval_splits,
-        primary_metric=primary, summary=summary, text_fields=fields, num_labels=num_labels, metrics=metrics,
+        name=name,
+        dataset=HUB_ID,
+        config=name,
+        train_split="train",
+        eval_splits=eval_splits,
+        primary_metric=primary,
+        summary=summary,
+        text_fields=fields,
+        num_labels=num_labels,
+        metrics=metrics,
     )
 
 
@@ -42,7 +50,12 @@ GLUE_TASKS = {
         _task("qqp", ("question1", "question2"), 2, ("accuracy", "f1"), "accuracy", "duplicate Quora questions"),
         _task("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearman"), "pearson", "semantic similarity, 0-5"),
         _task(
-            "mnli", ("premise", "hypothesis"), 3, ("accuracy",), "accuracy", "entailment, 3 classes (matched + mismatched)",
+            "mnli",
+            ("premise", "hypothesis"),
+            3,
+            ("accuracy",),
+            "accuracy",
+            "entailment, 3 classes (matched + mismatched)",
             eval_splits=(("validation_matched", ""), ("validation_mismatched", "_mismatched")),
         ),
         _task("qnli", ("question", "sentence"), 2, ("accuracy",), "accuracy", "question answering as entailment"),
@@ -66,7 +79,12 @@ class Glue(Suite):
     # length 128 covers >99% of GLUE sentences and keeps a CPU run affordable. Epochs: the
     # paper trains 30-80; 3 is the budget default for CPU runs, raise it with --epochs.
     defaults = TrainDefaults(
-        epochs=3, batch_size=32, eval_batch_size=64, max_length=128, warmup_ratio=0.06, weight_decay=0.01,
+        epochs=3,
+        batch_size=32,
+        eval_batch_size=64,
+        max_length=128,
+        warmup_ratio=0.06,
+        weight_decay=0.01,
         source="Hu et al. 2021 (LoRA), Table 9, shortened for a single-machine budget",
     )
 
@@ -77,7 +95,10 @@ class Glue(Suite):
         tokenizer = from_pretrained(AutoTokenizer, location)
         # A checkpoint whose head has another label count gets a fresh head, as any new head.
         model = from_pretrained(
-            AutoModelForSequenceClassification, location, num_labels=task.num_labels, problem_type="regression" if task.num_labels == 1 else None,
+            AutoModelForSequenceClassification,
+            location,
+            num_labels=task.num_labels,
+            problem_type="regression" if task.num_labels == 1 else None,
             ignore_mismatched_sizes=True,
         )
         if tokenizer.pad_token is None:  # decoder-only tokenizers: pad with EOS for classification

@@ -17,7 +17,7 @@ import torch
 from harness.causal_lm import PromptFormat, prepare_examples
 from harness.errors import HarnessError
 from harness.resolve import DataSource, from_pretrained, locate_split
-from harness.suite import SUITES, Evaluation, Preset, Prepared, Suite, Task, TrainDefaults, check_files
+from harness.suite import SUITES, Evaluation, Prepared, Preset, Suite, Task, TrainDefaults, check_files
 
 # Column pairs (question, answer) of the training sets the suite knows; the first that a
 # data set has is used. GSM8K and MetaMathQA, then common instruction-data names.
@@ -51,8 +51,13 @@ class LmEvalSet:
 
 
 GSM8K = GenerativeTask(
-    name="gsm8k", dataset="openai/gsm8k", config="main", train_split="train", eval_splits=(("test", ""),),
-    primary_metric="exact_match_flexible", summary="grade-school math, exact match of the final number",
+    name="gsm8k",
+    dataset="openai/gsm8k",
+    config="main",
+    train_split="train",
+    eval_splits=(("test", ""),),
+    primary_metric="exact_match_flexible",
+    summary="grade-school math, exact match of the final number",
     lm_eval_task="gsm8k",
 )
 
@@ -71,8 +76,15 @@ class Gsm8k(Suite):
     # and the cosine schedule as there. --num-fewshot 5 is lm-eval's standard setting;
     # max_new_tokens 256 is lm-eval's default generation length.
     defaults = TrainDefaults(
-        epochs=1, batch_size=4, eval_batch_size=16, max_length=512, warmup_ratio=0.1, weight_decay=0.1,
-        lr_scheduler="cosine", num_fewshot=0, max_new_tokens=256,
+        epochs=1,
+        batch_size=4,
+        eval_batch_size=16,
+        max_length=512,
+        warmup_ratio=0.1,
+        weight_decay=0.1,
+        lr_scheduler="cosine",
+        num_fewshot=0,
+        max_new_tokens=256,
         source="peft method_comparison/MetaMathQA (weight decay 0.1, cosine, 10% warm-up), shortened for a CPU",
     )
     presets = {
@@ -83,11 +95,21 @@ class Gsm8k(Suite):
         # peft takes the loss on prompt and answer, here on the answer only; peft scores with its own
         # answer parser, here lm-eval's gsm8k (flexible extraction is the closest).
         "peft-metamathqa": Preset(
-            "peft-metamathqa", "huggingface/peft method_comparison/MetaMathQA (LoRA r=32 on Llama-3.2-3B)",
+            "peft-metamathqa",
+            "huggingface/peft method_comparison/MetaMathQA (LoRA r=32 on Llama-3.2-3B)",
             {
-                "model": "llama-3.2-3b", "method": "lora:r=32,alpha=64", "train_data": "meta-math/MetaMathQA",
-                "max_steps": 5000, "batch_size": 4, "eval_batch_size": 51, "lr": 1e-4, "weight_decay": 0.1,
-                "max_length": 768, "lr_scheduler": "cosine", "warmup_ratio": 0.1, "max_grad_norm": 1.0,
+                "model": "llama-3.2-3b",
+                "method": "lora:r=32,alpha=64",
+                "train_data": "meta-math/MetaMathQA",
+                "max_steps": 5000,
+                "batch_size": 4,
+                "eval_batch_size": 51,
+                "lr": 1e-4,
+                "weight_decay": 0.1,
+                "max_length": 768,
+                "lr_scheduler": "cosine",
+                "warmup_ratio": 0.1,
+                "max_grad_norm": 1.0,
                 "precision": "bf16",
             },
         ),
@@ -170,7 +192,11 @@ class Gsm8k(Suite):
         question, answer = self.qa_columns(dataset)
         fmt = PromptFormat()
         return prepare_examples(
-            tokenizer, [fmt.prompt(q) for q in dataset[question]], list(dataset[answer]), run.max_length, run.packing,
+            tokenizer,
+            [fmt.prompt(q) for q in dataset[question]],
+            list(dataset[answer]),
+            run.max_length,
+            run.packing,
             delimiter=fmt.delimiter,
         )
 
@@ -180,7 +206,9 @@ class Gsm8k(Suite):
             if set(pair) <= set(dataset.column_names):
                 return pair
         known = "; ".join("/".join(p) for p in QA_COLUMNS)
-        raise HarnessError(f"training data has columns {dataset.column_names}; expected a question/answer pair ({known})")
+        raise HarnessError(
+            f"training data has columns {dataset.column_names}; expected a question/answer pair ({known})"
+        )
 
     # Evaluation --------------------------------------------------------------
     def evaluate(self, model, tokenizer, task: GenerativeTask, eval_sets, run, device, show_progress) -> Evaluation:
@@ -189,17 +217,30 @@ class Gsm8k(Suite):
 
         from harness.lm_eval_bridge import documents, evaluate
 
-        (split, _, lm_set), = eval_sets
+        ((split, _, lm_set),) = eval_sets
         start = time.perf_counter()
         result = evaluate(
-            model, tokenizer, lm_set.config, num_fewshot=run.num_fewshot, limit=lm_set.limit,
-            batch_size=run.eval_batch_size, max_new_tokens=run.max_new_tokens, show_progress=show_progress,
+            model,
+            tokenizer,
+            lm_set.config,
+            num_fewshot=run.num_fewshot,
+            limit=lm_set.limit,
+            batch_size=run.eval_batch_size,
+            max_new_tokens=run.max_new_tokens,
+            show_progress=show_progress,
         )
         seconds = time.perf_counter() - start
         metrics = {METRIC_NAMES.get(k, k): v for k, v in result.metrics.items()}
         return Evaluation(
-            metrics, seconds, [split], documents(result.samples), self._prompt_batch(tokenizer, lm_set.prompts),
-            row={"num_fewshot": run.num_fewshot, "eval_settings": json.dumps(result.settings, sort_keys=True, default=str)},
+            metrics,
+            seconds,
+            [split],
+            documents(result.samples),
+            self._prompt_batch(tokenizer, lm_set.prompts),
+            row={
+                "num_fewshot": run.num_fewshot,
+                "eval_settings": json.dumps(result.settings, sort_keys=True, default=str),
+            },
         )
 
     @staticmethod
@@ -214,5 +255,7 @@ class Gsm8k(Suite):
         from harness.inference import forward_latency, generation_costs
 
         costs = forward_latency(model, evaluation.data, run, device)
-        costs.update(generation_costs(model, tokenizer, evaluation.data.references, run.eval_batch_size, device, run.precision))
+        costs.update(
+            generation_costs(model, tokenizer, evaluation.data.references, run.eval_batch_size, device, run.precision)
+        )
         return costs

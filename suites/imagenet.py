@@ -29,9 +29,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.image_classifiers import DEFAULT_IMAGE_SIZE, IMAGENET_CLASSES, ImageSpec, build_image_classifier, head_modules
+from harness.image_classifiers import (
+    DEFAULT_IMAGE_SIZE,
+    IMAGENET_CLASSES,
+    ImageSpec,
+    build_image_classifier,
+    head_modules,
+)
 from harness.images import (
-    DecodedImages, ImageSuite, ImageTask, NormalizeCollate, RandomHorizontalFlip, ResizeCenterCrop, check_image_columns,
+    DecodedImages,
+    ImageSuite,
+    ImageTask,
+    NormalizeCollate,
+    RandomHorizontalFlip,
+    ResizeCenterCrop,
+    check_image_columns,
 )
 from harness.resolve import DataSource
 from harness.suite import SUITES, Prepared, TrainDefaults
@@ -63,8 +75,15 @@ class ImageNetTask(ImageTask):
 
 def _subset_task(name: str, dataset: str, config: str | None, classes, summary: str) -> ImageNetTask:
     return ImageNetTask(
-        name=name, dataset=dataset, config=config, train_split="train", eval_splits=(("validation", ""),),
-        primary_metric="accuracy", summary=summary, wnids=tuple(w for w, _ in classes), names=tuple(n for _, n in classes),
+        name=name,
+        dataset=dataset,
+        config=config,
+        train_split="train",
+        eval_splits=(("validation", ""),),
+        primary_metric="accuracy",
+        summary=summary,
+        wnids=tuple(w for w, _ in classes),
+        names=tuple(n for _, n in classes),
     )
 
 
@@ -76,13 +95,24 @@ IMAGENET_TASKS = {
         _subset_task("imagewoof", "frgfm/imagewoof", "320px", IMAGEWOOF, "10 ImageNet dog breeds (Imagewoof)"),
         # Hub columns: image (Image), label (ClassLabel, the 1000 ImageNet-1k classes).
         ImageNetTask(
-            name="imagenet100", dataset=IMAGENET_HUB_ID, config=None, train_split="train",
-            eval_splits=(("validation", ""),), primary_metric="accuracy", labelled_by="imagenet",
-            summary="100 ImageNet-1k classes (CMC list, Tian et al. 2020), top-1 and top-5", wnids=IMAGENET100_WNIDS,
+            name="imagenet100",
+            dataset=IMAGENET_HUB_ID,
+            config=None,
+            train_split="train",
+            eval_splits=(("validation", ""),),
+            primary_metric="accuracy",
+            labelled_by="imagenet",
+            summary="100 ImageNet-1k classes (CMC list, Tian et al. 2020), top-1 and top-5",
+            wnids=IMAGENET100_WNIDS,
         ),
         ImageNetTask(
-            name="imagenet1k", dataset=IMAGENET_HUB_ID, config=None, train_split="train",
-            eval_splits=(("validation", ""),), primary_metric="accuracy", labelled_by="imagenet",
+            name="imagenet1k",
+            dataset=IMAGENET_HUB_ID,
+            config=None,
+            train_split="train",
+            eval_splits=(("validation", ""),),
+            primary_metric="accuracy",
+            labelled_by="imagenet",
             summary="ImageNet-1k, 1000 classes (validation, top-1 and top-5)",
         ),
     ]
@@ -122,7 +152,11 @@ class ImageNet(ImageSuite):
     # it with --epochs). The learning rate comes from the method. max_length is unused: the input
     # size is the model's.
     defaults = TrainDefaults(
-        epochs=3, batch_size=64, eval_batch_size=128, max_length=DEFAULT_IMAGE_SIZE, warmup_ratio=0.05,
+        epochs=3,
+        batch_size=64,
+        eval_batch_size=128,
+        max_length=DEFAULT_IMAGE_SIZE,
+        warmup_ratio=0.05,
         weight_decay=0.0,
         source="google-research/vision_transformer fine-tuning config (Dosovitskiy et al. 2021): clip 1, 5% warm-up, "
         "no weight decay; batch 512 -> 64 and 3 epochs for a CPU budget",
@@ -170,13 +204,17 @@ class ImageNet(ImageSuite):
         data_names = list(getattr(feature, "names", None) or [])
         if task.labelled_by == "imagenet":
             if data_names and len(data_names) != IMAGENET_CLASSES:
-                raise HarnessError(f"ImageNet {task.name} expects ImageNet-1k labels (1000 classes) but the data has {len(data_names)}")
+                raise HarnessError(
+                    f"ImageNet {task.name} expects ImageNet-1k labels (1000 classes) but the data has {len(data_names)}"
+                )
             ids = task.imagenet_ids
             return None if ids is None else {imagenet_id: i for i, imagenet_id in enumerate(ids)}
         if not data_names:
             return None  # plain integers: taken to be the task's label order
         if len(data_names) != task.num_labels:
-            raise HarnessError(f"ImageNet {task.name} expects {task.num_labels} classes but the data has {len(data_names)}")
+            raise HarnessError(
+                f"ImageNet {task.name} expects {task.num_labels} classes but the data has {len(data_names)}"
+            )
         # A class is recognised by its name or its WordNet id, whatever order the data lists them in.
         ours = {_normalised(n): i for i, n in enumerate(task.names)} | {w: i for i, w in enumerate(task.wnids)}
         mapping = {j: ours.get(_normalised(name)) for j, name in enumerate(data_names)}

@@ -62,20 +62,88 @@ def make_tiny_glue(root: Path, n_train: int = 96, n_eval: int = 48) -> Path:
     from datasets import ClassLabel, Features, Value
 
     rng = random.Random(0)
-    single = Features({"sentence": Value("string"), "label": ClassLabel(names=["negative", "positive"]), "idx": Value("int32")})
-    pair = Features({"sentence1": Value("string"), "sentence2": Value("string"), "label": ClassLabel(names=["not_equivalent", "equivalent"]), "idx": Value("int32")})
+    single = Features(
+        {"sentence": Value("string"), "label": ClassLabel(names=["negative", "positive"]), "idx": Value("int32")}
+    )
+    pair = Features(
+        {
+            "sentence1": Value("string"),
+            "sentence2": Value("string"),
+            "label": ClassLabel(names=["not_equivalent", "equivalent"]),
+            "idx": Value("int32"),
+        }
+    )
     for split, n in (("train", n_train), ("validation", n_eval)):
         labels = [i % 2 for i in range(n)]
-        write_split(root, "sst2", split, {"sentence": [_sentence(rng, bool(y)) for y in labels], "label": labels, "idx": list(range(n))}, single)
-        write_split(root, "cola", split, {"sentence": [_sentence(rng, bool(y)) for y in labels], "label": labels, "idx": list(range(n))}, single)
+        write_split(
+            root,
+            "sst2",
+            split,
+            {"sentence": [_sentence(rng, bool(y)) for y in labels], "label": labels, "idx": list(range(n))},
+            single,
+        )
+        write_split(
+            root,
+            "cola",
+            split,
+            {"sentence": [_sentence(rng, bool(y)) for y in labels], "label": labels, "idx": list(range(n))},
+            single,
+        )
         s1 = [_sentence(rng, bool(y)) for y in labels]
-        write_split(root, "mrpc", split, {"sentence1": s1, "sentence2": [_sentence(rng, bool(y)) for y in labels], "label": labels, "idx": list(range(n))}, pair)
-        stsb = Features({"sentence1": Value("string"), "sentence2": Value("string"), "label": Value("float32"), "idx": Value("int32")})
-        write_split(root, "stsb", split, {"sentence1": s1, "sentence2": s1, "label": [float(rng.uniform(0, 5)) for _ in labels], "idx": list(range(n))}, stsb)
-    mnli = Features({"premise": Value("string"), "hypothesis": Value("string"), "label": ClassLabel(names=["entailment", "neutral", "contradiction"]), "idx": Value("int32")})
+        write_split(
+            root,
+            "mrpc",
+            split,
+            {
+                "sentence1": s1,
+                "sentence2": [_sentence(rng, bool(y)) for y in labels],
+                "label": labels,
+                "idx": list(range(n)),
+            },
+            pair,
+        )
+        stsb = Features(
+            {
+                "sentence1": Value("string"),
+                "sentence2": Value("string"),
+                "label": Value("float32"),
+                "idx": Value("int32"),
+            }
+        )
+        write_split(
+            root,
+            "stsb",
+            split,
+            {
+                "sentence1": s1,
+                "sentence2": s1,
+                "label": [float(rng.uniform(0, 5)) for _ in labels],
+                "idx": list(range(n)),
+            },
+            stsb,
+        )
+    mnli = Features(
+        {
+            "premise": Value("string"),
+            "hypothesis": Value("string"),
+            "label": ClassLabel(names=["entailment", "neutral", "contradiction"]),
+            "idx": Value("int32"),
+        }
+    )
     for split, n in (("train", n_train), ("validation_matched", n_eval), ("validation_mismatched", n_eval)):
         labels = [i % 3 for i in range(n)]
-        write_split(root, "mnli", split, {"premise": [_sentence(rng, True) for _ in labels], "hypothesis": [_sentence(rng, y == 0) for y in labels], "label": labels, "idx": list(range(n))}, mnli)
+        write_split(
+            root,
+            "mnli",
+            split,
+            {
+                "premise": [_sentence(rng, True) for _ in labels],
+                "hypothesis": [_sentence(rng, y == 0) for y in labels],
+                "label": labels,
+                "idx": list(range(n)),
+            },
+            mnli,
+        )
     return root
 
 
@@ -96,8 +164,25 @@ def results_dir(tmp_path) -> Path:
 
 def tiny_run_args(model: Path, mirror: Path, results: Path, *extra: str) -> list[str]:
     return [
-        "run", "--suite", "glue", "--task", "sst2", "--model", str(model), "--data-dir", str(mirror),
-        "--results", str(results), "--max-steps", "4", "--batch-size", "16", "--latency-repeats", "2", "--quiet", *extra,
+        "run",
+        "--suite",
+        "glue",
+        "--task",
+        "sst2",
+        "--model",
+        str(model),
+        "--data-dir",
+        str(mirror),
+        "--results",
+        str(results),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--latency-repeats",
+        "2",
+        "--quiet",
+        *extra,
     ]
 
 
@@ -136,8 +221,20 @@ def loss_before_after(pipeline, model, ctx, data, steps: int) -> tuple[float, fl
     wrapped = pipeline.apply(model, ctx).eval()
     with torch.no_grad():
         before = wrapped(**batch).loss.item()
-    train(wrapped, data, pipeline, ctx, batch_size=16, steps=steps, warmup_ratio=0.0, max_grad_norm=1.0,
-          precision="fp32", device=torch.device("cpu"), seed=0, show_progress=False)
+    train(
+        wrapped,
+        data,
+        pipeline,
+        ctx,
+        batch_size=16,
+        steps=steps,
+        warmup_ratio=0.0,
+        max_grad_norm=1.0,
+        precision="fp32",
+        device=torch.device("cpu"),
+        seed=0,
+        show_progress=False,
+    )
     wrapped.eval()
     with torch.no_grad():
         return before, wrapped(**batch).loss.item()
@@ -179,14 +276,27 @@ def make_tiny_llama(directory: Path, max_positions: int = 512) -> Path:
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<pad>", "<eos>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    ))
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<pad>", "<eos>", "<unk>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(directory)

@@ -80,13 +80,25 @@ def test_a_run_that_raises_writes_a_failed_row(tiny_model, tiny_glue, results_di
     "args, message",
     [
         (["--suite", "glu", "--method", "lora"], "unknown suite 'glu'; did you mean glue?"),
-        (["--suite", "glue", "--task", "sst3", "--method", "lora"], "unknown task 'sst3' in suite 'glue'; did you mean sst2"),
-        (["--suite", "glue", "--task", "sst2", "--method", "lroa"], r"unknown method 'lroa'; did you mean [a-z, ]*\blora\b"),
+        (
+            ["--suite", "glue", "--task", "sst3", "--method", "lora"],
+            "unknown task 'sst3' in suite 'glue'; did you mean sst2",
+        ),
+        (
+            ["--suite", "glue", "--task", "sst2", "--method", "lroa"],
+            r"unknown method 'lroa'; did you mean [a-z, ]*\blora\b",
+        ),
         (["--suite", "glue", "--task", "sst2", "--method", "lora:rank=4"], "unknown parameter 'rank'"),
         (["--suite", "glue", "--task", "sst2", "--method", "lora:r=-1"], "r=-1: Input should be greater than 0"),
         (["--suite", "glue", "--task", "sst2", "--method", "lora", "--lr", "fast"], "Invalid value for '--lr'"),
-        (["--suite", "glue", "--task", "qqp", "--method", "lora"], "split 'train' of nyu-mll/glue/qqp is not in the data dir"),
-        (["--suite", "glue", "--task", "sst2", "--method", "lora:target_modules=[qery]"], "target module 'qery' is not in the model; did you mean query"),
+        (
+            ["--suite", "glue", "--task", "qqp", "--method", "lora"],
+            "split 'train' of nyu-mll/glue/qqp is not in the data dir",
+        ),
+        (
+            ["--suite", "glue", "--task", "sst2", "--method", "lora:target_modules=[qery]"],
+            "target module 'qery' is not in the model; did you mean query",
+        ),
         (["--suite", "glue", "--task", "sst2", "--method", "lora:r=64"], "rank 64 exceeds layer"),
         (["--suite", "glue", "--task", "sst2", "--method", "lisa:n_layers=9"], "n_layers=9"),
     ],
@@ -101,8 +113,23 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_model, tiny_glue, 
 
 
 def test_missing_data_dir_is_bad_input(tiny_model, tmp_path, capsys):
-    code = main(["run", "--suite", "glue", "--task", "sst2", "--method", "lora", "--model", str(tiny_model),
-                 "--data-dir", str(tmp_path / "nowhere"), "--results", str(tmp_path / "r")])
+    code = main(
+        [
+            "run",
+            "--suite",
+            "glue",
+            "--task",
+            "sst2",
+            "--method",
+            "lora",
+            "--model",
+            str(tiny_model),
+            "--data-dir",
+            str(tmp_path / "nowhere"),
+            "--results",
+            str(tmp_path / "r"),
+        ]
+    )
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
@@ -110,8 +137,23 @@ def test_missing_data_dir_is_bad_input(tiny_model, tmp_path, capsys):
 
 def test_console_script_bad_input_has_no_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", "--suite", "glue", "--method", "lora", "--lr", "abc",
-         "--results", str(tmp_path / "r")], capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "run",
+            "--suite",
+            "glue",
+            "--method",
+            "lora",
+            "--lr",
+            "abc",
+            "--results",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -21,14 +21,45 @@ _run_ids = itertools.count()
 def resolved(method="lora:r=8", seed=0, **overrides) -> ResolvedRun:
     """A run as `resolve()` makes it, so that the config column is what a job really writes."""
     values = dict(
-        suite="glue", task="sst2", method=method, method_params=[{"method": method.split(":")[0], "params": {}}],
-        model=MODEL, model_hub_id=MODEL, model_location=f"/mirror/models/{MODEL}", model_source="mirror", seed=seed,
-        max_train_samples=2000, max_eval_samples=None, epochs=1.0, max_steps=None, lr=3e-4, batch_size=32,
-        eval_batch_size=64, max_length=128, warmup_ratio=0.06, weight_decay=0.0, max_grad_norm=1.0, precision="bf16",
-        lr_scheduler="linear", gradient_accumulation_steps=1, gradient_checkpointing=False, max_train_tokens=None,
-        packing=False, train_data=None, num_fewshot=None, max_new_tokens=None, preset=None, device="auto",
-        latency_warmup=3, latency_repeats=20, data_dir="/mirror", data_sources={"train": "mirror"},
-        results_dir="results", harness_version="0.4.0", method_versions=[1], model_digest="hub:0123abcd",
+        suite="glue",
+        task="sst2",
+        method=method,
+        method_params=[{"method": method.split(":")[0], "params": {}}],
+        model=MODEL,
+        model_hub_id=MODEL,
+        model_location=f"/mirror/models/{MODEL}",
+        model_source="mirror",
+        seed=seed,
+        max_train_samples=2000,
+        max_eval_samples=None,
+        epochs=1.0,
+        max_steps=None,
+        lr=3e-4,
+        batch_size=32,
+        eval_batch_size=64,
+        max_length=128,
+        warmup_ratio=0.06,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        precision="bf16",
+        lr_scheduler="linear",
+        gradient_accumulation_steps=1,
+        gradient_checkpointing=False,
+        max_train_tokens=None,
+        packing=False,
+        train_data=None,
+        num_fewshot=None,
+        max_new_tokens=None,
+        preset=None,
+        device="auto",
+        latency_warmup=3,
+        latency_repeats=20,
+        data_dir="/mirror",
+        data_sources={"train": "mirror"},
+        results_dir="results",
+        harness_version="0.4.0",
+        method_versions=[1],
+        model_digest="hub:0123abcd",
         device_type="cuda",
     )
     values.update(overrides)
@@ -39,14 +70,36 @@ def run_row(method="lora:r=8", seed=0, config=None, **columns):
     """A complete ok result row of one run with realistic costs; `columns` override any of them."""
     run = resolved(method, seed, **(config or {}))
     row = full_row(
-        job_hash=run.job_hash, run_id=f"r{next(_run_ids)}", suite=run.suite, task=run.task, method=run.method,
-        model=run.model, model_hub_id=run.model_hub_id, seed=run.seed, config=run.model_dump_json(),
-        status="ok", error=None, traceback=None, metric="accuracy", score=0.90, harness_version=run.harness_version,
-        device_name=DEVICE, git_commit="1111111",
-        train_seconds=100.0, peak_memory_bytes=3 * 2**30,
-        latency_bs1_p50_ms=10.0, latency_bs1_p90_ms=10.4, latency_batch_p50_ms=40.0, latency_batch_p90_ms=41.0,
-        ttft_bs1_p50_ms=None, trainable_params=600_000, model_bytes=438_000_000, compressed_model_bytes=None,
-        flops_per_sample=2.2e10, concurrent_jobs=1, device="cuda:0",
+        job_hash=run.job_hash,
+        run_id=f"r{next(_run_ids)}",
+        suite=run.suite,
+        task=run.task,
+        method=run.method,
+        model=run.model,
+        model_hub_id=run.model_hub_id,
+        seed=run.seed,
+        config=run.model_dump_json(),
+        status="ok",
+        error=None,
+        traceback=None,
+        metric="accuracy",
+        score=0.90,
+        harness_version=run.harness_version,
+        device_name=DEVICE,
+        git_commit="1111111",
+        train_seconds=100.0,
+        peak_memory_bytes=3 * 2**30,
+        latency_bs1_p50_ms=10.0,
+        latency_bs1_p90_ms=10.4,
+        latency_batch_p50_ms=40.0,
+        latency_batch_p90_ms=41.0,
+        ttft_bs1_p50_ms=None,
+        trainable_params=600_000,
+        model_bytes=438_000_000,
+        compressed_model_bytes=None,
+        flops_per_sample=2.2e10,
+        concurrent_jobs=1,
+        device="cuda:0",
     )
     row.update(columns)
     return row
@@ -117,7 +170,9 @@ def test_latency_rise_within_the_measured_spread_is_noise(tmp_path, p90, regress
     base = store(tmp_path / "base", run_row(latency_bs1_p50_ms=10.0, latency_bs1_p90_ms=p90 or 10.0))
     new = store(tmp_path / "new", run_row(latency_bs1_p50_ms=11.5, latency_bs1_p90_ms=p90 or 11.5))
     comparison = compare_stores(base, new, time_tolerance=0.10)
-    assert found(comparison) == ({(REGRESSION, f"glue/sst2 lora:r=8 {MODEL} 0", "latency_bs1_p50_ms")} if regression else set())
+    assert found(comparison) == (
+        {(REGRESSION, f"glue/sst2 lora:r=8 {MODEL} 0", "latency_bs1_p50_ms")} if regression else set()
+    )
 
 
 def test_costs_without_a_spread_use_the_relative_tolerance(tmp_path):
@@ -130,8 +185,12 @@ def test_costs_without_a_spread_use_the_relative_tolerance(tmp_path):
 
 def test_hardware_costs_on_another_device_are_not_comparable(tmp_path):
     base = store(tmp_path / "base", run_row())
-    new = store(tmp_path / "new", run_row(device_name="NVIDIA A100-SXM4-40GB", latency_bs1_p50_ms=20.0,
-                                          latency_bs1_p90_ms=20.4, train_seconds=300.0))
+    new = store(
+        tmp_path / "new",
+        run_row(
+            device_name="NVIDIA A100-SXM4-40GB", latency_bs1_p50_ms=20.0, latency_bs1_p90_ms=20.4, train_seconds=300.0
+        ),
+    )
     comparison = compare_stores(base, new)
     assert comparison.regressions == []
     [note] = comparison.changes
@@ -143,14 +202,19 @@ def test_exact_costs_regress_on_any_rise_whatever_the_device(tmp_path):
     new = store(tmp_path / "new", run_row(device_name="other", trainable_params=600_001, model_bytes=437_000_000))
     comparison = compare_stores(base, new, time_tolerance=10.0)
     assert {(c.kind, c.column) for c in comparison.changes if c.kind != "info"} == {
-        (REGRESSION, "trainable_params"), ("improvement", "model_bytes"),
+        (REGRESSION, "trainable_params"),
+        ("improvement", "model_bytes"),
     }
 
 
 def test_run_missing_in_new_is_a_regression_and_a_new_run_is_information(tmp_path):
     base = store(tmp_path / "base", run_row("lora:r=8"), run_row("bitfit"), run_row("full"))
-    new = store(tmp_path / "new", run_row("lora:r=8"), run_row("dora:r=8"),
-                run_row("full", status="failed", score=None, error="RuntimeError: CUDA out of memory"))
+    new = store(
+        tmp_path / "new",
+        run_row("lora:r=8"),
+        run_row("dora:r=8"),
+        run_row("full", status="failed", score=None, error="RuntimeError: CUDA out of memory"),
+    )
     comparison = compare_stores(base, new)
     assert found(comparison) == {
         (REGRESSION, f"glue/sst2 bitfit {MODEL} 0", "run"),
@@ -158,15 +222,23 @@ def test_run_missing_in_new_is_a_regression_and_a_new_run_is_information(tmp_pat
         ("info", f"glue/sst2 dora:r=8 {MODEL} 0", "run"),
     }
     notes = {c.run.split()[1]: c.note for c in comparison.changes}
-    assert notes == {"bitfit": "missing in new", "full": "failed in new: RuntimeError: CUDA out of memory",
-                     "dora:r=8": "new run"}
+    assert notes == {
+        "bitfit": "missing in new",
+        "full": "failed in new: RuntimeError: CUDA out of memory",
+        "dora:r=8": "new run",
+    }
     assert comparison.compared == 1
 
 
 def test_runs_match_across_versions_commits_and_paths(tmp_path):
     base = store(tmp_path / "base", run_row(git_commit="aaaaaaa"))
-    elsewhere = dict(harness_version="0.5.0", results_dir="/ci/night-2/results", data_dir="/ci/mirror",
-                     model_location="/ci/mirror/models/bert", device="cuda:0")
+    elsewhere = dict(
+        harness_version="0.5.0",
+        results_dir="/ci/night-2/results",
+        data_dir="/ci/mirror",
+        model_location="/ci/mirror/models/bert",
+        device="cuda:0",
+    )
     new_row = run_row(config=elsewhere, git_commit="bbbbbbb-dirty", harness_version="0.5.0")
     comparison = compare_stores(base, store(tmp_path / "new", new_row))
     assert comparison.changes == [] and comparison.compared == 1
@@ -178,9 +250,11 @@ def test_runs_match_across_versions_commits_and_paths(tmp_path):
 def test_latest_run_of_one_identity_wins_within_a_store(tmp_path):
     day = datetime(2026, 1, 2, tzinfo=timezone.utc)
     base = store(tmp_path / "base", run_row(score=0.90))
-    new = store(tmp_path / "new",
-                run_row(score=0.80, created_at=day + timedelta(days=2)),
-                run_row(score=0.70, created_at=day, config={"harness_version": "0.3.0"}))
+    new = store(
+        tmp_path / "new",
+        run_row(score=0.80, created_at=day + timedelta(days=2)),
+        run_row(score=0.70, created_at=day, config={"harness_version": "0.3.0"}),
+    )
     [change] = compare_stores(base, new).changes
     assert (change.column, change.new) == ("score", 0.80)
 
@@ -234,30 +308,53 @@ def test_several_seeds_are_gated_on_their_mean_within_k_standard_errors(tmp_path
 
 def test_timings_from_a_shared_device_are_not_compared(tmp_path):
     base = store(tmp_path / "base", run_row(concurrent_jobs=1))
-    new = store(tmp_path / "new", run_row(concurrent_jobs=4, train_seconds=300.0, latency_bs1_p50_ms=30.0,
-                                          latency_bs1_p90_ms=31.0, peak_memory_bytes=6 * 2**30))
+    new = store(
+        tmp_path / "new",
+        run_row(
+            concurrent_jobs=4,
+            train_seconds=300.0,
+            latency_bs1_p50_ms=30.0,
+            latency_bs1_p90_ms=31.0,
+            peak_memory_bytes=6 * 2**30,
+        ),
+    )
     comparison = compare_stores(base, new)
     assert {(c.kind, c.column) for c in comparison.changes} == {
-        ("info", "concurrent_jobs"), (REGRESSION, "peak_memory_bytes")}  # memory is per process: still compared
+        ("info", "concurrent_jobs"),
+        (REGRESSION, "peak_memory_bytes"),
+    }  # memory is per process: still compared
     assert next(c for c in comparison.changes if c.column == "concurrent_jobs").note.startswith(
-        "not compared: shared device")
+        "not compared: shared device"
+    )
     alone = store(tmp_path / "alone", run_row(concurrent_jobs=1, train_seconds=300.0))
     assert {c.column for c in compare_stores(base, alone).regressions} == {"train_seconds"}
 
 
 def test_device_dependent_exact_costs_are_compared_within_one_device_type(tmp_path):
     base = store(tmp_path / "base", run_row(device="cuda:0"))
-    cpu = store(tmp_path / "cpu", run_row(device="cpu", device_name=DEVICE, flops_per_sample=1.5e10,
-                                          model_bytes=800_000_000, trainable_params=600_001))
+    cpu = store(
+        tmp_path / "cpu",
+        run_row(
+            device="cpu", device_name=DEVICE, flops_per_sample=1.5e10, model_bytes=800_000_000, trainable_params=600_001
+        ),
+    )
     changes = {(c.kind, c.column) for c in compare_stores(base, cpu).changes}
     assert changes == {("info", "device"), (REGRESSION, "trainable_params")}
     gpu = store(tmp_path / "gpu", run_row(device="cuda:1", flops_per_sample=3e10))
     assert {c.column for c in compare_stores(base, gpu).regressions} == {"flops_per_sample"}
 
 
-@pytest.mark.parametrize("flag, value", [("--metric-tolerance", "nan"), ("--metric-tolerance", "inf"),
-                                         ("--time-tolerance", "-0.1"), ("--time-tolerance", "nan"),
-                                         ("--metric-k", "inf"), ("--metric-k", "-1")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--metric-tolerance", "nan"),
+        ("--metric-tolerance", "inf"),
+        ("--time-tolerance", "-0.1"),
+        ("--time-tolerance", "nan"),
+        ("--metric-k", "inf"),
+        ("--metric-k", "-1"),
+    ],
+)
 def test_tolerances_must_be_finite_and_not_negative(tmp_path, capsys, flag, value):
     from harness.cli import main
 

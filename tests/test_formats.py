@@ -33,8 +33,8 @@ CONTEXT = MethodContext(task_type="image_cls", head_modules=("head",), total_ste
 
 def test_distinct_values_are_counted_per_group_of_each_row():
     from methods.quantization import most_distinct_per_group, on_grid
-    values = torch.tensor([[1.0, 1.0, 2.0, 3.0, 5.0, 5.0, 5.0],
-                           [0.0, 1.0, 0.0, 1.0, 7.0, 8.0, 9.0]])
+
+    values = torch.tensor([[1.0, 1.0, 2.0, 3.0, 5.0, 5.0, 5.0], [0.0, 1.0, 0.0, 1.0, 7.0, 8.0, 9.0]])
     # groups of 4 columns: [1,1,2,3] -> 3, [5,5,5] -> 1, [0,1,0,1] -> 2, [7,8,9] -> 3
     assert most_distinct_per_group(values, 4) == 3
     assert most_distinct_per_group(values, 2) == 2  # [2,3], [0,1], [7,8]; the short last groups [5] and [9]
@@ -45,6 +45,7 @@ def test_distinct_values_are_counted_per_group_of_each_row():
 @pytest.mark.parametrize("bits, group_size", [(4, 16), (4, 0), (8, 32)])
 def test_quantized_weights_are_on_their_grid_and_trained_ones_are_not(bits, group_size):
     from methods.quantization import on_grid
+
     torch.manual_seed(0)
     weight = torch.randn(8, 96)
     quantized = fake_quantize(weight, bits, group_size)
@@ -73,7 +74,11 @@ def test_weights_moved_off_the_grid_report_the_dense_size_and_no_kernel(spec):
 def _row_figures(pipeline, model) -> tuple[int, float, float]:
     """total_params, bits_per_parameter and weight_sparsity as the job computes them."""
     compression = pipeline.compression(model)
-    return count_parameters(model)[1], 8 * compression.compressed_bytes / stored_parameter_count(model), weight_sparsity(model)
+    return (
+        count_parameters(model)[1],
+        8 * compression.compressed_bytes / stored_parameter_count(model),
+        weight_sparsity(model),
+    )
 
 
 def test_the_bitsandbytes_path_reports_the_simulated_paths_count_bits_and_sparsity(monkeypatch):
@@ -115,6 +120,7 @@ class WithScratch(nn.Module):
 
 def test_model_bytes_are_the_state_dict_and_memory_bytes_add_non_persistent_buffers():
     from harness.meters import model_memory_bytes
+
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     params = 4 * 3 * 9 + 4 + 4 + 4  # conv weight and bias, batch-norm weight and bias
     stats = 4 + 4  # running mean and variance, float32
@@ -128,6 +134,7 @@ def test_model_bytes_are_the_state_dict_and_memory_bytes_add_non_persistent_buff
 
 def test_tied_weights_are_stored_once():
     from harness.meters import model_memory_bytes
+
     net = nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 10, bias=False))
     net[1].weight = net[0].weight
     assert model_bytes(net) == model_memory_bytes(net) == 4 * 60
@@ -148,15 +155,17 @@ def test_a_dynamically_quantized_linear_is_stored_as_its_packed_int8_weight():
 def test_nola_stores_its_coefficients_not_its_regenerable_bases(model):
     """NOLA's bases are drawn again from the seed: a checkpoint holds the base model plus two
     coefficient vectors per adapted layer, about what LoRA adds at the same targets."""
-    from harness.meters import model_memory_bytes
     import copy
 
+    from harness.meters import model_memory_bytes
     from methods.nola import NolaLinear
 
     ctx = MethodContext(task_type="seq_cls", head_modules=("classifier",), seed=0)
     base = model_bytes(model)
     lora = Pipeline.parse("lora:r=8,target_modules=[query,value]").apply(copy.deepcopy(model), ctx)
-    nola = Pipeline.parse("nola:r=8,num_basis_a=256,num_basis_b=256,target_modules=[query,value]").apply(copy.deepcopy(model), ctx)
+    nola = Pipeline.parse("nola:r=8,num_basis_a=256,num_basis_b=256,target_modules=[query,value]").apply(
+        copy.deepcopy(model), ctx
+    )
     layers = [m for m in nola.modules() if isinstance(m, NolaLinear)]
     assert len(layers) == 4
     assert model_bytes(nola) == base + 4 * 4 * (256 + 256)  # float32 coefficients only
@@ -186,7 +195,9 @@ def test_stacked_compressions_report_the_smallest_format_the_final_weights_are_i
     assert pruning.compressed_bytes == rest + 4 * nonzero + 64 * 32 // 8
     assert int8.compressed_bytes < pruning.compressed_bytes and len(layers) == 1
     combined = pipeline.compression(model)
-    assert combined == Compression(weight_bits=int8.weight_bits, kernel="simulated", compressed_bytes=int8.compressed_bytes)
+    assert combined == Compression(
+        weight_bits=int8.weight_bits, kernel="simulated", compressed_bytes=int8.compressed_bytes
+    )
 
     sparse = Pipeline.parse("int8:group_size=16+magnitude:sparsity=0.9")
     sparse_model = sparse.apply(small_mlp(), CONTEXT)
@@ -210,6 +221,7 @@ def test_combine_prices_by_a_real_format_whatever_the_order():
 
 def test_nf4_blocks_are_64_consecutive_weights_of_the_flattened_tensor():
     from methods.quantization import most_distinct_per_group
+
     pipeline = Pipeline.parse("nf4")
     model = pipeline.apply(small_mlp(), CONTEXT)
     flat = model.fc.weight.detach().reshape(1, -1)

@@ -32,16 +32,47 @@ def _own_digest_cache(tmp_path, monkeypatch):
 def run(**overrides) -> ResolvedRun:
     """A fully resolved run with fixed values (no files needed), as `resolve()` makes it."""
     values = dict(
-        suite="glue", task="sst2", method="lora:r=8", method_params=[{"method": "lora", "params": {"r": 8}}],
-        method_versions=[1], model="roberta-base", model_hub_id="FacebookAI/roberta-base",
-        model_location="FacebookAI/roberta-base", model_source="hub",
-        model_digest="hub:e2da8e2f811d1448a5b465c236feacd80ffbac7b", seed=0,
-        max_train_samples=4000, max_eval_samples=None, epochs=3.0, max_steps=None, lr=2e-3, batch_size=32,
-        eval_batch_size=64, max_length=128, warmup_ratio=0.06, weight_decay=0.0, max_grad_norm=1.0, precision="fp32",
-        lr_scheduler="linear", gradient_accumulation_steps=1, gradient_checkpointing=False, max_train_tokens=None,
-        packing=False, train_data=None, num_fewshot=None, max_new_tokens=None, preset=None, kernel_profile=True,
-        device="auto", device_type="cpu", latency_warmup=3, latency_repeats=20, data_dir="/mirror",
-        data_sources={"train": "/mirror/nyu-mll/glue/sst2"}, results_dir="results", harness_version="0.1.0",
+        suite="glue",
+        task="sst2",
+        method="lora:r=8",
+        method_params=[{"method": "lora", "params": {"r": 8}}],
+        method_versions=[1],
+        model="roberta-base",
+        model_hub_id="FacebookAI/roberta-base",
+        model_location="FacebookAI/roberta-base",
+        model_source="hub",
+        model_digest="hub:e2da8e2f811d1448a5b465c236feacd80ffbac7b",
+        seed=0,
+        max_train_samples=4000,
+        max_eval_samples=None,
+        epochs=3.0,
+        max_steps=None,
+        lr=2e-3,
+        batch_size=32,
+        eval_batch_size=64,
+        max_length=128,
+        warmup_ratio=0.06,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        precision="fp32",
+        lr_scheduler="linear",
+        gradient_accumulation_steps=1,
+        gradient_checkpointing=False,
+        max_train_tokens=None,
+        packing=False,
+        train_data=None,
+        num_fewshot=None,
+        max_new_tokens=None,
+        preset=None,
+        kernel_profile=True,
+        device="auto",
+        device_type="cpu",
+        latency_warmup=3,
+        latency_repeats=20,
+        data_dir="/mirror",
+        data_sources={"train": "/mirror/nyu-mll/glue/sst2"},
+        results_dir="results",
+        harness_version="0.1.0",
     )
     values.update(overrides)
     return ResolvedRun(**values)
@@ -55,10 +86,24 @@ GOLDEN = [
     (dict(device_type="cuda", device="cuda:0"), "104126858549e192"),
     (dict(kernel_profile=False), "ff589328e841bdc1"),
     (dict(latency_repeats=200), "b6f1900fce6b01fa"),
-    (dict(method="wanda:sparsity=0.5+lora", method_versions=[1, 1],
-          method_params=[{"method": "wanda", "params": {"sparsity": 0.5}}, {"method": "lora", "params": {}}]), "f21559e312d380eb"),
-    (dict(model="/models/bert", model_hub_id="/models/bert", model_location="/models/bert", model_source="path",
-          model_digest="sha256:00112233445566778899"), "e1d38e046970b7cf"),
+    (
+        dict(
+            method="wanda:sparsity=0.5+lora",
+            method_versions=[1, 1],
+            method_params=[{"method": "wanda", "params": {"sparsity": 0.5}}, {"method": "lora", "params": {}}],
+        ),
+        "f21559e312d380eb",
+    ),
+    (
+        dict(
+            model="/models/bert",
+            model_hub_id="/models/bert",
+            model_location="/models/bert",
+            model_source="path",
+            model_digest="sha256:00112233445566778899",
+        ),
+        "e1d38e046970b7cf",
+    ),
 ]
 
 
@@ -70,7 +115,14 @@ def test_fixed_runs_have_their_documented_hashes(overrides, expected):
 def test_the_identity_is_versioned_and_holds_what_changes_a_result():
     identity = run().identity()
     assert identity["identity_version"] == IDENTITY_VERSION == 2
-    for key in ("device_type", "kernel_profile", "latency_warmup", "latency_repeats", "method_versions", "model_digest"):
+    for key in (
+        "device_type",
+        "kernel_profile",
+        "latency_warmup",
+        "latency_repeats",
+        "method_versions",
+        "model_digest",
+    ):
         assert key in identity
     for key in ("harness_version", "method_params", "device", "model_location", "data_dir", "results_dir"):
         assert key not in identity
@@ -80,19 +132,30 @@ def test_the_identity_is_versioned_and_holds_what_changes_a_result():
     assert run().job_hash == hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-@pytest.mark.parametrize("change", [
-    dict(device_type="cuda"), dict(kernel_profile=False), dict(latency_repeats=2), dict(latency_warmup=0),
-    dict(method_versions=[2]), dict(model_digest="hub:0000000000000000000000000000000000000000"),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(device_type="cuda"),
+        dict(kernel_profile=False),
+        dict(latency_repeats=2),
+        dict(latency_warmup=0),
+        dict(method_versions=[2]),
+        dict(model_digest="hub:0000000000000000000000000000000000000000"),
+    ],
+)
 def test_what_changes_a_result_changes_the_hash(change):
     assert run(**change).job_hash != run().job_hash
 
 
-@pytest.mark.parametrize("change", [
-    dict(harness_version="0.0.0+source"), dict(device="cuda:1", device_type="cpu"),
-    dict(method_params=[{"method": "lora", "params": {"r": 8, "alpha": 16, "new_option": None}}]),
-    dict(results_dir="/elsewhere", data_dir="/other-mirror", model_location="/copy/of/roberta"),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(harness_version="0.0.0+source"),
+        dict(device="cuda:1", device_type="cpu"),
+        dict(method_params=[{"method": "lora", "params": {"r": 8, "alpha": 16, "new_option": None}}]),
+        dict(results_dir="/elsewhere", data_dir="/other-mirror", model_location="/copy/of/roberta"),
+    ],
+)
 def test_what_does_not_change_a_result_leaves_the_hash(change):
     assert run(**change).job_hash == run().job_hash
 
@@ -105,8 +168,15 @@ def test_the_gpu_index_is_not_part_of_the_identity():
 
 
 def resolved(tiny_model, tiny_glue, tmp_path, **spec):
-    values = dict(suite="glue", task="sst2", method="lora", model=str(tiny_model), data_dir=str(tiny_glue),
-                  results_dir=str(tmp_path / "results"), max_steps=2)
+    values = dict(
+        suite="glue",
+        task="sst2",
+        method="lora",
+        model=str(tiny_model),
+        data_dir=str(tiny_glue),
+        results_dir=str(tmp_path / "results"),
+        max_steps=2,
+    )
     values.update(spec)
     return resolve(RunSpec(**values))[0]
 
@@ -140,7 +210,9 @@ def _lora_variant(monkeypatch, **attributes):
     return variant
 
 
-def test_a_new_parameter_whose_default_keeps_the_old_behaviour_keeps_the_hash(tiny_model, tiny_glue, tmp_path, monkeypatch):
+def test_a_new_parameter_whose_default_keeps_the_old_behaviour_keeps_the_hash(
+    tiny_model, tiny_glue, tmp_path, monkeypatch
+):
     before = resolved(tiny_model, tiny_glue, tmp_path, device="cpu")
     lora = METHODS.get("lora")
     params = type("Params", (lora.Params,), {"__annotations__": {"new_option": bool}, "new_option": False})
@@ -149,7 +221,10 @@ def test_a_new_parameter_whose_default_keeps_the_old_behaviour_keeps_the_hash(ti
     assert "new_option" in after.method_params[0]["params"]  # the row still shows every parameter
     assert after.job_hash == before.job_hash
     # Setting it is a different experiment.
-    assert resolved(tiny_model, tiny_glue, tmp_path, device="cpu", method="lora:new_option=true").job_hash != before.job_hash
+    assert (
+        resolved(tiny_model, tiny_glue, tmp_path, device="cpu", method="lora:new_option=true").job_hash
+        != before.job_hash
+    )
 
 
 def test_bumping_a_methods_version_makes_its_old_jobs_stale(tiny_model, tiny_glue, tmp_path, monkeypatch):
@@ -231,8 +306,10 @@ def _model_folder(folder: Path) -> Path:
 
 def test_a_folder_digest_is_sha256_over_its_model_files(tmp_path):
     folder = _model_folder(tmp_path / "m")
-    lines = "".join(f"{name}\t{hashlib.sha256((folder / name).read_bytes()).hexdigest()}\n"
-                    for name in ("config.json", "model.safetensors", "vocab.txt"))
+    lines = "".join(
+        f"{name}\t{hashlib.sha256((folder / name).read_bytes()).hexdigest()}\n"
+        for name in ("config.json", "model.safetensors", "vocab.txt")
+    )
     expected = "sha256:" + hashlib.sha256(lines.encode()).hexdigest()[:16]
     model = ResolvedModel(str(folder), str(folder), str(folder), "path")
     assert model_digest(model) == expected
@@ -298,7 +375,9 @@ def test_a_hub_model_is_identified_by_the_revision_its_cache_holds(tmp_path, mon
     import huggingface_hub.constants
 
     commit = "e2da8e2f811d1448a5b465c236feacd80ffbac7b"
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(_fake_hub_cache(tmp_path / "hub", "org/model", commit)))
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HF_HUB_CACHE", str(_fake_hub_cache(tmp_path / "hub", "org/model", commit))
+    )
     assert model_digest(ResolvedModel("org/model", "org/model", "org/model", "hub")) == f"hub:{commit}"
     assert model_digest(ResolvedModel("org/other", "org/other", "org/other", "hub")) == "hub:unresolved"
 
@@ -306,19 +385,39 @@ def test_a_hub_model_is_identified_by_the_revision_its_cache_holds(tmp_path, mon
 def test_checkpoints_and_random_init_models_have_digests(tmp_path):
     ckpt = tmp_path / "ckpt.pth"
     ckpt.write_bytes(b"state dict")
-    assert model_digest(ResolvedModel(str(ckpt), "x", str(ckpt), "checkpoint")) == \
-        "sha256:" + hashlib.sha256(b"state dict").hexdigest()[:16]
-    assert model_digest(ResolvedModel("vit-tiny", "random-init:vit-tiny", "random-init:vit-tiny", "random-init")) == "random-init"
+    assert (
+        model_digest(ResolvedModel(str(ckpt), "x", str(ckpt), "checkpoint"))
+        == "sha256:" + hashlib.sha256(b"state dict").hexdigest()[:16]
+    )
+    assert (
+        model_digest(ResolvedModel("vit-tiny", "random-init:vit-tiny", "random-init:vit-tiny", "random-init"))
+        == "random-init"
+    )
 
 
 # Compare matches by the same identity ----------------------------------------------------------
 
 
 def _row(r: ResolvedRun, **columns) -> dict:
-    row = full_row(job_hash=r.job_hash, run_id=columns.pop("run_id", "r1"), suite=r.suite, task=r.task, method=r.method,
-                   model=r.model, model_hub_id=r.model_hub_id, seed=r.seed, config=r.model_dump_json(), status="ok",
-                   error=None, traceback=None, metric="accuracy", score=0.9, device_name="x", model_digest=r.model_digest,
-                   identity_upgraded_from=None)
+    row = full_row(
+        job_hash=r.job_hash,
+        run_id=columns.pop("run_id", "r1"),
+        suite=r.suite,
+        task=r.task,
+        method=r.method,
+        model=r.model,
+        model_hub_id=r.model_hub_id,
+        seed=r.seed,
+        config=r.model_dump_json(),
+        status="ok",
+        error=None,
+        traceback=None,
+        metric="accuracy",
+        score=0.9,
+        device_name="x",
+        model_digest=r.model_digest,
+        identity_upgraded_from=None,
+    )
     row.update(columns)
     return row
 
@@ -337,11 +436,34 @@ def test_compare_never_matches_a_cpu_run_with_a_gpu_run(tmp_path):
 # What ResolvedRun held before identities were versioned, and how jobs were hashed then.
 V1_FIELDS_ADDED = ("method_versions", "model_digest", "device_type")
 V1_IDENTITY = (
-    "suite", "task", "method", "method_params", "model_hub_id", "seed", "data_seed", "max_train_samples",
-    "max_eval_samples", "epochs", "max_steps", "lr", "batch_size", "eval_batch_size", "max_length",
-    "warmup_ratio", "weight_decay", "max_grad_norm", "precision", "harness_version",
-    "lr_scheduler", "gradient_accumulation_steps", "gradient_checkpointing", "max_train_tokens", "packing",
-    "train_data", "num_fewshot", "max_new_tokens",
+    "suite",
+    "task",
+    "method",
+    "method_params",
+    "model_hub_id",
+    "seed",
+    "data_seed",
+    "max_train_samples",
+    "max_eval_samples",
+    "epochs",
+    "max_steps",
+    "lr",
+    "batch_size",
+    "eval_batch_size",
+    "max_length",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "precision",
+    "harness_version",
+    "lr_scheduler",
+    "gradient_accumulation_steps",
+    "gradient_checkpointing",
+    "max_train_tokens",
+    "packing",
+    "train_data",
+    "num_fewshot",
+    "max_new_tokens",
 )
 
 
@@ -351,9 +473,19 @@ def v1_row(r: ResolvedRun, device: str, run_id: str, drop=()) -> dict:
     if config["model_source"] == "path":
         config["model_hub_id"] = config["model_location"]  # a local folder was named by its path
     identity = {k: config.get(k) for k in V1_IDENTITY}
-    old_hash = hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:16]
-    row = _row(r, run_id=run_id, job_hash=old_hash, config=json.dumps(config), schema_version=1, device=device, model_digest=None,
-               model_hub_id=config["model_hub_id"])
+    old_hash = hashlib.sha256(
+        json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()[:16]
+    row = _row(
+        r,
+        run_id=run_id,
+        job_hash=old_hash,
+        config=json.dumps(config),
+        schema_version=1,
+        device=device,
+        model_digest=None,
+        model_hub_id=config["model_hub_id"],
+    )
     return row
 
 
@@ -367,9 +499,23 @@ def test_store_upgrade_rekeys_old_rows_exactly(tiny_model, tiny_glue, tmp_path, 
     old_cpu, old_gpu = v1_row(cpu, "cpu", "a1"), v1_row(cpu.model_copy(update={"device": "auto"}), "cuda:0", "a2")
     assert old_cpu["job_hash"] == old_gpu["job_hash"]
     # A row from before kernel profiling and the causal-LM options existed.
-    older = v1_row(cpu, "cpu", "a3", drop=("kernel_profile", "lr_scheduler", "gradient_accumulation_steps",
-                                            "gradient_checkpointing", "max_train_tokens", "packing", "train_data",
-                                            "num_fewshot", "max_new_tokens", "preset"))
+    older = v1_row(
+        cpu,
+        "cpu",
+        "a3",
+        drop=(
+            "kernel_profile",
+            "lr_scheduler",
+            "gradient_accumulation_steps",
+            "gradient_checkpointing",
+            "max_train_tokens",
+            "packing",
+            "train_data",
+            "num_fewshot",
+            "max_new_tokens",
+            "preset",
+        ),
+    )
     for row in (old_cpu, old_gpu, older):
         write_row(row, store)
     kernels = store / "_kernels" / f"{old_cpu['job_hash']}.parquet"
@@ -389,7 +535,11 @@ def test_store_upgrade_rekeys_old_rows_exactly(tiny_model, tiny_glue, tmp_path, 
     assert df.loc["a2", "job_hash"] == cuda.job_hash != cpu.job_hash
     assert df.loc["a3", "job_hash"] == cpu.model_copy(update={"kernel_profile": False}).job_hash  # no profiling then
     assert set(df["schema_version"]) == {SCHEMA_VERSION}
-    assert dict(df["identity_upgraded_from"]) == {"a1": old_cpu["job_hash"], "a2": old_cpu["job_hash"], "a3": older["job_hash"]}
+    assert dict(df["identity_upgraded_from"]) == {
+        "a1": old_cpu["job_hash"],
+        "a2": old_cpu["job_hash"],
+        "a3": older["job_hash"],
+    }
     assert set(df["model_digest"]) == {cpu.model_digest} and set(df["model_hub_id"]) == {cpu.model_hub_id}
     for run_id, row in df.iterrows():
         assert ResolvedRun.model_validate_json(row["config"]).job_hash == row["job_hash"]
@@ -420,15 +570,19 @@ def test_store_upgrade_gives_an_old_kernel_table_to_the_run_that_wrote_it(tiny_m
     summary = upgrade_store(store)
     assert summary.rekeyed == 2 and summary.kernel_tables_moved == 1 and not legacy.exists()
     table = pq.read_table(kernel_table_path(str(store), cpu.job_hash, "b2")).to_pylist()
-    assert table == [{"job_hash": cpu.job_hash, "phase": "train", "run_id": "b2"},
-                     {"job_hash": cpu.job_hash, "phase": "inference", "run_id": "b2"}]
+    assert table == [
+        {"job_hash": cpu.job_hash, "phase": "train", "run_id": "b2"},
+        {"job_hash": cpu.job_hash, "phase": "inference", "run_id": "b2"},
+    ]
 
 
 def test_store_upgrade_keeps_a_row_whose_model_is_gone_apart(tiny_model, tiny_glue, tmp_path):
     from harness.store_upgrade import upgrade_store
 
     cpu = resolved(tiny_model, tiny_glue, tmp_path, device="cpu")
-    gone = cpu.model_copy(update={"model_location": str(tmp_path / "deleted"), "model_hub_id": str(tmp_path / "deleted")})
+    gone = cpu.model_copy(
+        update={"model_location": str(tmp_path / "deleted"), "model_hub_id": str(tmp_path / "deleted")}
+    )
     store = tmp_path / "old"
     write_row(v1_row(gone, "cpu", "c1"), store)
     summary = upgrade_store(store)

@@ -32,29 +32,35 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("name, category", [
-    ("aten::addmm", "matmul"),
-    ("aten::mm", "matmul"),
-    ("aten::native_layer_norm", "normalisation"),
-    ("aten::native_layer_norm_backward", "normalisation"),
-    ("aten::gelu", "elementwise"),
-    ("aten::add_", "elementwise"),
-    ("aten::threshold_backward", "elementwise"),
-    ("aten::copy_", "memory copy"),
-    ("aten::embedding", "memory copy"),
-    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
-    ("aten::_softmax", "attention"),
-    ("aten::_log_softmax", "other"),  # the loss, not attention
-    ("ampere_sgemm_128x64_tn", "matmul"),
-    ("nvjet_tst_128x64_64x8_1x1_v_bz_coopA_TNN", "matmul"),
-    ("fmha_cutlassF_f32_aligned_64x64_rf_sm80", "attention"),  # a CUTLASS kernel, but attention first
-    ("Memcpy HtoD (Pageable -> Device)", "memory copy"),
-    ("Memset (Device)", "memory copy"),
-    ("void at::native::elementwise_kernel<128, 4, at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)>", "memory copy"),
-    ("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>", "elementwise"),
-    ("aten::view", "other"),
-    ("aten::sum", "other"),
-])
+@pytest.mark.parametrize(
+    "name, category",
+    [
+        ("aten::addmm", "matmul"),
+        ("aten::mm", "matmul"),
+        ("aten::native_layer_norm", "normalisation"),
+        ("aten::native_layer_norm_backward", "normalisation"),
+        ("aten::gelu", "elementwise"),
+        ("aten::add_", "elementwise"),
+        ("aten::threshold_backward", "elementwise"),
+        ("aten::copy_", "memory copy"),
+        ("aten::embedding", "memory copy"),
+        ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+        ("aten::_softmax", "attention"),
+        ("aten::_log_softmax", "other"),  # the loss, not attention
+        ("ampere_sgemm_128x64_tn", "matmul"),
+        ("nvjet_tst_128x64_64x8_1x1_v_bz_coopA_TNN", "matmul"),
+        ("fmha_cutlassF_f32_aligned_64x64_rf_sm80", "attention"),  # a CUTLASS kernel, but attention first
+        ("Memcpy HtoD (Pageable -> Device)", "memory copy"),
+        ("Memset (Device)", "memory copy"),
+        (
+            "void at::native::elementwise_kernel<128, 4, at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)>",
+            "memory copy",
+        ),
+        ("void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>", "elementwise"),
+        ("aten::view", "other"),
+        ("aten::sum", "other"),
+    ],
+)
 def test_categorise(name, category):
     assert categorise(name) == category
 
@@ -121,7 +127,9 @@ def test_attribution_forward_backward_and_excluded_base():
         head(layer(pre(x))).sum().backward()
 
     prof = profile_steps(step, "cpu", warmup=1, steps=2, adapters=[AdapterScope(layer, (layer.base,))])
-    assert not layer._forward_hooks and not layer._forward_pre_hooks and not layer.base._forward_pre_hooks  # hooks removed
+    assert (
+        not layer._forward_hooks and not layer._forward_pre_hooks and not layer.base._forward_pre_hooks
+    )  # hooks removed
     by = {}
     for row in prof.rows:
         by.setdefault(row["name"], set()).add(row["category"])
@@ -158,7 +166,9 @@ def test_handwritten_adapter_scope():
 
     prof = profile_steps(step, "cpu", warmup=1, steps=2, adapters=scopes)
     assert 0 < prof.adapter_share < 1
-    assert all(row["category"] != ADAPTER_OP for row in prof.rows if row["name"] == "aten::addmm")  # base layers have bias
+    assert all(
+        row["category"] != ADAPTER_OP for row in prof.rows if row["name"] == "aten::addmm"
+    )  # base layers have bias
     assert any(row["category"] == ADAPTER_OP for row in prof.rows if row["name"] == "aten::mm")  # x @ A.T, h @ B.T
 
 
@@ -169,8 +179,14 @@ def tiny_bert():
     torch.manual_seed(0)
     # Wide layers and a short batch (4 x 8 tokens): DoRA's per-forward weight norm over the
     # 128 x 128 weights then outweighs the LoRA branch clearly, not by a timing-noise margin.
-    config = BertConfig(vocab_size=100, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256,
-                        max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=100,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=256,
+        max_position_embeddings=64,
+    )
     model = BertForSequenceClassification(config)
     g = torch.Generator().manual_seed(0)
     batch = {"input_ids": torch.randint(0, 100, (4, 8), generator=g), "labels": torch.randint(0, 2, (4,), generator=g)}
@@ -192,7 +208,9 @@ def robust_share(model, batch) -> float:
     # On CPU each operator call counts with its least time over the 4 x 2 steps: another
     # process taking the core only adds time, to whatever op was running, and a single hit
     # can swamp a 3 ms step.
-    return profile_steps(train_step(model, batch), "cpu", warmup=2, steps=4, repeats=2, adapters=adapter_scopes(model)).adapter_share
+    return profile_steps(
+        train_step(model, batch), "cpu", warmup=2, steps=4, repeats=2, adapters=adapter_scopes(model)
+    ).adapter_share
 
 
 def test_lora_and_dora_shares(tiny_bert):
@@ -201,7 +219,9 @@ def test_lora_and_dora_shares(tiny_bert):
     base, batch = tiny_bert
     shares = {}
     for dora in (False, True):
-        model = get_peft_model(copy.deepcopy(base), LoraConfig(r=8, target_modules=["query", "value"], use_dora=dora, task_type="SEQ_CLS"))
+        model = get_peft_model(
+            copy.deepcopy(base), LoraConfig(r=8, target_modules=["query", "value"], use_dora=dora, task_type="SEQ_CLS")
+        )
         model.train()
         scopes = adapter_scopes(model)
         assert len(scopes) == 4  # query and value of 2 layers; the classifier's ModulesToSaveWrapper is not an adapter
@@ -225,7 +245,9 @@ def test_ln_tuning_adds_no_adapter_time(tiny_bert):
     from peft import LNTuningConfig, get_peft_model
 
     base, batch = tiny_bert
-    model = get_peft_model(copy.deepcopy(base), LNTuningConfig(target_modules=["LayerNorm"], task_type="SEQ_CLS")).train()
+    model = get_peft_model(
+        copy.deepcopy(base), LNTuningConfig(target_modules=["LayerNorm"], task_type="SEQ_CLS")
+    ).train()
     scopes = adapter_scopes(model)
     assert len(scopes) == 5 and all(len(scope.exclude) == 2 for scope in scopes)  # embeddings + 2 per layer
     prof = profile_steps(train_step(model, batch), "cpu", warmup=1, steps=1, adapters=scopes)
@@ -256,7 +278,17 @@ def test_to_table():
     prof = profile_steps(lambda: model(x), "cpu", warmup=0, steps=1, adapters=[])
     assert prof.adapter_share == 0.0
     table = prof.to_table("abc123", "inference")
-    assert table.column_names == ["job_hash", "phase", "rank", "name", "category", "calls", "total_us", "mean_us", "share"]
+    assert table.column_names == [
+        "job_hash",
+        "phase",
+        "rank",
+        "name",
+        "category",
+        "calls",
+        "total_us",
+        "mean_us",
+        "share",
+    ]
     assert table.num_rows == len(prof.rows)
     assert set(table["job_hash"].to_pylist()) == {"abc123"} and set(table["phase"].to_pylist()) == {"inference"}
     assert table["rank"].to_pylist() == list(range(1, table.num_rows + 1))
@@ -272,8 +304,17 @@ def test_cuda_events_linked_to_operators():
     from torch.autograd.profiler_util import FunctionEvent
 
     def event(id, name, start, end, device=DeviceType.CPU, linked=0, annotation=False, parent=None):
-        e = FunctionEvent(id=id, name=name, thread=1, start_us=start, end_us=end, device_type=device,
-                          is_user_annotation=annotation, linked_correlation_id=linked, use_device="cuda")
+        e = FunctionEvent(
+            id=id,
+            name=name,
+            thread=1,
+            start_us=start,
+            end_us=end,
+            device_type=device,
+            is_user_annotation=annotation,
+            linked_correlation_id=linked,
+            use_device="cuda",
+        )
         if parent is not None:
             e.set_cpu_parent(parent)
             parent.append_cpu_child(e)
@@ -284,7 +325,10 @@ def test_cuda_events_linked_to_operators():
     adapter_range = event(3, ADAPTER_RANGE, 10, 20, annotation=True)
     mm = event(4, "aten::mm", 11, 19, parent=adapter_range)
     events = [
-        base_range, addmm, adapter_range, mm,
+        base_range,
+        addmm,
+        adapter_range,
+        mm,
         event(5, "ampere_sgemm_128x64_tn", 100, 130, DeviceType.CUDA, linked=2),
         event(6, "ampere_sgemm_32x32_nn", 130, 140, DeviceType.CUDA, linked=4),
         event(7, "Memcpy HtoD (Pageable -> Device)", 140, 150, DeviceType.CUDA, linked=0),
@@ -293,7 +337,9 @@ def test_cuda_events_linked_to_operators():
     prof = summarise(events, cuda=True)
     assert prof.device_kind == "cuda" and prof.total_us == pytest.approx(50)
     assert {row["name"]: row["category"] for row in prof.rows} == {
-        "ampere_sgemm_128x64_tn": "matmul", "ampere_sgemm_32x32_nn": ADAPTER_OP, "Memcpy HtoD (Pageable -> Device)": "memory copy",
+        "ampere_sgemm_128x64_tn": "matmul",
+        "ampere_sgemm_32x32_nn": ADAPTER_OP,
+        "Memcpy HtoD (Pageable -> Device)": "memory copy",
     }
     assert prof.adapter_share == pytest.approx(10 / 50)
     assert prof.top_category == "matmul"

@@ -24,23 +24,46 @@ CPU_TIME_TOLERANCE = 1000  # x the base value: see test_cpu_nightly_end_to_end
 
 def night_rows(day: str, scores: dict[tuple[str, int], float], **columns) -> list[dict]:
     created = datetime.fromisoformat(day).replace(hour=3, tzinfo=timezone.utc)
-    return [run_row(method, seed, score=score, created_at=created, **columns)
-            for (method, seed), score in scores.items()]
+    return [
+        run_row(method, seed, score=score, created_at=created, **columns) for (method, seed), score in scores.items()
+    ]
 
 
 @pytest.fixture()
 def history(tmp_path) -> Path:
     """Two nights: LoRA's seeds drop from 0.90 and 0.92 to 0.80 and 0.82 on the second; BitFit's seed 0 was run
     twice that night (only the later run counts); full fine-tuning failed that night."""
-    first = store(tmp_path / "night-1", *night_rows(NIGHT_1, {
-        ("lora:r=8", 0): 0.90, ("lora:r=8", 1): 0.92, ("bitfit", 0): 0.80, ("bitfit", 1): 0.82,
-    }, train_seconds=100.0))
+    first = store(
+        tmp_path / "night-1",
+        *night_rows(
+            NIGHT_1,
+            {
+                ("lora:r=8", 0): 0.90,
+                ("lora:r=8", 1): 0.92,
+                ("bitfit", 0): 0.80,
+                ("bitfit", 1): 0.82,
+            },
+            train_seconds=100.0,
+        ),
+    )
     early = night_rows(NIGHT_2, {("bitfit", 0): 0.10})[0]
     early["created_at"] -= timedelta(hours=1)
     failed = night_rows(NIGHT_2, {("full", 0): None}, status="failed", error="RuntimeError: CUDA out of memory")
-    second = store(tmp_path / "night-2", early, *failed, *night_rows(NIGHT_2, {
-        ("lora:r=8", 0): 0.80, ("lora:r=8", 1): 0.82, ("bitfit", 0): 0.80, ("bitfit", 1): 0.82,
-    }, train_seconds=105.0))  # within compare's 10%: a trend, not a regression
+    second = store(
+        tmp_path / "night-2",
+        early,
+        *failed,
+        *night_rows(
+            NIGHT_2,
+            {
+                ("lora:r=8", 0): 0.80,
+                ("lora:r=8", 1): 0.82,
+                ("bitfit", 0): 0.80,
+                ("bitfit", 1): 0.82,
+            },
+            train_seconds=105.0,
+        ),
+    )  # within compare's 10%: a trend, not a regression
     root = tmp_path / "history"
     append_night(first, root, NIGHT_1)
     append_night(second, root, NIGHT_2)
@@ -126,8 +149,13 @@ def test_page_is_self_contained_and_shows_the_regression_and_the_trend(history, 
     assert lines["lora:r=8"]["y"] == pytest.approx([0.91, 0.81])
     assert "full" not in lines  # no successful run: no point to draw
     titles = [f["layout"]["title"]["text"] for f in figures(page).values()]
-    assert titles == ["glue/sst2: accuracy over nights", "glue/sst2: training time (s)", "glue/sst2: peak memory (MiB)",
-                      "glue/sst2: latency at batch 1, p50 (ms)", "glue/sst2: model size (MiB)"]
+    assert titles == [
+        "glue/sst2: accuracy over nights",
+        "glue/sst2: training time (s)",
+        "glue/sst2: peak memory (MiB)",
+        "glue/sst2: latency at batch 1, p50 (ms)",
+        "glue/sst2: model size (MiB)",
+    ]
 
 
 def test_one_night_has_nothing_to_compare(tmp_path):
@@ -138,10 +166,16 @@ def test_one_night_has_nothing_to_compare(tmp_path):
 
 def test_nightly_sweep_files_are_valid_and_cover_the_planned_grid():
     gpu = load_sweep(CONFIGS / "nightly.yaml")
-    jobs = {(j.values["suite"], j.values.get("task"), j.values["method"], j.values["model"], j.values.get("seed", 0))
-            for j in gpu.jobs}
-    glue = {("glue", t, m, "roberta-base", seed) for t in ("sst2", "rte")
-            for m in ("lora", "dora", "full", "bitfit", "lora+int8") for seed in (0, 1, 2)}
+    jobs = {
+        (j.values["suite"], j.values.get("task"), j.values["method"], j.values["model"], j.values.get("seed", 0))
+        for j in gpu.jobs
+    }
+    glue = {
+        ("glue", t, m, "roberta-base", seed)
+        for t in ("sst2", "rte")
+        for m in ("lora", "dora", "full", "bitfit", "lora+int8")
+        for seed in (0, 1, 2)
+    }
     gsm8k = {("gsm8k", None, "lora", "smollm2-135m", seed) for seed in (0, 1, 2)}
     gsm8k.add(("gsm8k", None, "none", "smollm2-135m", 0))
     assert jobs == glue | gsm8k and len(gpu.jobs) == len(jobs)
@@ -201,8 +235,22 @@ def test_a_store_with_an_unreadable_file_is_refused_before_anything_is_copied(tm
     assert not root.exists() or nights(root) == [] and not any(root.iterdir())
     from harness.cli import main
 
-    assert main(["leaderboard", "--history", str(root), "--add", str(night), "--date", NIGHT_1,
-                 "--out", str(tmp_path / "site")]) == 2
+    assert (
+        main(
+            [
+                "leaderboard",
+                "--history",
+                str(root),
+                "--add",
+                str(night),
+                "--date",
+                NIGHT_1,
+                "--out",
+                str(tmp_path / "site"),
+            ]
+        )
+        == 2
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("harness: warning")]
     assert len(err) == 1 and "broken.parquet" in err[0]
     assert not root.exists() or not any(root.iterdir())
@@ -220,14 +268,31 @@ def test_a_store_whose_files_hold_no_rows_is_refused(tmp_path):
         append_night(tmp_path / "empty", tmp_path / "history", NIGHT_1)
 
 
-@pytest.mark.parametrize("flag, value", [("--metric-tolerance", "nan"), ("--time-tolerance", "inf"),
-                                         ("--metric-tolerance", "-1"), ("--metric-k", "nan")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--metric-tolerance", "nan"), ("--time-tolerance", "inf"), ("--metric-tolerance", "-1"), ("--metric-k", "nan")],
+)
 def test_leaderboard_tolerances_must_be_finite_and_not_negative(history, tmp_path, capsys, flag, value):
     from harness.cli import main
 
     night = store(tmp_path / "night-3", *night_rows("2026-01-04", {("lora:r=8", 0): 0.9}))
-    assert main(["leaderboard", "--history", str(history), "--add", str(night), "--date", "2026-01-04",
-                 "--out", str(tmp_path / "site"), f"{flag}={value}"]) == 2
+    assert (
+        main(
+            [
+                "leaderboard",
+                "--history",
+                str(history),
+                "--add",
+                str(night),
+                "--date",
+                "2026-01-04",
+                "--out",
+                str(tmp_path / "site"),
+                f"{flag}={value}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and flag in err
     assert [d.isoformat() for d, _ in nights(history)] == [NIGHT_1, NIGHT_2]  # nothing added
@@ -267,8 +332,11 @@ def test_names_cannot_break_out_of_the_leaderboard_script(tmp_path):
 def test_trend_keeps_configurations_apart_and_a_method_fix_continues_its_line(tmp_path):
     """Two learning rates of LoRA in one night are two lines, never one mean; a method whose code
     version was bumped the next night continues its line (the trend is there to show such changes)."""
-    first = store(tmp_path / "n1", *night_rows(NIGHT_1, {("lora:r=8", 0): 0.90}),
-                  *night_rows(NIGHT_1, {("lora:r=8", 0): 0.60}, config={"lr": 1e-5}))
+    first = store(
+        tmp_path / "n1",
+        *night_rows(NIGHT_1, {("lora:r=8", 0): 0.90}),
+        *night_rows(NIGHT_1, {("lora:r=8", 0): 0.60}, config={"lr": 1e-5}),
+    )
     second = store(tmp_path / "n2", *night_rows(NIGHT_2, {("lora:r=8", 0): 0.88}, config={"method_versions": [2]}))
     root = tmp_path / "history"
     append_night(first, root, NIGHT_1)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
@@ -46,7 +45,6 @@ def _assert_same(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> Non
     assert after.keys() == before.keys()
     changed = [k for k in before if not torch.equal(after[k], before[k])]
     assert not changed, f"measuring changed {changed}"
-
 
 
 @pytest.fixture()
@@ -108,8 +106,21 @@ def test_kernel_profiling_does_not_change_the_score(tiny_ckpt, cifar_mirror, tmp
     monkeypatch.setattr(cifar, "evaluate", recording_evaluate)
     rows = {}
     for flag in ("--kernel-profile", "--no-kernel-profile"):
-        assert _run(tiny_ckpt, cifar_mirror, tmp_path / flag, "--method", "full", "--max-steps", "2",
-                    "--batch-size", "16", flag) == 0
+        assert (
+            _run(
+                tiny_ckpt,
+                cifar_mirror,
+                tmp_path / flag,
+                "--method",
+                "full",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "16",
+                flag,
+            )
+            == 0
+        )
         rows[flag] = read_results(tmp_path / flag).iloc[0]
     on, off = rows["--kernel-profile"], rows["--no-kernel-profile"]
     assert on["status"] == off["status"] == "ok"
@@ -139,8 +150,20 @@ def _train(model, data, method: str, steps: int = 2, precision: str = "fp32"):
     ctx = MethodContext(task_type="seq_cls", head_modules=("classifier",), total_steps=steps, lr=1e-3, seed=0)
     pipeline = Pipeline.parse(method)
     model = pipeline.apply(model, ctx)
-    stats = train(model, data, pipeline, ctx, batch_size=8, steps=steps, warmup_ratio=0.0, max_grad_norm=1.0,
-                  precision=precision, device=CPU, seed=0, show_progress=False)
+    stats = train(
+        model,
+        data,
+        pipeline,
+        ctx,
+        batch_size=8,
+        steps=steps,
+        warmup_ratio=0.0,
+        max_grad_norm=1.0,
+        precision=precision,
+        device=CPU,
+        seed=0,
+        show_progress=False,
+    )
     return pipeline, stats
 
 
@@ -190,14 +213,20 @@ def test_sdpa_and_eager_attention_count_the_same_flops(tiny_model, dropout):
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = dropout
-        counts[impl] = (forward_flops(model, inputs, CPU, "fp32"),
-                        train_step_flops(model.train(), {**inputs, "labels": torch.tensor([0, 1, 0, 1])}, CPU, "fp32"))
+        counts[impl] = (
+            forward_flops(model, inputs, CPU, "fp32"),
+            train_step_flops(model.train(), {**inputs, "labels": torch.tensor([0, 1, 0, 1])}, CPU, "fp32"),
+        )
     assert counts["sdpa"] == counts["eager"]
     # The forward by hand (tests/conftest.py TINY: hidden 32, 2 heads of 16, intermediate 48, 2 layers):
     # per layer Q, K, V, O and the two MLP matmuls, the scores Q K^T and the weighted sum P V;
     # then the pooler and the 2-way classifier on the first token.
     b, s, hidden, heads, inter, layers = 4, 12, 32, 2, 48, 2
-    per_layer = 4 * 2 * b * s * hidden * hidden + 2 * 2 * b * s * hidden * inter + 2 * (2 * b * heads * s * s * (hidden // heads))
+    per_layer = (
+        4 * 2 * b * s * hidden * hidden
+        + 2 * 2 * b * s * hidden * inter
+        + 2 * (2 * b * heads * s * s * (hidden // heads))
+    )
     assert counts["eager"][0] == layers * per_layer + 2 * b * hidden * hidden + 2 * b * hidden * 2
 
 
@@ -258,8 +287,21 @@ def test_train_flops_are_summed_over_the_batches_that_ran():
     ctx = MethodContext(task_type="seq_cls", total_steps=5, lr=1e-3, seed=0)
     pipeline.apply(model, ctx)
     shapes.clear()
-    stats = train(model, data, pipeline, ctx, batch_size=3, steps=5, warmup_ratio=0.0, max_grad_norm=1.0,
-                  precision="fp32", device=CPU, seed=0, show_progress=False, grad_accum=2)
+    stats = train(
+        model,
+        data,
+        pipeline,
+        ctx,
+        batch_size=3,
+        steps=5,
+        warmup_ratio=0.0,
+        max_grad_norm=1.0,
+        precision="fp32",
+        device=CPU,
+        seed=0,
+        show_progress=False,
+        grad_accum=2,
+    )
     ran = list(shapes)
     assert len(ran) == 5 * 2 and len(set(ran)) > 2  # the batches really differ in length
     # Forward x W^T and the weight's gradient, 2 * b * L * 8 * 4 each (the input needs no gradient).
@@ -272,10 +314,9 @@ def test_train_flops_are_summed_over_the_batches_that_ran():
 
 
 def test_data_driven_initialisation_has_its_own_time(tiny_model, tiny_glue, results_dir, monkeypatch):
-    from methods.full import FullFineTuning
-
     from harness.cli import main
     from harness.store import read_results
+    from methods.full import FullFineTuning
     from tests.conftest import tiny_run_args
 
     original = FullFineTuning.apply
@@ -288,7 +329,9 @@ def test_data_driven_initialisation_has_its_own_time(tiny_model, tiny_glue, resu
     assert main(tiny_run_args(tiny_model, tiny_glue, results_dir, "--method", "full", "--no-kernel-profile")) == 0
     row = read_results(results_dir).iloc[0]
     assert row["init_seconds"] >= 0.3
-    assert row["pipeline_seconds"] == pytest.approx(row["init_seconds"] + row["train_seconds"])  # nothing after training
+    assert row["pipeline_seconds"] == pytest.approx(
+        row["init_seconds"] + row["train_seconds"]
+    )  # nothing after training
 
 
 # fp16 on CPU ---------------------------------------------------------------------------------
@@ -302,9 +345,28 @@ def test_fp16_on_cpu_is_refused_before_loading(tiny_model, tiny_glue, tmp_path, 
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(type(SUITES.get("glue")()), "build_model", no_load)
-    code = main(["run", "--suite", "glue", "--task", "sst2", "--model", str(tiny_model),
-                 "--data-dir", str(tiny_glue), "--results", str(tmp_path / "r"), "--method", "full", "--precision", "fp16",
-                 "--device", "cpu", "--quiet"])
+    code = main(
+        [
+            "run",
+            "--suite",
+            "glue",
+            "--task",
+            "sst2",
+            "--model",
+            str(tiny_model),
+            "--data-dir",
+            str(tiny_glue),
+            "--results",
+            str(tmp_path / "r"),
+            "--method",
+            "full",
+            "--precision",
+            "fp16",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     assert len(err.splitlines()) == 1 and "fp16" in err and "bf16" in err

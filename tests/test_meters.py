@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from harness.meters import (
-    PeakMemory, count_parameters, measure_latency, model_bytes, optimizer_state_bytes, trainable_bytes,
+    PeakMemory,
+    count_parameters,
+    measure_latency,
+    model_bytes,
+    optimizer_state_bytes,
+    trainable_bytes,
 )
 
 
@@ -116,10 +121,17 @@ def test_mfu_is_achieved_flops_over_the_datasheet_peak():
 
 # Dense TF32 tensor-core peaks, half the datasheets' "with sparsity" figures:
 # A100 312*, H100 SXM5 989*, H100 PCIe 756*, H200 989*, L40S 366*; RTX 4090 82.6 (Ada whitepaper).
-@pytest.mark.parametrize("name, tf32", [
-    ("NVIDIA A100-SXM4-80GB", 156.0), ("NVIDIA H100 80GB HBM3", 494.7), ("NVIDIA H100 PCIe", 378.0),
-    ("NVIDIA H200", 494.7), ("NVIDIA L40S", 183.0), ("NVIDIA GeForce RTX 4090", 82.6),
-])
+@pytest.mark.parametrize(
+    "name, tf32",
+    [
+        ("NVIDIA A100-SXM4-80GB", 156.0),
+        ("NVIDIA H100 80GB HBM3", 494.7),
+        ("NVIDIA H100 PCIe", 378.0),
+        ("NVIDIA H200", 494.7),
+        ("NVIDIA L40S", 183.0),
+        ("NVIDIA GeForce RTX 4090", 82.6),
+    ],
+)
 def test_fp32_runs_with_tf32_kernels_are_compared_with_the_tf32_peak(name, tf32):
     from harness.devices import mfu, peak_tflops
 

@@ -19,17 +19,36 @@ from methods.sora import SoraAdamW, SoraLinear
 
 
 def ctx(lr=1e-3, weight_decay=0.0, data=None, steps=10) -> MethodContext:
-    return MethodContext(task_type="seq_cls", head_modules=("classifier",), total_steps=steps, lr=lr,
-                         weight_decay=weight_decay, seed=0,
-                         sample_batches=(lambda n: sample_batches(data, 16, n, 0)) if data is not None else None)
+    return MethodContext(
+        task_type="seq_cls",
+        head_modules=("classifier",),
+        total_steps=steps,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=0,
+        sample_batches=(lambda n: sample_batches(data, 16, n, 0)) if data is not None else None,
+    )
 
 
 def run(model, pipeline, context, data, steps):
-    return train(model, data, pipeline, context, batch_size=16, steps=steps, warmup_ratio=0.0, max_grad_norm=0.0,
-                 precision="fp32", device=torch.device("cpu"), seed=0, show_progress=False)
+    return train(
+        model,
+        data,
+        pipeline,
+        context,
+        batch_size=16,
+        steps=steps,
+        warmup_ratio=0.0,
+        max_grad_norm=0.0,
+        precision="fp32",
+        device=torch.device("cpu"),
+        seed=0,
+        show_progress=False,
+    )
 
 
 # SoRA ------------------------------------------------------------------------------
+
 
 def test_sora_defaults_are_the_official_glue_script():
     p = Pipeline.parse("sora").methods[0]
@@ -119,6 +138,7 @@ def test_sora_records_the_ranks_it_keeps(model):
 
 # GaLore ------------------------------------------------------------------------------
 
+
 def test_galore_defaults_are_the_authors_glue_fine_tuning_recipe(model):
     pipeline = Pipeline.parse("galore")
     assert pipeline.default_lr == 3e-5  # README: --learning_rate 3e-5
@@ -128,7 +148,11 @@ def test_galore_defaults_are_the_authors_glue_fine_tuning_recipe(model):
     wrapped = pipeline.apply(model, context)
     optimizer = pipeline.optimizer([p for p in wrapped.parameters() if p.requires_grad], context)
     projected = [g for g in optimizer.param_groups if "rank" in g]
-    assert len(projected) == 1 and (projected[0]["rank"], projected[0]["scale"], projected[0]["update_proj_gap"]) == (4, 4.0, 500)
+    assert len(projected) == 1 and (projected[0]["rank"], projected[0]["scale"], projected[0]["update_proj_gap"]) == (
+        4,
+        4.0,
+        500,
+    )
     assert {g["lr"] for g in optimizer.param_groups} == {3e-5}  # what is not projected trains at the same rate
 
 
@@ -150,12 +174,15 @@ def test_galore_projected_update_is_lr_times_scale_times_the_projected_adam_step
     R = G @ P.T
     adam = (1 - b1) * R / (((1 - b2) * R**2).sqrt() + eps)  # first step: m / (sqrt(v) + eps)
     step_size = lr * math.sqrt(1 - b2) / (1 - b1)
-    torch.testing.assert_close(weight.detach() - W0, -step_size * scale * (adam @ P), rtol=1e-4, atol=2e-7)  # float32 rounding of W + dW
+    torch.testing.assert_close(
+        weight.detach() - W0, -step_size * scale * (adam @ P), rtol=1e-4, atol=2e-7
+    )  # float32 rounding of W + dW
     plain = (1 - b1) * gb / ((1 - b2) * gb**2).sqrt().add(eps)
     torch.testing.assert_close(bias.detach() - b0, -step_size * plain, rtol=1e-4, atol=2e-7)
 
 
 # LISA --------------------------------------------------------------------------------
+
 
 def test_lisa_defaults_are_the_lmflow_script():
     params = Pipeline.parse("lisa").methods[0].params
@@ -163,6 +190,7 @@ def test_lisa_defaults_are_the_lmflow_script():
 
 
 # Calibration budget ------------------------------------------------------------------
+
 
 def test_the_calibration_budget_counts_non_padding_tokens(train_data):
     context = ctx(data=train_data)
@@ -189,6 +217,7 @@ def test_calibrated_compressors_default_to_the_papers_budget_and_record_what_the
 
 
 # GPTQ: sequential, shared Hessians -----------------------------------------------------
+
 
 def test_gptq_holds_one_blocks_hessians_at_a_time(model, train_data, monkeypatch):
     import methods.gptq as gptq
@@ -239,6 +268,7 @@ def hessians_by_hand(model, layers, batches):
             x = x[mask[0]] if x.dim() == 3 else x
             sums[name] = sums.get(name, 0) + x.T @ x
             counts[name] = counts.get(name, 0) + x.shape[0]
+
         return hook
 
     for name, module in layers:
@@ -263,7 +293,9 @@ def test_gptq_calibrates_each_block_on_the_quantized_blocks_before_it(model, tra
     context = ctx(data=train_data)
     batches = list(context.batches(2))
     dense = copy.deepcopy(model)
-    names = lambda prefix, m: [(n, mod) for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and n.startswith(prefix)]
+    names = lambda prefix, m: [
+        (n, mod) for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and n.startswith(prefix)
+    ]
 
     by_hand = copy.deepcopy(model)
     for prefix in ("bert.encoder.layer.0.", "bert.encoder.layer.1.", "bert.pooler."):
@@ -277,5 +309,8 @@ def test_gptq_calibrates_each_block_on_the_quantized_blocks_before_it(model, tra
     # the one-pass variant (block 1 calibrated on the dense block 0) gives other weights
     one_pass = names("bert.encoder.layer.1.", dense)
     quantize_by_hand(one_pass, hessians_by_hand(dense, one_pass, batches))
-    differs = [not torch.allclose(a.weight, b.weight) for (_, a), (_, b) in zip(names("bert.encoder.layer.1.", model), one_pass)]
+    differs = [
+        not torch.allclose(a.weight, b.weight)
+        for (_, a), (_, b) in zip(names("bert.encoder.layer.1.", model), one_pass)
+    ]
     assert any(differs)

@@ -8,18 +8,14 @@ import copy
 import pytest
 import torch
 
-from harness.method import METHODS, MethodContext, Pipeline
 from harness.meters import count_parameters
+from harness.method import METHODS, MethodContext, Pipeline
 from harness.train import train
 from tests.conftest import TINY, loss_before_after
 
 H, L, I = TINY["hidden_size"], TINY["num_hidden_layers"], TINY["intermediate_size"]
 C = 2  # labels
 HEAD = H * C + C  # the new classifier, trained by every method
-
-
-
-
 
 
 def ctx(steps: int = 100) -> MethodContext:
@@ -60,9 +56,14 @@ def test_trainable_parameters_match_the_formula(spec, model):
         assert total == total_before
 
 
-@pytest.mark.parametrize("spec", ["lora:r=4", "dora:r=4", "adalora:init_r=4,target_r=2", "vera:r=8", "ia3", "bitfit", "full"])
+@pytest.mark.parametrize(
+    "spec", ["lora:r=4", "dora:r=4", "adalora:init_r=4,target_r=2", "vera:r=8", "ia3", "bitfit", "full"]
+)
 def test_adapter_leaves_the_model_unchanged_at_initialisation(spec, model):
-    inputs = {"input_ids": torch.tensor([[2, 5, 9, 14, 3], [2, 7, 20, 3, 0]]), "attention_mask": torch.tensor([[1] * 5, [1] * 4 + [0]])}
+    inputs = {
+        "input_ids": torch.tensor([[2, 5, 9, 14, 3], [2, 7, 20, 3, 0]]),
+        "attention_mask": torch.tensor([[1] * 5, [1] * 4 + [0]]),
+    }
     with torch.no_grad():
         before = model(**inputs).logits
     wrapped = apply(spec, copy.deepcopy(model)).eval()
@@ -89,7 +90,9 @@ def test_merging_gives_the_same_outputs(spec, model):
     torch.testing.assert_close(merged, unmerged, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("spec", ["full", "bitfit", "linear-probe", "lora:r=4", "dora:r=4", "adalora:init_r=4,target_r=2", "vera:r=8", "ia3"])
+@pytest.mark.parametrize(
+    "spec", ["full", "bitfit", "linear-probe", "lora:r=4", "dora:r=4", "adalora:init_r=4,target_r=2", "vera:r=8", "ia3"]
+)
 def test_a_few_steps_lower_the_loss(spec, model, train_data):
     context = ctx(30)
     context.lr = 1e-2 if spec != "full" else 1e-3
@@ -103,9 +106,25 @@ def test_adalora_reallocates_rank_during_training(model, train_data):
     pipeline = Pipeline.parse("adalora:init_r=4,target_r=1,delta_t=1")
     context = ctx(24)
     wrapped = pipeline.apply(model, context)
-    train(wrapped, data, pipeline, context, batch_size=16, steps=24, warmup_ratio=0.0, max_grad_norm=1.0,
-          precision="fp32", device=torch.device("cpu"), seed=0, show_progress=False)
-    kept = sum(int((m.lora_E["default"] != 0).sum()) for m in wrapped.modules() if hasattr(m, "lora_E") and "default" in m.lora_E)
+    train(
+        wrapped,
+        data,
+        pipeline,
+        context,
+        batch_size=16,
+        steps=24,
+        warmup_ratio=0.0,
+        max_grad_norm=1.0,
+        precision="fp32",
+        device=torch.device("cpu"),
+        seed=0,
+        show_progress=False,
+    )
+    kept = sum(
+        int((m.lora_E["default"] != 0).sum())
+        for m in wrapped.modules()
+        if hasattr(m, "lora_E") and "default" in m.lora_E
+    )
     assert kept < L * 2 * 4  # some of the 16 initial ranks were masked
 
 

@@ -46,7 +46,9 @@ def _linear_model():
     return model
 
 
-@pytest.mark.parametrize("spec, bits, group", [("int8", 8, 128), ("int4:group_size=16", 4, 16), ("int4:group_size=0", 4, 0)])
+@pytest.mark.parametrize(
+    "spec, bits, group", [("int8", 8, 128), ("int4:group_size=16", 4, 16), ("int4:group_size=0", 4, 0)]
+)
 def test_weight_only_reports_effective_bits_and_stored_size(spec, bits, group):
     model = _linear_model()
     pipeline = Pipeline.parse(spec)
@@ -79,10 +81,13 @@ def test_int8_dynamic_runs_a_real_quantized_kernel_close_to_float():
     assert info.compressed_bytes == (64 * 32 + 32 * 4) + 2 * 8 + (32 + 4) * 4
 
 
-@pytest.mark.parametrize("layer, x", [
-    (torch.nn.Linear(12, 7), torch.randn(4, 12)),
-    (torch.nn.Conv2d(3, 5, 3, stride=2, padding=1), torch.randn(2, 3, 9, 9)),
-])
+@pytest.mark.parametrize(
+    "layer, x",
+    [
+        (torch.nn.Linear(12, 7), torch.randn(4, 12)),
+        (torch.nn.Conv2d(3, 5, 3, stride=2, padding=1), torch.randn(2, 3, 9, 9)),
+    ],
+)
 def test_svd_at_full_rank_reproduces_the_layer(layer, x):
     full = min(layer.weight.shape[0], layer.weight[0].numel())
     with torch.no_grad():
@@ -109,10 +114,13 @@ def test_energy_picks_the_smallest_rank_that_keeps_it():
     assert rank_for_energy(layer, 1.0) == 4
 
 
-@pytest.mark.parametrize("spec, why", [
-    ("svd:rank=8", r"every layer's full rank is at most 8"),  # 8 >= min(out, in) of both layers
-    ("svd:energy=1.0", r"keeping 1.0 of the spectrum makes no layer smaller"),
-])
+@pytest.mark.parametrize(
+    "spec, why",
+    [
+        ("svd:rank=8", r"every layer's full rank is at most 8"),  # 8 >= min(out, in) of both layers
+        ("svd:energy=1.0", r"keeping 1.0 of the spectrum makes no layer smaller"),
+    ],
+)
 def test_svd_that_factorises_no_layer_is_an_error(spec, why):
     model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 8))
     with pytest.raises(HarnessError, match=rf"^method 'svd': no layer was factorised \({why}\); lower rank or energy$"):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.method import MethodContext, Pipeline
 from harness.meters import count_parameters, optimizer_state_bytes
+from harness.method import MethodContext, Pipeline
 from harness.train import default_optimizer, train
 from tests.conftest import TINY, WORDS, loss_before_after
 
@@ -28,17 +28,25 @@ TOTAL = EMBEDDINGS + L * LAYER + POOLER + HEAD
 F32 = 4  # bytes
 
 
-
-
-
-
 def ctx(steps: int = 100, seed: int = 0, lr: float = 1e-3) -> MethodContext:
     return MethodContext(task_type="seq_cls", head_modules=("classifier",), total_steps=steps, lr=lr, seed=seed)
 
 
 def run(model, pipeline, context, data, steps):
-    return train(model, data, pipeline, context, batch_size=16, steps=steps, warmup_ratio=0.0, max_grad_norm=1.0,
-                 precision="fp32", device=torch.device("cpu"), seed=0, show_progress=False)
+    return train(
+        model,
+        data,
+        pipeline,
+        context,
+        batch_size=16,
+        steps=steps,
+        warmup_ratio=0.0,
+        max_grad_norm=1.0,
+        precision="fp32",
+        device=torch.device("cpu"),
+        seed=0,
+        show_progress=False,
+    )
 
 
 def layer_of(name: str) -> int | None:
@@ -46,6 +54,7 @@ def layer_of(name: str) -> int | None:
 
 
 # LISA ------------------------------------------------------------------------------
+
 
 def test_lisa_trainable_parameters_at_the_start_match_the_formula(model):
     assert count_parameters(model)[1] == TOTAL
@@ -118,6 +127,7 @@ def test_lisa_puts_every_candidate_in_its_optimizer(model):
 
 # GaLore ----------------------------------------------------------------------------
 
+
 def projected_shapes():
     """(out, in) of the targeted weights: q, k, v, attention-out, intermediate, output per layer."""
     return L * ([(H, H)] * 4 + [(I, H), (H, I)])
@@ -149,7 +159,9 @@ def test_galore_optimizer_state_is_smaller_than_adam_and_matches_the_formula(mod
     pipeline = Pipeline.parse(f"galore:rank={r}")
     wrapped = pipeline.apply(model, ctx())
     assert count_parameters(wrapped) == (TOTAL, TOTAL)  # full-parameter training
-    galore = one_step(wrapped, pipeline.optimizer([p for p in wrapped.parameters() if p.requires_grad], ctx()), train_data)
+    galore = one_step(
+        wrapped, pipeline.optimizer([p for p in wrapped.parameters() if p.requires_grad], ctx()), train_data
+    )
     assert optimizer_state_bytes(galore) == galore_state_bytes(r) < optimizer_state_bytes(adam)
     projectors = [s["projector"] for s in galore.state.values() if "projector" in s]
     assert len(projectors) == len(projected_shapes())
@@ -160,20 +172,24 @@ def test_galore_optimizer_state_is_smaller_than_adam_and_matches_the_formula(mod
 
 # Both --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("spec", ["lisa:n_layers=1,interval=10", "galore:rank=4"])
 def test_a_few_steps_lower_the_loss(spec, model, train_data):
     before, after = loss_before_after(Pipeline.parse(spec), model, ctx(30, lr=3e-3), train_data, steps=30)
     assert after < before * 0.9, (before, after)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("lisa:n_layers=99", "2 layers"),
-    ("lisa:n_layers=0", "2 layers"),
-    ("lisa:interval=0", "interval"),
-    ("galore:rank=33", "rank 33 exceeds layer .* at most 32"),
-    ("galore:rank=0", "rank"),
-    ("galore:target_modules=[nosuch]", "nosuch"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("lisa:n_layers=99", "2 layers"),
+        ("lisa:n_layers=0", "2 layers"),
+        ("lisa:interval=0", "interval"),
+        ("galore:rank=33", "rank 33 exceeds layer .* at most 32"),
+        ("galore:rank=0", "rank"),
+        ("galore:target_modules=[nosuch]", "nosuch"),
+    ],
+)
 def test_bad_parameters_are_harness_errors(spec, message, model):
     with pytest.raises(HarnessError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         Pipeline.parse(spec).apply(model, ctx())

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.method import Pipeline
 from harness.meters import count_parameters
+from harness.method import Pipeline
 from harness.train import train
 from methods.dylora import DyLoraLinear
 from methods.nola import NolaLinear, random_bases
@@ -24,7 +24,10 @@ from tests.test_methods import ctx
 H, L = TINY["hidden_size"], TINY["num_hidden_layers"]
 HEAD = H * 2 + 2
 QV = L * 2  # adapted layers: query and value of each block, each H x H
-INPUTS = {"input_ids": torch.tensor([[2, 5, 9, 14, 3], [2, 7, 20, 3, 0]]), "attention_mask": torch.tensor([[1] * 5, [1] * 4 + [0]])}
+INPUTS = {
+    "input_ids": torch.tensor([[2, 5, 9, 14, 3], [2, 7, 20, 3, 0]]),
+    "attention_mask": torch.tensor([[1] * 5, [1] * 4 + [0]]),
+}
 
 EXPECTED_TRAINABLE = {
     "sora:r=4": QV * 4 * (H + H + 1) + HEAD,  # A (r x H), B (H x r) and the gate (r)
@@ -54,7 +57,9 @@ def test_trainable_parameters_match_the_formula(spec, model):
     assert adapted == ["query"] * L + ["value"] * L  # peft's BERT default
 
 
-@pytest.mark.parametrize("spec", ["sora", "dylora", "nola", "sora:r=4", "dylora:r=4,eval_rank=2", "nola:r=4,num_basis_a=16,num_basis_b=8"])
+@pytest.mark.parametrize(
+    "spec", ["sora", "dylora", "nola", "sora:r=4", "dylora:r=4,eval_rank=2", "nola:r=4,num_basis_a=16,num_basis_b=8"]
+)
 def test_adapter_leaves_the_model_unchanged_at_initialisation(spec, model):
     before = logits(model)
     after = logits(Pipeline.parse(spec).apply(copy.deepcopy(model), ctx()))
@@ -70,6 +75,7 @@ def test_a_few_steps_lower_the_loss(spec, model, train_data):
 
 
 # SoRA ----------------------------------------------------------------------
+
 
 def sora_layers(model):
     return [m for m in model.modules() if isinstance(m, SoraLinear)]
@@ -109,13 +115,26 @@ def test_sora_strong_sparsity_prunes_every_rank_in_training(model, train_data):
     pipeline = Pipeline.parse("sora:r=4,sparsity_lambda=10")
     context = ctx(3)
     wrapped = pipeline.apply(model, context)
-    train(wrapped, train_data, pipeline, context, batch_size=16, steps=3, warmup_ratio=0.0, max_grad_norm=1.0,
-          precision="fp32", device=torch.device("cpu"), seed=0, show_progress=False)
+    train(
+        wrapped,
+        train_data,
+        pipeline,
+        context,
+        batch_size=16,
+        steps=3,
+        warmup_ratio=0.0,
+        max_grad_norm=1.0,
+        precision="fp32",
+        device=torch.device("cpu"),
+        seed=0,
+        show_progress=False,
+    )
     assert all(not layer.gate.any() for layer in sora_layers(wrapped))
     assert count_parameters(pipeline.finalize(wrapped))[0] == HEAD
 
 
 # DyLoRA --------------------------------------------------------------------
+
 
 def test_dylora_eval_rank_uses_the_truncated_update(model):
     wrapped = Pipeline.parse("dylora:r=4,alpha=16,eval_rank=2").apply(model, ctx())
@@ -159,6 +178,7 @@ def test_dylora_finalize_truncates_to_eval_rank(model):
 
 # NOLA ----------------------------------------------------------------------
 
+
 def test_nola_bases_are_seeded_buffers_not_parameters(model):
     spec = "nola:r=4,num_basis_a=16,num_basis_b=8"
     again = Pipeline.parse(spec).apply(copy.deepcopy(model), ctx())
@@ -179,6 +199,7 @@ def test_nola_bases_are_seeded_buffers_not_parameters(model):
 
 
 # Bad input -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "spec, message",

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.method import METHODS, Pipeline
 from harness.meters import count_parameters
+from harness.method import METHODS, Pipeline
 from harness.train import sample_batches
 from tests.conftest import TINY, loss_before_after
 from tests.test_methods import ctx
@@ -56,8 +56,22 @@ EXPECTED_TRAINABLE = {
 }
 
 IDENTITY_AT_INIT = [
-    "rslora", "pissa", "olora", "eva", "corda", "lora-ga", "loha", "lokr", "oft", "boft", "hra:r=4",
-    "randlora:r=4", "miss:r=4", "ln-tuning", "road:group_size=8", "road:group_size=8,variant=road_4",
+    "rslora",
+    "pissa",
+    "olora",
+    "eva",
+    "corda",
+    "lora-ga",
+    "loha",
+    "lokr",
+    "oft",
+    "boft",
+    "hra:r=4",
+    "randlora:r=4",
+    "miss:r=4",
+    "ln-tuning",
+    "road:group_size=8",
+    "road:group_size=8,variant=road_4",
 ]
 
 
@@ -67,7 +81,10 @@ def context(train_data, steps=100):
     return c
 
 
-INPUTS = {"input_ids": torch.tensor([[2, 5, 9, 14, 3], [2, 7, 20, 3, 0]]), "attention_mask": torch.tensor([[1] * 5, [1] * 4 + [0]])}
+INPUTS = {
+    "input_ids": torch.tensor([[2, 5, 9, 14, 3], [2, 7, 20, 3, 0]]),
+    "attention_mask": torch.tensor([[1] * 5, [1] * 4 + [0]]),
+}
 
 
 @pytest.mark.parametrize("spec", list(EXPECTED_TRAINABLE))
@@ -87,7 +104,9 @@ def test_output_unchanged_at_initialisation(spec, model, train_data):
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("spec", ["loha:merge=true", "oft:merge=true", "hra:r=4,merge=true", "miss:r=4,merge=true", "pissa:merge=true"])
+@pytest.mark.parametrize(
+    "spec", ["loha:merge=true", "oft:merge=true", "hra:r=4,merge=true", "miss:r=4,merge=true", "pissa:merge=true"]
+)
 def test_merge_keeps_outputs(spec, model, train_data):
     pipeline = Pipeline.parse(spec)
     wrapped = pipeline.apply(model, context(train_data))

@@ -19,14 +19,25 @@ HEAD = ("linear",)
 
 
 def ctx(batches=None, steps: int = 10) -> MethodContext:
-    return MethodContext(task_type="image_cls", head_modules=HEAD, total_steps=steps, lr=1e-2, seed=0,
-                         sample_batches=(lambda n: iter(batches[:n])) if batches is not None else None)
+    return MethodContext(
+        task_type="image_cls",
+        head_modules=HEAD,
+        total_steps=steps,
+        lr=1e-2,
+        seed=0,
+        sample_batches=(lambda n: iter(batches[:n])) if batches is not None else None,
+    )
 
 
 def image_batches(n: int = 2, size: int = 4, seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
-    return [{"pixel_values": torch.randn(size, 3, 32, 32, generator=g), "labels": torch.randint(0, 10, (size,), generator=g)}
-            for _ in range(n)]
+    return [
+        {
+            "pixel_values": torch.randn(size, 3, 32, 32, generator=g),
+            "labels": torch.randint(0, 10, (size,), generator=g),
+        }
+        for _ in range(n)
+    ]
 
 
 @pytest.fixture()
@@ -117,8 +128,9 @@ def test_wanda_matches_brute_force_on_a_linear():
     # inputs whose feature norms differ strongly: the ranking differs from plain magnitude
     scale = torch.tensor([10.0, 0.1, 1.0, 5.0, 0.01, 2.0])
     batches = [{"x": torch.randn(4, 5, 6) * scale} for _ in range(3)]
-    Pipeline.parse("wanda:sparsity=0.5,n_batches=3").apply(Net(), MethodContext(task_type="seq_cls",
-                                                            sample_batches=lambda n: iter(batches[:n])))
+    Pipeline.parse("wanda:sparsity=0.5,n_batches=3").apply(
+        Net(), MethodContext(task_type="seq_cls", sample_batches=lambda n: iter(batches[:n]))
+    )
     tokens = torch.cat([b["x"].reshape(-1, 6) for b in batches])
     norm = torch.sqrt((tokens**2).sum(dim=0))
     score = original.abs() * norm
@@ -164,21 +176,29 @@ def test_wanda_on_resnet_per_row_sparsity(net):
         assert ((rows == 0).sum(dim=1) == round(0.5 * rows.shape[1])).all(), name
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("magnitude:sparsity=1.0", r"^method 'magnitude': sparsity=1\.0: Input should be less than 1$"),
-    ("magnitude:sparsity=-0.1", r"^method 'magnitude': sparsity=-0\.1: Input should be greater than or equal to 0$"),
-    ("wanda:sparsity=1.5", r"^method 'wanda': sparsity=1\.5: Input should be less than 1$"),
-    ("magnitude:scope=row", r"^method 'magnitude': scope='row': Input should be 'layer' or 'global'$"),
-    ("wanda:n_batches=0", r"^method 'wanda': n_batches=0: Input should be greater than or equal to 1$"),
-    ("two-four:sparsity=0.5", r"^method 'two-four': unknown parameter 'sparsity' \(valid: none\)$"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("magnitude:sparsity=1.0", r"^method 'magnitude': sparsity=1\.0: Input should be less than 1$"),
+        (
+            "magnitude:sparsity=-0.1",
+            r"^method 'magnitude': sparsity=-0\.1: Input should be greater than or equal to 0$",
+        ),
+        ("wanda:sparsity=1.5", r"^method 'wanda': sparsity=1\.5: Input should be less than 1$"),
+        ("magnitude:scope=row", r"^method 'magnitude': scope='row': Input should be 'layer' or 'global'$"),
+        ("wanda:n_batches=0", r"^method 'wanda': n_batches=0: Input should be greater than or equal to 1$"),
+        ("two-four:sparsity=0.5", r"^method 'two-four': unknown parameter 'sparsity' \(valid: none\)$"),
+    ],
+)
 def test_bad_parameters_are_one_line_errors(spec, message):
     with pytest.raises(HarnessError, match=message) as info:
         Pipeline.parse(spec)
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("spec", ["magnitude:sparsity=0.5+full", "two-four+full", "wanda:sparsity=0.5,n_batches=2+full"])
+@pytest.mark.parametrize(
+    "spec", ["magnitude:sparsity=0.5+full", "two-four+full", "wanda:sparsity=0.5,n_batches=2+full"]
+)
 def test_masks_survive_fine_tuning(net, spec):
     pipeline = Pipeline.parse(spec)
     c = ctx(image_batches())
@@ -206,11 +226,24 @@ def test_masks_survive_the_training_loop(net):
     model = pipeline.apply(net, ctx())
     zeros = {n: (w == 0).clone() for n, w in pruned_weights(model)}
     data = [{"pixel_values": torch.randn(3, 32, 32), "labels": i % 10} for i in range(8)]
-    collate = lambda items: {"pixel_values": torch.stack([d["pixel_values"] for d in items]),  # noqa: E731
-                             "labels": torch.tensor([d["labels"] for d in items])}
-    stats = train(model, Prepared(data, collate, [d["labels"] for d in data]), pipeline, ctx(), batch_size=4, steps=3,
-                  warmup_ratio=0.0, max_grad_norm=1.0, precision="fp32", device=torch.device("cpu"), seed=0,
-                  show_progress=False)
+    collate = lambda items: {
+        "pixel_values": torch.stack([d["pixel_values"] for d in items]),  # noqa: E731
+        "labels": torch.tensor([d["labels"] for d in items]),
+    }
+    stats = train(
+        model,
+        Prepared(data, collate, [d["labels"] for d in data]),
+        pipeline,
+        ctx(),
+        batch_size=4,
+        steps=3,
+        warmup_ratio=0.0,
+        max_grad_norm=1.0,
+        precision="fp32",
+        device=torch.device("cpu"),
+        seed=0,
+        show_progress=False,
+    )
     assert stats.steps == 3
     for name, w in pruned_weights(pipeline.finalize(model)):
         assert (w[zeros[name]] == 0).all(), name
@@ -227,7 +260,11 @@ def test_compression_is_simulated_and_smaller(net, spec):
     layers = compressible_layers(model, HEAD)
     rest = dense - sum(m.weight.numel() * 4 for _, m in layers)
     if spec == "two-four":  # 27-input first conv dense; the rest at half the values + 2-bit indices
-        expected = rest + 27 * 16 * 4 + sum(m.weight.numel() // 2 * 4 + m.weight.numel() // 8 for n, m in layers if n != "conv1")
+        expected = (
+            rest
+            + 27 * 16 * 4
+            + sum(m.weight.numel() // 2 * 4 + m.weight.numel() // 8 for n, m in layers if n != "conv1")
+        )
     else:  # non-zeros at 4 bytes + a 1-bit mask per weight
         expected = rest + sum(int((m.weight != 0).sum()) * 4 + -(-m.weight.numel() // 8) for _, m in layers)
     assert comp.compressed_bytes == expected

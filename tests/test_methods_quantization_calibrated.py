@@ -19,8 +19,15 @@ from harness.compress import compressible_layers, dense_bytes_except
 from harness.method import MethodContext, Pipeline
 from harness.store import read_results, result_files
 from methods.gptq import collect_hessians, gptq_quantize
-from methods.nf4 import (ABSMAX_BLOCK_SIZE, BLOCK_SIZE, NF4_LEVELS, fake_quantize_nf4, nf4_bits, quantize_nf4,
-                         to_linear4bit)
+from methods.nf4 import (
+    ABSMAX_BLOCK_SIZE,
+    BLOCK_SIZE,
+    NF4_LEVELS,
+    fake_quantize_nf4,
+    nf4_bits,
+    quantize_nf4,
+    to_linear4bit,
+)
 from methods.quantization import fake_quantize, round_to_grid
 from tests.conftest import loss_before_after
 
@@ -61,7 +68,9 @@ def test_every_nf4_weight_is_the_nearest_level_times_its_block_absmax(shape):
     nearest = LEVELS[(ratio.unsqueeze(-1) - LEVELS).abs().argmin(-1)]
     assert (ratio - nearest).abs().max() < 1e-6  # a level times the block's absmax
     chosen_gap = (original / absmax - ratio).abs()
-    assert (chosen_gap <= (original / absmax).unsqueeze(-1).sub(LEVELS).abs().amin(-1) + 1e-6).all()  # the nearest level
+    assert (
+        chosen_gap <= (original / absmax).unsqueeze(-1).sub(LEVELS).abs().amin(-1) + 1e-6
+    ).all()  # the nearest level
     half_gap = (LEVELS[1:] - LEVELS[:-1]).max() / 2
     assert ((restored - original).abs() <= half_gap * absmax + 1e-6).all()
 
@@ -100,7 +109,8 @@ def test_nf4_is_what_bitsandbytes_computes(double_quant, dtype, shape):
         code = bnb.create_dynamic_map()
         offset = state.absmax.mean()
         codes, scales = torch.ops.bitsandbytes.quantize_blockwise.default.redispatch(
-            pytorch_backend, state.absmax - offset, code, ABSMAX_BLOCK_SIZE)
+            pytorch_backend, state.absmax - offset, code, ABSMAX_BLOCK_SIZE
+        )
         state.absmax = bnb.dequantize_blockwise(codes, absmax=scales, code=code, blocksize=ABSMAX_BLOCK_SIZE) + offset
     expected = bnb.dequantize_4bit(packed, state)
     assert torch.equal(fake_quantize_nf4(weight, double_quant), expected)
@@ -145,7 +155,10 @@ def test_the_bitsandbytes_path_replaces_linears_and_reports_a_real_kernel(monkey
         torch.testing.assert_close(real_model(x), simulated_model(x), atol=1e-6, rtol=1e-6)
     real_info, simulated_info = real.compression(real_model), simulated.compression(simulated_model)
     assert real_info.kernel == "real" and simulated_info.kernel == "simulated"
-    assert (real_info.weight_bits, real_info.compressed_bytes) == (simulated_info.weight_bits, simulated_info.compressed_bytes)
+    assert (real_info.weight_bits, real_info.compressed_bytes) == (
+        simulated_info.weight_bits,
+        simulated_info.compressed_bytes,
+    )
 
     qlora = Pipeline.parse("nf4+lora:r=4,target_modules=[fc],merge=true")
     wrapped = qlora.apply(small_mlp(), context)
@@ -207,7 +220,9 @@ def correlated_inputs(features: int, n: int, seed: int = 0) -> torch.Tensor:
     """(features, n): a few strong shared directions plus mixed noise, as layer activations are."""
     g = torch.Generator().manual_seed(seed)
     shared = torch.randn(n, 8, generator=g) @ torch.randn(8, features, generator=g) * 2
-    mixed = torch.randn(n, features, generator=g) @ (torch.eye(features) + 0.1 * torch.randn(features, features, generator=g))
+    mixed = torch.randn(n, features, generator=g) @ (
+        torch.eye(features) + 0.1 * torch.randn(features, features, generator=g)
+    )
     return (shared + mixed).T
 
 
@@ -216,7 +231,9 @@ def test_gptq_with_uncorrelated_inputs_is_round_to_nearest(bits, group_size):
     """H = I: no error is passed on, so GPTQ reduces to the same grid's round-to-nearest."""
     torch.manual_seed(0)
     weight = torch.randn(16, 256)
-    assert torch.equal(gptq_quantize(weight, torch.eye(256), bits, group_size).values, fake_quantize(weight, bits, group_size))
+    assert torch.equal(
+        gptq_quantize(weight, torch.eye(256), bits, group_size).values, fake_quantize(weight, bits, group_size)
+    )
 
 
 @pytest.mark.parametrize("bits, group_size", [(4, 0), (4, 32), (3, 128), (2, 64)])
@@ -246,7 +263,9 @@ def test_every_gptq_weight_lies_on_its_group_grid(bits, group_size):
     assert codes.round().min() >= 0 and codes.round().max() <= 2**bits - 1
     assert (zero == zero.round()).all()
     g = 7 // size  # the silent input keeps its weights, rounded to nearest on its group's grid
-    assert torch.equal(values[:, 7], round_to_grid(weight[:, 7:8], step[:, g : g + 1], zero[:, g : g + 1], 2**bits - 1)[:, 0])
+    assert torch.equal(
+        values[:, 7], round_to_grid(weight[:, 7:8], step[:, g : g + 1], zero[:, g : g + 1], 2**bits - 1)[:, 0]
+    )
 
 
 class TokenModel(nn.Module):
@@ -292,10 +311,14 @@ def smooth_images(n: int, seed: int) -> torch.Tensor:
 def test_gptq_method_beats_round_to_nearest_on_every_conv_and_linear_layer():
     torch.manual_seed(0)
     model = ConvNet().eval()
-    batches = [{"pixel_values": smooth_images(16, seed), "labels": torch.zeros(16, dtype=torch.long)} for seed in range(4)]
+    batches = [
+        {"pixel_values": smooth_images(16, seed), "labels": torch.zeros(16, dtype=torch.long)} for seed in range(4)
+    ]
     inputs = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: inputs.setdefault(n, []).append(args[0]))
-             for n, m in model.named_children()]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, n=n: inputs.setdefault(n, []).append(args[0]))
+        for n, m in model.named_children()
+    ]
     with torch.no_grad():
         for b in batches:
             model(b["pixel_values"])
@@ -313,8 +336,11 @@ def test_gptq_method_beats_round_to_nearest_on_every_conv_and_linear_layer():
         errors = {}
         for label, w in (("gptq", layer.weight), ("rtn", fake_quantize(original[name], 3, 0))):
             with torch.no_grad():
-                errors[label] = torch.linalg.norm(layer._conv_forward(x, original[name] - w, None) if isinstance(layer, nn.Conv2d)
-                                                  else F.linear(x, original[name] - w)).item()
+                errors[label] = torch.linalg.norm(
+                    layer._conv_forward(x, original[name] - w, None)
+                    if isinstance(layer, nn.Conv2d)
+                    else F.linear(x, original[name] - w)
+                ).item()
         assert errors["gptq"] < errors["rtn"], (name, errors)
     info = pipeline.compression(model)
     # group_size=0: per output row a float16 scale and a 3-bit zero point; conv (8, 3, 3, 3),
@@ -341,20 +367,37 @@ def test_a_gptq_then_lora_run_calibrates_on_training_batches_and_records_the_for
 # Bad input -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("gptq:bits=5", r"bits=5: Input should be 2, 3, 4 or 8"),
-    ("gptq:group_size=-8", r"group_size=-8: Input should be greater than or equal to 0"),
-    ("gptq:damp=0", r"damp=0: Input should be greater than 0"),
-    ("gptq:calibration_batches=0", r"calibration_batches=0: Input should be greater than or equal to 1"),
-    ("int4:bits=3", r"unknown parameter 'bits' \(valid: group_size\)"),
-    ("int8:group_size=-1", r"group_size=-1: Input should be greater than or equal to 0"),
-    ("int4:group_size=many", r"group_size='many': Input should be a valid integer"),
-    ("nf4:double_quant=maybe", r"double_quant='maybe': Input should be a valid boolean"),
-    ("nf4:blocksize=32", r"unknown parameter 'blocksize' \(valid: double_quant\)"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("gptq:bits=5", r"bits=5: Input should be 2, 3, 4 or 8"),
+        ("gptq:group_size=-8", r"group_size=-8: Input should be greater than or equal to 0"),
+        ("gptq:damp=0", r"damp=0: Input should be greater than 0"),
+        ("gptq:calibration_batches=0", r"calibration_batches=0: Input should be greater than or equal to 1"),
+        ("int4:bits=3", r"unknown parameter 'bits' \(valid: group_size\)"),
+        ("int8:group_size=-1", r"group_size=-1: Input should be greater than or equal to 0"),
+        ("int4:group_size=many", r"group_size='many': Input should be a valid integer"),
+        ("nf4:double_quant=maybe", r"double_quant='maybe': Input should be a valid boolean"),
+        ("nf4:blocksize=32", r"unknown parameter 'blocksize' \(valid: double_quant\)"),
+    ],
+)
 def test_bad_quantization_parameters_are_one_line_exit_2(tiny_model, tiny_glue, results_dir, capsys, spec, message):
-    args = ["run", "--suite", "glue", "--task", "sst2", "--model", str(tiny_model), "--data-dir", str(tiny_glue),
-            "--results", str(results_dir), "--quiet", "--method", spec]
+    args = [
+        "run",
+        "--suite",
+        "glue",
+        "--task",
+        "sst2",
+        "--model",
+        str(tiny_model),
+        "--data-dir",
+        str(tiny_glue),
+        "--results",
+        str(results_dir),
+        "--quiet",
+        "--method",
+        spec,
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert re.search(message, err), err

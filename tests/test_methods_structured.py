@@ -30,8 +30,11 @@ RESNET_HEAD = ("linear",)
 
 
 def ctx(head=(), batches=None, task_type="image_cls") -> MethodContext:
-    return MethodContext(task_type=task_type, head_modules=head,
-                         sample_batches=(lambda n: iter(batches[:n])) if batches is not None else None)
+    return MethodContext(
+        task_type=task_type,
+        head_modules=head,
+        sample_batches=(lambda n: iter(batches[:n])) if batches is not None else None,
+    )
 
 
 def n_params(model: nn.Module) -> int:
@@ -73,8 +76,15 @@ def vit():
     from transformers import ViTConfig, ViTForImageClassification
 
     torch.manual_seed(0)
-    config = ViTConfig(image_size=8, patch_size=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=24, num_labels=3)
+    config = ViTConfig(
+        image_size=8,
+        patch_size=4,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=24,
+        num_labels=3,
+    )
     return ViTForImageClassification(config).eval()
 
 
@@ -90,8 +100,14 @@ def bert_inputs():
 
 def removed_units(model: nn.Module, group, share: float) -> list[int]:
     """Li et al.'s L1 ranking, computed here independently: sum |w| of the producer rows per unit."""
-    score = sum(model.get_submodule(p).weight.detach().abs().reshape(-1, group.unit_size, model.get_submodule(p).weight[0].numel())
-                .sum(dim=(1, 2)) for p in group.producers)
+    score = sum(
+        model.get_submodule(p)
+        .weight.detach()
+        .abs()
+        .reshape(-1, group.unit_size, model.get_submodule(p).weight[0].numel())
+        .sum(dim=(1, 2))
+        for p in group.producers
+    )
     return lowest(score, share)
 
 
@@ -137,7 +153,9 @@ def test_pruned_model_equals_the_masked_unpruned_model(case, request):
     assert n_params(pruned) < n_params(masked)
     assert not any(m.training for m in pruned.modules())  # eval mode kept: BN uses its running statistics
     with torch.no_grad():
-        torch.testing.assert_close(pruned(**inputs_for(case)).logits, masked(**inputs_for(case)).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            pruned(**inputs_for(case)).logits, masked(**inputs_for(case)).logits, atol=1e-5, rtol=1e-5
+        )
     assert not any(p.requires_grad for p in pruned.parameters())  # pruning alone trains nothing
     assert all(type(pruned.get_submodule(g.consumer)) in (nn.Linear, nn.Conv2d) for g in groups)  # plain layers
 
@@ -146,7 +164,8 @@ def test_resnet20_groups_and_kept_channels_are_the_largest_l1_filters(net):
     groups = find_groups(net, RESNET_HEAD)
     # one conv1 -> bn1 -> conv2 chain per basic block; the stem (conv1 with no conv2) and the head are not groups
     assert [(g.producers, g.between, g.consumer) for g in groups] == [
-        ((f"layer{s}.{b}.conv1",), (f"layer{s}.{b}.bn1",), f"layer{s}.{b}.conv2") for s in (1, 2, 3) for b in range(3)]
+        ((f"layer{s}.{b}.conv1",), (f"layer{s}.{b}.bn1",), f"layer{s}.{b}.conv2") for s in (1, 2, 3) for b in range(3)
+    ]
     original = {g.producers[0]: net.get_submodule(g.producers[0]).weight.detach().clone() for g in groups}
     Pipeline.parse("channel:sparsity=0.75").apply(net, ctx(RESNET_HEAD))
     for name, before in original.items():
@@ -215,7 +234,9 @@ def test_activation_importance_prunes_to_the_same_shapes_as_l1(case, request):
     fixture, head, spec, _ = CASES[case]
     model = request.getfixturevalue(fixture)
     batches = [{**inputs_for(case), "labels": torch.tensor([0, 1])}]
-    by_activation = Pipeline.parse(f"{spec},importance=activation,n_batches=1").apply(copy.deepcopy(model), ctx(head, batches))
+    by_activation = Pipeline.parse(f"{spec},importance=activation,n_batches=1").apply(
+        copy.deepcopy(model), ctx(head, batches)
+    )
     by_l1 = Pipeline.parse(spec).apply(model, ctx(head))
     assert [p.shape for p in by_activation.parameters()] == [p.shape for p in by_l1.parameters()]
     with torch.no_grad():
@@ -226,7 +247,9 @@ def test_lora_wraps_the_pruned_model(bert):
     pipeline = Pipeline.parse("channel:sparsity=0.5,heads=0.5+lora:r=2")
     model = pipeline.apply(bert, ctx(("classifier",), task_type="seq_cls"))
     query = model.base_model.model.bert.encoder.layer[0].attention.self.query
-    assert query.lora_A["default"].in_features == 32 and query.lora_B["default"].out_features == 16  # one head of 16 left
+    assert (
+        query.lora_A["default"].in_features == 32 and query.lora_B["default"].out_features == 16
+    )  # one head of 16 left
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("lora_A" in n for n in trainable) and not any("intermediate.dense.weight" in n for n in trainable)
     loss = model(**bert_inputs(), labels=torch.tensor([0, 1, 0])).loss
@@ -275,15 +298,18 @@ def test_activation_importance_needs_batches(net):
         Pipeline.parse("channel:importance=activation").apply(net, ctx(RESNET_HEAD))
 
 
-@pytest.mark.parametrize("method, message", [
-    ("channel:sparsity=1.0", r"sparsity=1\.0: Input should be less than 1"),
-    ("channel:sparsity=-0.1", r"sparsity=-0\.1: Input should be greater than or equal to 0"),
-    ("channel:heads=1", r"heads=1: Input should be less than 1"),
-    ("channel:importance=taylor", r"importance='taylor'"),
-    ("channel:heads=0.5", r"has no attention whose heads it can prune"),
-    ("svd:rank=4,alpha=2", r"alpha=2: Input should be less than or equal to 1"),
-    ("svd:rank=4,alpha=0.3", r"alpha only apply with activation_aware=true"),
-])
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ("channel:sparsity=1.0", r"sparsity=1\.0: Input should be less than 1"),
+        ("channel:sparsity=-0.1", r"sparsity=-0\.1: Input should be greater than or equal to 0"),
+        ("channel:heads=1", r"heads=1: Input should be less than 1"),
+        ("channel:importance=taylor", r"importance='taylor'"),
+        ("channel:heads=0.5", r"has no attention whose heads it can prune"),
+        ("svd:rank=4,alpha=2", r"alpha=2: Input should be less than or equal to 1"),
+        ("svd:rank=4,alpha=0.3", r"alpha only apply with activation_aware=true"),
+    ],
+)
 def test_bad_input_through_the_cli_is_one_line_exit_2(tiny_ckpt, cifar_mirror, tmp_path, capsys, method, message):  # noqa: F811
     assert _run(tiny_ckpt, cifar_mirror, tmp_path / "r", "--method", method) == 2
     err = capsys.readouterr().err.strip()
@@ -305,10 +331,13 @@ def test_cli_run_on_the_tiny_mirror(tiny_ckpt, cifar_mirror, tmp_path):  # noqa:
 # Activation-aware SVD (ASVD) -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("layer, x", [
-    (nn.Linear(12, 7), torch.randn(4, 12)),
-    (nn.Conv2d(3, 5, 3, stride=2, padding=1), torch.randn(2, 3, 9, 9)),
-])
+@pytest.mark.parametrize(
+    "layer, x",
+    [
+        (nn.Linear(12, 7), torch.randn(4, 12)),
+        (nn.Conv2d(3, 5, 3, stride=2, padding=1), torch.randn(2, 3, 9, 9)),
+    ],
+)
 def test_activation_aware_svd_at_full_rank_reproduces_the_layer(layer, x):
     full = min(layer.weight.shape[0], layer.weight[0].numel())
     scale = torch.logspace(-2, 1, layer.weight[0].numel())[torch.randperm(layer.weight[0].numel())]
@@ -325,10 +354,13 @@ class OneLayer(nn.Module):
         return self.layer(x)
 
 
-@pytest.mark.parametrize("make_layer, shape, scales", [
-    (lambda: nn.Linear(16, 12), (64, 16), torch.logspace(-2, 1, 16)),
-    (lambda: nn.Conv2d(8, 8, 3, padding=1), (4, 8, 6, 6), torch.logspace(-2, 1, 8)[:, None, None]),
-])
+@pytest.mark.parametrize(
+    "make_layer, shape, scales",
+    [
+        (lambda: nn.Linear(16, 12), (64, 16), torch.logspace(-2, 1, 16)),
+        (lambda: nn.Conv2d(8, 8, 3, padding=1), (4, 8, 6, 6), torch.logspace(-2, 1, 8)[:, None, None]),
+    ],
+)
 def test_activation_aware_truncation_has_lower_output_error_on_unequal_inputs(make_layer, shape, scales):
     torch.manual_seed(0)
     layer = make_layer()
@@ -359,7 +391,9 @@ def test_conv_input_statistics_are_those_of_the_unfolded_patches():
 
     conv = nn.Conv2d(2, 4, 3, padding=1, stride=2, bias=False)
     batches = [{"x": torch.randn(3, 2, 7, 7)}, {"x": torch.randn(2, 2, 7, 7)}]
-    patches = torch.cat([nn.functional.unfold(b["x"], 3, padding=1, stride=2).transpose(1, 2).reshape(-1, 18) for b in batches])
+    patches = torch.cat(
+        [nn.functional.unfold(b["x"], 3, padding=1, stride=2).transpose(1, 2).reshape(-1, 18) for b in batches]
+    )
     norms = consumer_column_norms(OneLayer(conv), ["layer"], batches)["layer"]
     torch.testing.assert_close(norms, patches.norm(dim=0), rtol=1e-5, atol=1e-6)
     scales = activation_scales(OneLayer(conv), [("layer", conv)], batches, alpha=0.5)["layer"]

@@ -39,10 +39,22 @@ def test_steps_run_in_order_with_compression_before_and_after_training():
     pipeline.apply(model, MethodContext(task_type="image_cls"))
     assert log == ["prune.apply", "adapt.apply"]
     pipeline.finalize(model)
-    assert log == ["prune.apply", "adapt.apply", "prune.finalize", "adapt.finalize",
-                   "adapt.merge", "prune.merge", "quantize.apply", "quantize.finalize"]
+    assert log == [
+        "prune.apply",
+        "adapt.apply",
+        "prune.finalize",
+        "adapt.finalize",
+        "adapt.merge",
+        "prune.merge",
+        "quantize.apply",
+        "quantize.finalize",
+    ]
     assert [(c.step, c.phase) for c in pipeline.costs] == [
-        ("prune", "before training"), ("adapt", "before training"), ("merge", "after training"), ("quantize", "after training")]
+        ("prune", "before training"),
+        ("adapt", "before training"),
+        ("merge", "after training"),
+        ("quantize", "after training"),
+    ]
 
 
 def test_compression_alone_runs_before_the_empty_training():
@@ -143,7 +155,11 @@ def test_a_cli_run_records_each_step_and_the_pipeline_total(tiny_model, tiny_glu
     row = read_results(results_dir).iloc[0]
     costs = json.loads(row["pipeline_costs"])
     assert [(c["step"], c["phase"]) for c in costs] == [
-        ("lora:r=2", "before training"), ("train", "training"), ("merge", "after training"), ("int8", "after training")]
+        ("lora:r=2", "before training"),
+        ("train", "training"),
+        ("merge", "after training"),
+        ("int8", "after training"),
+    ]
     assert row["pipeline_seconds"] == pytest.approx(sum(c["seconds"] for c in costs))
     assert row["compress_seconds"] == pytest.approx(costs[2]["seconds"] + costs[3]["seconds"])
     assert row["weight_bits"] > 8 and row["compression_kernel"] == "simulated"
@@ -169,13 +185,16 @@ def test_a_step_after_training_is_checked_before_training(tiny_model, tiny_glue,
 # Pipelines accepted only when they can work ------------------------------------------------
 
 
-@pytest.mark.parametrize("spec, fix", [
-    ("int4+full", "full+int4"),
-    ("gptq+lisa", "lisa+gptq"),
-    ("int8+galore", "galore+int8"),
-    ("nf4+full", "full+nf4"),
-    ("wanda+int4+full", "full+int4"),
-])
+@pytest.mark.parametrize(
+    "spec, fix",
+    [
+        ("int4+full", "full+int4"),
+        ("gptq+lisa", "lisa+gptq"),
+        ("int8+galore", "galore+int8"),
+        ("nf4+full", "full+nf4"),
+        ("wanda+int4+full", "full+int4"),
+    ],
+)
 def test_training_the_quantized_weights_is_refused_naming_the_order_that_works(spec, fix):
     with pytest.raises(HarnessError, match="moving them off its grid") as info:
         Pipeline.parse(spec)
@@ -306,23 +325,29 @@ def test_quantized_weights_are_not_made_trainable(monkeypatch):
         Pipeline([FullFineTuning()]).apply(model, ctx)
 
 
-@pytest.mark.parametrize("spec, extra, task, message", [
-    ("int8-dynamic+lora", (), "sst2", "'int8-dynamic' must be the last step"),
-    ("int4+full", (), "sst2", "moving them off its grid"),
-    ("tome+lora", ("--gradient-checkpointing",), "sst2", "cannot train under --gradient-checkpointing"),
-    # the tiny checkpoint's head has 2 labels: MNLI's 3 get a fresh one
-    ("int8", (), "mnli", "freshly initialised"),
-    ("lora:target_modules=[]", (), "sst2", "names no module"),
-])
-def test_unworkable_runs_are_refused_before_any_training(tiny_model, tiny_glue, results_dir, capsys, monkeypatch,
-                                                         spec, extra, task, message):
+@pytest.mark.parametrize(
+    "spec, extra, task, message",
+    [
+        ("int8-dynamic+lora", (), "sst2", "'int8-dynamic' must be the last step"),
+        ("int4+full", (), "sst2", "moving them off its grid"),
+        ("tome+lora", ("--gradient-checkpointing",), "sst2", "cannot train under --gradient-checkpointing"),
+        # the tiny checkpoint's head has 2 labels: MNLI's 3 get a fresh one
+        ("int8", (), "mnli", "freshly initialised"),
+        ("lora:target_modules=[]", (), "sst2", "names no module"),
+    ],
+)
+def test_unworkable_runs_are_refused_before_any_training(
+    tiny_model, tiny_glue, results_dir, capsys, monkeypatch, spec, extra, task, message
+):
     import time
 
     from harness.cli import main
     from tests.conftest import tiny_run_args
 
     trained: list[int] = []
-    monkeypatch.setattr("harness.job.train", lambda *a, **k: trained.append(1) or (_ for _ in ()).throw(RuntimeError("trained")))
+    monkeypatch.setattr(
+        "harness.job.train", lambda *a, **k: trained.append(1) or (_ for _ in ()).throw(RuntimeError("trained"))
+    )
     args = tiny_run_args(tiny_model, tiny_glue, results_dir, "--method", spec, *extra)
     args[args.index("sst2")] = task
     start = time.perf_counter()

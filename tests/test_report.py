@@ -23,11 +23,29 @@ from tests.test_store_and_schema import full_row
 
 def _row(method, score, trainable, memory, seconds, run_id, status="ok", device="cpu-x", **inference):
     return full_row(
-        method=method, score=score, trainable_params=trainable, total_params=10**6, peak_memory_bytes=memory,
-        train_seconds=seconds, run_id=run_id, job_hash=f"h{run_id}", status=status, device_name=device,
-        peak_memory_kind="cpu_peak_rss_reset", metric="accuracy", error=None if status == "ok" else "RuntimeError: x",
-        **{"flops_per_sample": None, "latency_bs1_p50_ms": None, "compression_kernel": None, "ttft_bs1_p50_ms": None,
-           "generation_batch_tokens_per_s": None, "concurrent_jobs": 1, "init_seconds": 0.0, **inference},
+        method=method,
+        score=score,
+        trainable_params=trainable,
+        total_params=10**6,
+        peak_memory_bytes=memory,
+        train_seconds=seconds,
+        run_id=run_id,
+        job_hash=f"h{run_id}",
+        status=status,
+        device_name=device,
+        peak_memory_kind="cpu_peak_rss_reset",
+        metric="accuracy",
+        error=None if status == "ok" else "RuntimeError: x",
+        **{
+            "flops_per_sample": None,
+            "latency_bs1_p50_ms": None,
+            "compression_kernel": None,
+            "ttft_bs1_p50_ms": None,
+            "generation_batch_tokens_per_s": None,
+            "concurrent_jobs": 1,
+            "init_seconds": 0.0,
+            **inference,
+        },
     )
 
 
@@ -61,7 +79,9 @@ def test_sections_mark_the_pareto_front_per_cost_axis(tmp_path):
     assert [r["method"] for r in section.rows] == ["full", "lora", "bitfit"]
     assert [r["method"] for r in section.failed] == ["dora"]
     params, memory, time, size = section.figures
-    stars = lambda fig: {t["name"] for t in fig["data"] if t["name"] != "Pareto front" and "star" in t["marker"]["symbol"]}
+    stars = lambda fig: {
+        t["name"] for t in fig["data"] if t["name"] != "Pareto front" and "star" in t["marker"]["symbol"]
+    }
     assert stars(params) == {"full", "lora"}
     assert stars(memory) == stars(time) == {"full", "lora", "bitfit"}
     assert params["layout"]["xaxis"]["type"] == "log"
@@ -81,8 +101,12 @@ def test_hardware_costs_are_split_by_device(tmp_path):
     assert sum("on gpu-y" in t for t in titles) == 2
     # One select option per axis, however many devices the axis is split into.
     html = render_pareto(section, "store")
-    assert re.findall(r'<option value="([^"]+)"', html) == ["trainable_params", "peak_memory_bytes", "time_to_trained_seconds",
-                                                            "stored_model_bytes"]
+    assert re.findall(r'<option value="([^"]+)"', html) == [
+        "trainable_params",
+        "peak_memory_bytes",
+        "time_to_trained_seconds",
+        "stored_model_bytes",
+    ]
     assert "Pareto-optimal runs on gpu-y / cpu_peak_rss_reset: peak memory (MiB)" in html
 
 
@@ -121,10 +145,15 @@ def test_report_on_missing_folder_is_bad_input(tmp_path, capsys):
 
 def test_benchmark_tables_appear_in_the_report(tmp_path, capsys):
     (tmp_path / "_benchmarks").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([
-        {"method": "none", "forward_ms_p50": 1.0, "step_ms_p50": None},
-        {"method": "lora", "forward_ms_p50": 1.5, "step_ms_p50": 9.0},
-    ]), tmp_path / "_benchmarks" / "method_step.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {"method": "none", "forward_ms_p50": 1.0, "step_ms_p50": None},
+                {"method": "lora", "forward_ms_p50": 1.5, "step_ms_p50": 9.0},
+            ]
+        ),
+        tmp_path / "_benchmarks" / "method_step.parquet",
+    )
     assert main(["report", "--results", str(tmp_path), "--out", str(tmp_path / "site")]) == 0
     assert "(0 runs)" in capsys.readouterr().out  # benchmark tables are not result rows
     html = (tmp_path / "site" / "index.html").read_text()
@@ -148,10 +177,35 @@ def test_simulated_kernels_are_hollow_and_off_the_latency_front(tmp_path):
     """A fake-quantized model ran the dense float kernel: its latency is not the compressed
     format's, so it is drawn hollow and never on the latency Pareto front."""
     write_row(_row("none", 0.82, 0, None, 0.0, "a", flops_per_sample=4e7, latency_bs1_p50_ms=2.0), tmp_path)
-    write_row(_row("int4", 0.81, 0, None, 0.0, "b", flops_per_sample=4e7, latency_bs1_p50_ms=1.0,
-                   compression_kernel="simulated", compressed_model_bytes=1), tmp_path)
-    write_row(_row("svd:rank=8", 0.5, 0, None, 0.0, "c", flops_per_sample=1e7, latency_bs1_p50_ms=1.5,
-                   compression_kernel="real"), tmp_path)
+    write_row(
+        _row(
+            "int4",
+            0.81,
+            0,
+            None,
+            0.0,
+            "b",
+            flops_per_sample=4e7,
+            latency_bs1_p50_ms=1.0,
+            compression_kernel="simulated",
+            compressed_model_bytes=1,
+        ),
+        tmp_path,
+    )
+    write_row(
+        _row(
+            "svd:rank=8",
+            0.5,
+            0,
+            None,
+            0.0,
+            "c",
+            flops_per_sample=1e7,
+            latency_bs1_p50_ms=1.5,
+            compression_kernel="real",
+        ),
+        tmp_path,
+    )
     [section] = build_sections(read_results(tmp_path))
     panels = {p.axis.title: p for p in section.panels}
     assert set(panels) == {"model size (MiB)", "forward GFLOPs per sample", "inference latency at batch 1, p50 (ms)"}
@@ -178,7 +232,10 @@ def test_leaderboard_has_one_line_per_method_and_model_with_mean_and_ci(tmp_path
     headers = [label for label, _, _ in section.leaderboard.headers]
     lines = {(cells[0].text, cells[1].text): cells for _, cells in section.leaderboard.rows}
     assert [(cells[0].text, cells[1].text) for _, cells in section.leaderboard.rows] == [
-        ("lora", "m1"), ("bitfit", "m1"), ("lora", "m2")]  # by mean score (bitfit has the best seed)
+        ("lora", "m1"),
+        ("bitfit", "m1"),
+        ("lora", "m2"),
+    ]  # by mean score (bitfit has the best seed)
     best, mean, runs = (headers.index(h) for h in ("best seed", "mean ± 95% CI (n)", "runs (seed)"))
     lora = lines[("lora", "m1")]
     ci = mean_ci([0.80, 0.84, 0.82])
@@ -192,16 +249,31 @@ def test_leaderboard_has_one_line_per_method_and_model_with_mean_and_ci(tmp_path
 
 def _kernel_table(job_hash: str, n: int) -> pa.Table:
     categories = ["matmul", "attention", "elementwise"]
-    rows = [{"job_hash": job_hash, "phase": phase, "rank": k + 1, "name": f"aten::op{k}", "category": categories[k % 3],
-             "calls": 3, "total_us": 1000.0 - k, "mean_us": (1000.0 - k) / 3, "share": 0.01} for phase in ("inference", "train")
-            for k in range(n)]
+    rows = [
+        {
+            "job_hash": job_hash,
+            "phase": phase,
+            "rank": k + 1,
+            "name": f"aten::op{k}",
+            "category": categories[k % 3],
+            "calls": 3,
+            "total_us": 1000.0 - k,
+            "mean_us": (1000.0 - k) / 3,
+            "share": 0.01,
+        }
+        for phase in ("inference", "train")
+        for k in range(n)
+    ]
     return pa.Table.from_pylist(rows)
 
 
 def test_run_page_shows_costs_with_units_config_metrics_and_kernel_profile(tmp_path):
     results = tmp_path / "results"
     config = {"suite": "glue", "method": "lora", "learning_rate": 0.001}
-    write_row(_row("lora", 0.88, 12345, 500 * 2**20, 40.0, "a", config=json.dumps(config), metrics='{"accuracy": 0.88}'), results)
+    write_row(
+        _row("lora", 0.88, 12345, 500 * 2**20, 40.0, "a", config=json.dumps(config), metrics='{"accuracy": 0.88}'),
+        results,
+    )
     write_row(_row("bitfit", 0.80, 10, 400 * 2**20, 30.0, "b"), results)
     (results / "_kernels").mkdir()
     pq.write_table(_kernel_table("ha", 20), results / "_kernels" / "ha.parquet")
@@ -211,8 +283,8 @@ def test_run_page_shows_costs_with_units_config_metrics_and_kernel_profile(tmp_p
     page = (out / "run-ha-a.html").read_text()
     assert '\n  "learning_rate": 0.001' in unescape(page)  # config, pretty-printed
     assert '"accuracy": 0.88' in unescape(page)
-    assert "<code>peak_memory_bytes</code></td><td>524,288,000 (500.0 MiB)</td><td class=\"text\">bytes</td>" in page
-    assert "<code>trainable_params</code></td><td>12,345</td><td class=\"text\">parameters</td>" in page
+    assert '<code>peak_memory_bytes</code></td><td>524,288,000 (500.0 MiB)</td><td class="text">bytes</td>' in page
+    assert '<code>trainable_params</code></td><td>12,345</td><td class="text">parameters</td>' in page
     assert "peak memory during training (see peak_memory_kind)" in page  # the schema's doc beside it
     # Kernels: per phase, train first, the top 15 of 20 rows and a bar chart of time per category.
     assert page.index("<h3>train") < page.index("<h3>inference")
@@ -220,8 +292,12 @@ def test_run_page_shows_costs_with_units_config_metrics_and_kernel_profile(tmp_p
     train, _ = _figures(page).values()  # phases in order: train, inference
     assert train["data"][0]["orientation"] == "h"
     assert dict(zip(train["data"][0]["y"], train["data"][0]["x"])) == pytest.approx(
-        {"matmul": sum(1000 - k for k in range(0, 20, 3)) / 1e3, "attention": sum(1000 - k for k in range(1, 20, 3)) / 1e3,
-         "elementwise": sum(1000 - k for k in range(2, 20, 3)) / 1e3})
+        {
+            "matmul": sum(1000 - k for k in range(0, 20, 3)) / 1e3,
+            "attention": sum(1000 - k for k in range(1, 20, 3)) / 1e3,
+            "elementwise": sum(1000 - k for k in range(2, 20, 3)) / 1e3,
+        }
+    )
     other = (out / "run-hb-b.html").read_text()
     assert "no kernel profile" in other and "plotly.min.js" not in other  # nothing to plot, no plotly
 
@@ -233,7 +309,9 @@ def test_adapter_overhead_share_is_a_percentage_where_present(tmp_path):
     df["adapter_overhead_share"] = [0.1234, None]  # old rows have no value
     [section] = build_sections(prepare(df))
     lora, dora = section.rows
-    assert "<code>adapter_overhead_share</code></td><td>12.34</td><td class=\"text\">%</td>" in render_run(lora, section, [], "s")
+    assert '<code>adapter_overhead_share</code></td><td>12.34</td><td class="text">%</td>' in render_run(
+        lora, section, [], "s"
+    )
     assert "<code>adapter_overhead_share</code></td><td>–</td>" in render_run(dora, section, [], "s")
     headers = [label for label, _, _ in section.leaderboard.headers]
     column = headers.index("adapter overhead %")
@@ -246,7 +324,7 @@ def test_failed_runs_are_listed_with_their_error_and_have_a_page(tmp_path):
     write_row(_row("dora", None, 10, None, None, "b", status="failed", traceback="Traceback: boom"), results)
     write_report(results, out)
     index = (out / "index.html").read_text()
-    failed = index[index.index("Failed runs"):]
+    failed = index[index.index("Failed runs") :]
     assert "dora" in failed and "RuntimeError: x" in failed and 'href="run-hb-b.html"' in failed
     page = (out / "run-hb-b.html").read_text()
     assert "RuntimeError: x" in page and "Traceback: boom" in page
@@ -282,7 +360,7 @@ def test_pages_of_runs_gone_from_the_store_are_removed(tmp_path):
     assert sorted(p.name for p in out.glob("*.html")) == ["index.html", "pareto-glue-sst2.html", "run-hb-b.html"]
 
 
-NASTY = ['<!--<script', '</script><script>alert(1)//', 'a"b\'c & <d>', 'line\u2028sep']
+NASTY = ["<!--<script", "</script><script>alert(1)//", "a\"b'c & <d>", "line\u2028sep"]
 
 
 class _Page(HTMLParser):
@@ -327,8 +405,13 @@ def test_names_cannot_break_out_of_the_page_script(tmp_path, name):
             data = json.loads(re.search(r"const FIGURES = (\{.*?\});\n", script, re.DOTALL).group(1))
             names = {unescape(t["name"]) for fig in data.values() for t in fig["data"]}
             assert names == {name, "lora", "Pareto front"}  # plotly shows names as HTML: escaped, and read back
-            assert all(name in unescape(h) for fig in data.values() for t in fig["data"] if t["name"] != "lora"
-                       and t["name"] != "Pareto front" for h in t["hovertext"])
+            assert all(
+                name in unescape(h)
+                for fig in data.values()
+                for t in fig["data"]
+                if t["name"] != "lora" and t["name"] != "Pareto front"
+                for h in t["hovertext"]
+            )
             assert name in unescape(next(iter(data.values()))["layout"]["title"]["text"])
         if page.name == "run-ha-a.html":
             assert parser.title == f"{name} seed 7 · glue/{name}"
@@ -349,14 +432,26 @@ def test_leaderboard_lines_are_configurations_ranked_by_their_seed_mean(tmp_path
     seconds = [10.0, 20.0, 90.0]
     for seed in range(3):
         for lr, scores in ((1e-4, steady), (2e-3, lucky)):
-            write_row(run_row("lora:r=8", seed, config={"lr": lr}, score=scores[seed], train_seconds=seconds[seed],
-                              init_seconds=0.0), tmp_path)
+            write_row(
+                run_row(
+                    "lora:r=8",
+                    seed,
+                    config={"lr": lr},
+                    score=scores[seed],
+                    train_seconds=seconds[seed],
+                    init_seconds=0.0,
+                ),
+                tmp_path,
+            )
     write_row(run_row("lora:r=8", 0, config={"lr": 1e-4}, score=0.99, device_name="other GPU"), tmp_path)
     [section] = build_sections(read_results(tmp_path))
     headers, lines = _board(section)
     column = {h: headers.index(h) for h in ("settings", "mean ± 95% CI (n)", "best seed", "runs (seed)", "device")}
     assert [(line[column["settings"]], line[column["device"]]) for line in lines] == [
-        ("lr=0.0001", "other GPU"), ("lr=0.0001", "NVIDIA H100 80GB HBM3"), ("lr=0.002", "NVIDIA H100 80GB HBM3")]
+        ("lr=0.0001", "other GPU"),
+        ("lr=0.0001", "NVIDIA H100 80GB HBM3"),
+        ("lr=0.002", "NVIDIA H100 80GB HBM3"),
+    ]
     _, steady_line, lucky_line = lines
     assert steady_line[column["mean ± 95% CI (n)"]] == str(mean_ci(steady))
     assert lucky_line[column["best seed"]] == "0.9500" and lucky_line[column["runs (seed)"]] == "3"
@@ -374,10 +469,18 @@ def test_leaderboard_lines_never_pool_precisions_budgets_or_devices():
         return run_row(method, seed, config=config, device=device, **columns)
 
     base = run()
-    same = [run(seed=1, device="cuda:1"),  # another seed on another GPU of one kind
-            run(seed=2, config={"results_dir": "/elsewhere", "data_dir": "/m2", "device": "cuda"})]
-    other = [run(config={"precision": "fp32"}), run(config={"max_train_samples": 10}), run(config={"lr": 1e-4}),
-             run(device="cpu"), run(device_name="other"), run("lora:r=16")]
+    same = [
+        run(seed=1, device="cuda:1"),  # another seed on another GPU of one kind
+        run(seed=2, config={"results_dir": "/elsewhere", "data_dir": "/m2", "device": "cuda"}),
+    ]
+    other = [
+        run(config={"precision": "fp32"}),
+        run(config={"max_train_samples": 10}),
+        run(config={"lr": 1e-4}),
+        run(device="cpu"),
+        run(device_name="other"),
+        run("lora:r=16"),
+    ]
     assert all(group_key(r) == group_key(base) for r in same)
     assert len({group_key(r) for r in [base, *other]}) == 1 + len(other)
 
@@ -474,15 +577,20 @@ def test_time_to_a_trained_model_counts_data_driven_initialisation(tmp_path):
     init_seconds existed counts its pipeline's total less compression (70 - 5)."""
     write_row(_row("pissa", 0.90, 10**4, 2**20, 10.0, "a", init_seconds=50.0), tmp_path)
     write_row(_row("lora", 0.88, 10**4, 2**20, 20.0, "b", init_seconds=0.0), tmp_path)
-    write_row(_row("corda", 0.91, 10**4, 2**20, 10.0, "c", init_seconds=None, pipeline_seconds=70.0,
-                   compress_seconds=5.0), tmp_path)
+    write_row(
+        _row("corda", 0.91, 10**4, 2**20, 10.0, "c", init_seconds=None, pipeline_seconds=70.0, compress_seconds=5.0),
+        tmp_path,
+    )
     [section] = build_sections(read_results(tmp_path))
     [panel] = [p for p in section.panels if p.axis.column == "time_to_trained_seconds"]
     assert panel.axis.title.startswith("time to trained model (s)") and "initialisation" in panel.axis.title
     costs = {t["name"]: t["x"] for t in panel.figure["data"] if t["name"] != "Pareto front"}
     assert costs == {"pissa": [60.0], "lora": [20.0], "corda": [65.0]}
-    assert [(cells[0].text, cells[3].text) for _, cells in panel.front.rows] == [("lora", "20"), ("pissa", "60"),
-                                                                                    ("corda", "65")]
+    assert [(cells[0].text, cells[3].text) for _, cells in panel.front.rows] == [
+        ("lora", "20"),
+        ("pissa", "60"),
+        ("corda", "65"),
+    ]
     headers, lines = _board(section)
     time = headers.index("time to trained model s")
     assert {line[0]: line[time] for line in lines} == {"pissa": "60", "lora": "20", "corda": "65"}

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs /usr/bin/c
 
 
 def _check(site: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), str(site), *args], check=False, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), str(site), *args], check=False, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_report_pages_load_without_errors(tmp_path):
@@ -38,7 +40,8 @@ def test_a_javascript_error_or_a_network_reference_fails_the_check(tmp_path):
     site.mkdir()
     (site / "index.html").write_text(
         '<!doctype html><html><body><p>report</p><script src="https://cdn.example.org/plotly.js"></script>'
-        '<script>throw new Error("deliberate")</script></body></html>')
+        '<script>throw new Error("deliberate")</script></body></html>'
+    )
     done = _check(site)
     assert done.returncode == 1
     assert "FAIL index.html" in done.stdout

@@ -15,12 +15,22 @@ from harness.store import read_results, result_files, write_row
 
 def full_row(**overrides):
     values = {
-        pa.int32(): 1, pa.int64(): 7, pa.float64(): 0.25, pa.string(): "x",
+        pa.int32(): 1,
+        pa.int64(): 7,
+        pa.float64(): 0.25,
+        pa.string(): "x",
         pa.timestamp("us", tz="UTC"): datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
     }
     row = {c.name: values[c.type] for c in COLUMNS}
-    row.update(schema_version=SCHEMA_VERSION, suite="glue", task="sst2", job_hash="abc", run_id="r1",
-               method_params=json.dumps([{"method": "lora", "params": {"r": 8}}]), identity_upgraded_from=None)
+    row.update(
+        schema_version=SCHEMA_VERSION,
+        suite="glue",
+        task="sst2",
+        job_hash="abc",
+        run_id="r1",
+        method_params=json.dumps([{"method": "lora", "params": {"r": 8}}]),
+        identity_upgraded_from=None,
+    )
     row.update(overrides)
     return row
 

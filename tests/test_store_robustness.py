@@ -122,7 +122,9 @@ def test_index_serves_unchanged_files_and_rereads_changed_ones(tmp_path):
     cold = read_store(tmp_path).frame
     assert (tmp_path / INDEX_PATH).is_file()
     warm = read_store(tmp_path).frame
-    assert warm.sort_values("job_hash").reset_index(drop=True).equals(cold.sort_values("job_hash").reset_index(drop=True))
+    assert (
+        warm.sort_values("job_hash").reset_index(drop=True).equals(cold.sort_values("job_hash").reset_index(drop=True))
+    )
     # A file rewritten in place (a new inode and mtime) is read again, not served from the index.
     write_row(full_row(job_hash="j1", run_id="r1", score=0.99), tmp_path)
     paths[2].unlink()
@@ -222,8 +224,10 @@ def test_sweep_dry_run_skips_a_bad_file_with_a_warning(tmp_path, capsys, tiny_mo
     results = tmp_path / "results"
     bad = _bad_store(results, "truncated")
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(f"results: {results}\ndata_dir: {tiny_glue}\ndefaults:\n  model: {tiny_model}\n"
-                     "grid:\n  suite: glue\n  task: sst2\n  method: none\n  seed: [0, 1]\n")
+    sweep.write_text(
+        f"results: {results}\ndata_dir: {tiny_glue}\ndefaults:\n  model: {tiny_model}\n"
+        "grid:\n  suite: glue\n  task: sst2\n  method: none\n  seed: [0, 1]\n"
+    )
     assert main(["sweep", str(sweep), "--dry-run"]) == 0
     captured = capsys.readouterr()
     [line] = _warnings(captured.err)
@@ -241,16 +245,21 @@ def _readme_query() -> str:
 
 def test_the_readmes_duckdb_query_reads_a_real_store(tmp_path, monkeypatch):
     duckdb = pytest.importorskip("duckdb")
-    from harness.profiling import write_kernel_tables
     from harness.kernels import KernelProfile
+    from harness.profiling import write_kernel_tables
 
     results = tmp_path / "results"
     write_row(full_row(job_hash="a", run_id="r1", method="lora", score=0.5), results)
     write_row(full_row(job_hash="b", run_id="r2", method="dora", score=0.75, suite="cifar", task="cifar10"), results)
     # Side tables as the harness writes them: kernel profiles, the read index, a benchmark log.
     profile = KernelProfile.__new__(KernelProfile)
-    monkeypatch.setattr(KernelProfile, "to_table", lambda self, job, phase: pa.table(
-        {"job_hash": [job], "phase": [phase], "name": ["aten::mm"], "total_us": [1.0]}))
+    monkeypatch.setattr(
+        KernelProfile,
+        "to_table",
+        lambda self, job, phase: pa.table(
+            {"job_hash": [job], "phase": [phase], "name": ["aten::mm"], "total_us": [1.0]}
+        ),
+    )
     write_kernel_tables(str(results), "a", "r1", {"train": profile})
     store.append_records(results / "_benchmarks" / "method_step.parquet", [{"method": "lora", "step_ms_p50": 1.0}])
     read_store(results)
@@ -259,5 +268,7 @@ def test_the_readmes_duckdb_query_reads_a_real_store(tmp_path, monkeypatch):
     rows = sorted(duckdb.sql(_readme_query()).fetchall())
     assert rows == [("dora", 0.75), ("lora", 0.5)]
     if shutil.which("duckdb"):
-        out = subprocess.run(["duckdb", "-csv", "-c", _readme_query()], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["duckdb", "-csv", "-c", _readme_query()], capture_output=True, text=True, check=True
+        ).stdout
         assert sorted(out.split()[1:]) == ["dora,0.75", "lora,0.5"]

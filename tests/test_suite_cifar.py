@@ -81,7 +81,9 @@ def test_checkpoint_round_trips_through_the_suite(tmp_path):
         assert torch.equal(model.eval()(pixel_values=x).logits, saved(pixel_values=x).logits)
     assert suite.head_modules(model) == ("linear",)
     # CIFAR-100 from a CIFAR-10 checkpoint: the body loads, the head is a fresh 100-way Linear.
-    model100, _ = suite.build_model(str(tmp_path / "m"), suite.get_task("cifar100"), _tiny_dataset(8, 100, "fine_label"))
+    model100, _ = suite.build_model(
+        str(tmp_path / "m"), suite.get_task("cifar100"), _tiny_dataset(8, 100, "fine_label")
+    )
     assert model100.linear.out_features == 100
     assert torch.equal(model100.conv1.weight, saved.conv1.weight)
 
@@ -158,10 +160,25 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 
 def _run(ckpt: Path, mirror: Path, results: Path, *extra: str) -> int:
-    return main([
-        "run", "--suite", "cifar", "--task", "cifar10", "--model", str(ckpt), "--data-dir", str(mirror),
-        "--results", str(results), "--quiet", "--latency-repeats", "2", *extra,
-    ])
+    return main(
+        [
+            "run",
+            "--suite",
+            "cifar",
+            "--task",
+            "cifar10",
+            "--model",
+            str(ckpt),
+            "--data-dir",
+            str(mirror),
+            "--results",
+            str(results),
+            "--quiet",
+            "--latency-repeats",
+            "2",
+            *extra,
+        ]
+    )
 
 
 def test_run_none_evaluates_the_checkpoint_as_loaded(tiny_ckpt, cifar_mirror, tmp_path):
@@ -181,15 +198,31 @@ def test_run_none_evaluates_the_checkpoint_as_loaded(tiny_ckpt, cifar_mirror, tm
 
 
 def test_run_full_trains_two_steps(tiny_ckpt, cifar_mirror, tmp_path):
-    assert _run(tiny_ckpt, cifar_mirror, tmp_path / "r", "--method", "full", "--max-steps", "2", "--batch-size", "16") == 0
+    assert (
+        _run(tiny_ckpt, cifar_mirror, tmp_path / "r", "--method", "full", "--max-steps", "2", "--batch-size", "16") == 0
+    )
     row = read_results(tmp_path / "r").iloc[0]
     assert row["status"] == "ok" and row["train_steps"] == 2 and row["trainable_params"] == 269_722
     assert np.isfinite(row["final_train_loss"])
 
 
 def test_default_alias_without_a_checkpoint_is_one_line_bad_input(cifar_mirror, tmp_path, capsys):
-    code = main(["run", "--suite", "cifar", "--task", "cifar10", "--method", "none", "--data-dir", str(cifar_mirror),
-                 "--results", str(tmp_path / "r"), "--quiet"])
+    code = main(
+        [
+            "run",
+            "--suite",
+            "cifar",
+            "--task",
+            "cifar10",
+            "--method",
+            "none",
+            "--data-dir",
+            str(cifar_mirror),
+            "--results",
+            str(tmp_path / "r"),
+            "--quiet",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'resnet20-cifar10'" in err and "--model /path/to/ckpt.pth" in err
@@ -202,19 +235,49 @@ def test_data_without_the_task_columns_is_bad_input_before_any_step(tiny_ckpt, t
     folder.mkdir(parents=True)
     for split in ("train", "test"):
         _tiny_dataset(8).to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
-    code = main(["run", "--suite", "cifar", "--task", "cifar100", "--model", str(tiny_ckpt), "--method", "full",
-                 "--data-dir", str(tmp_path / "mirror"), "--results", str(tmp_path / "r"), "--quiet"])
+    code = main(
+        [
+            "run",
+            "--suite",
+            "cifar",
+            "--task",
+            "cifar100",
+            "--model",
+            str(tiny_ckpt),
+            "--method",
+            "full",
+            "--data-dir",
+            str(tmp_path / "mirror"),
+            "--results",
+            str(tmp_path / "r"),
+            "--quiet",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "lacks column(s) ['fine_label']" in err
     assert not list((tmp_path / "r").rglob("*.parquet"))  # no row written
 
 
-@pytest.mark.skipif(not (REAL_CKPT.is_file() and (REAL_DATA / "uoft-cs" / "cifar10").is_dir()),
-                    reason="the shared CIFAR-10 copy and ResNet-20 checkpoint are not present")
+@pytest.mark.skipif(
+    not (REAL_CKPT.is_file() and (REAL_DATA / "uoft-cs" / "cifar10").is_dir()),
+    reason="the shared CIFAR-10 copy and ResNet-20 checkpoint are not present",
+)
 def test_real_checkpoint_on_500_real_test_images(tmp_path):
-    assert _run(REAL_CKPT, REAL_DATA, tmp_path / "r", "--method", "none", "--max-eval-samples", "500",
-                "--max-train-samples", "8") == 0
+    assert (
+        _run(
+            REAL_CKPT,
+            REAL_DATA,
+            tmp_path / "r",
+            "--method",
+            "none",
+            "--max-eval-samples",
+            "500",
+            "--max-train-samples",
+            "8",
+        )
+        == 0
+    )
     row = read_results(tmp_path / "r").iloc[0]
     assert row["status"] == "ok" and row["eval_samples"] == 500
     assert 0.7 <= row["score"] <= 0.9

@@ -31,7 +31,7 @@ def lm_config(suite, tiny_gsm8k):
 
     task = suite.get_task("gsm8k")
     sources = suite.locate(task, tiny_gsm8k)
-    (_, _, lm_set), = suite.load_eval(task, sources, RunSpec(suite="gsm8k", method="none"))
+    ((_, _, lm_set),) = suite.load_eval(task, sources, RunSpec(suite="gsm8k", method="none"))
     return lm_set.config
 
 
@@ -68,8 +68,12 @@ def test_labels_are_ignored_exactly_on_the_prompt_tokens(tiny_llama):
 
 def test_a_batch_loss_is_the_cross_entropy_of_the_answer_tokens_only(suite, tiny_llama, tiny_gsm8k):
     model, tokenizer = build(suite, tiny_llama)
-    data = suite.prepare_train(train_split(suite, tiny_gsm8k), tokenizer, suite.get_task("gsm8k"),
-                               SimpleNamespace(max_length=128, packing=False))
+    data = suite.prepare_train(
+        train_split(suite, tiny_gsm8k),
+        tokenizer,
+        suite.get_task("gsm8k"),
+        SimpleNamespace(max_length=128, packing=False),
+    )
     batch = data.collate([data.dataset[i] for i in range(4)])
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()  # padding is never scored
     with torch.no_grad():
@@ -101,15 +105,32 @@ def test_accumulating_two_half_batches_is_one_full_batch_step(suite, tiny_llama,
     from harness.train import train
 
     base, tokenizer = build(suite, tiny_llama)
-    data = suite.prepare_train(train_split(suite, tiny_gsm8k), tokenizer, suite.get_task("gsm8k"),
-                               SimpleNamespace(max_length=128, packing=packing))
+    data = suite.prepare_train(
+        train_split(suite, tiny_gsm8k),
+        tokenizer,
+        suite.get_task("gsm8k"),
+        SimpleNamespace(max_length=128, packing=packing),
+    )
     trained = []
     for batch_size, accum in ((4, 1), (2, 2)):
         pipeline = Pipeline.parse("full")
         ctx = MethodContext(task_type="causal_lm", total_steps=2, lr=1e-2, weight_decay=0.0)
         model = pipeline.apply(copy.deepcopy(base), ctx)
-        train(model, data, pipeline, ctx, batch_size=batch_size, steps=2, warmup_ratio=0.0, max_grad_norm=0.0,
-              precision="fp32", device=torch.device("cpu"), seed=0, show_progress=False, grad_accum=accum)
+        train(
+            model,
+            data,
+            pipeline,
+            ctx,
+            batch_size=batch_size,
+            steps=2,
+            warmup_ratio=0.0,
+            max_grad_norm=0.0,
+            precision="fp32",
+            device=torch.device("cpu"),
+            seed=0,
+            show_progress=False,
+            grad_accum=accum,
+        )
         trained.append(model)
     moved = [(p - q).abs().max().item() for p, q in zip(trained[0].parameters(), base.parameters())]
     assert max(moved) > 1e-3  # the steps did change the weights
@@ -121,8 +142,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(suite, tiny_llama, tiny
     from harness.job import enable_gradient_checkpointing
 
     model, tokenizer = build(suite, tiny_llama)
-    data = suite.prepare_train(train_split(suite, tiny_gsm8k), tokenizer, suite.get_task("gsm8k"),
-                               SimpleNamespace(max_length=128, packing=False))
+    data = suite.prepare_train(
+        train_split(suite, tiny_gsm8k),
+        tokenizer,
+        suite.get_task("gsm8k"),
+        SimpleNamespace(max_length=128, packing=False),
+    )
     batch = data.collate([data.dataset[i] for i in range(4)])
     grads = []
     for checkpointing in (False, True):
@@ -141,12 +166,29 @@ def test_a_token_budget_stops_training_once_spent(suite, tiny_llama, tiny_gsm8k)
     from harness.train import train
 
     model, tokenizer = build(suite, tiny_llama)
-    data = suite.prepare_train(train_split(suite, tiny_gsm8k), tokenizer, suite.get_task("gsm8k"),
-                               SimpleNamespace(max_length=128, packing=False))
+    data = suite.prepare_train(
+        train_split(suite, tiny_gsm8k),
+        tokenizer,
+        suite.get_task("gsm8k"),
+        SimpleNamespace(max_length=128, packing=False),
+    )
     pipeline, ctx = Pipeline.parse("full"), MethodContext(task_type="causal_lm", total_steps=50, lr=1e-3)
     model = pipeline.apply(model, ctx)
-    stats = train(model, data, pipeline, ctx, batch_size=2, steps=50, warmup_ratio=0.0, max_grad_norm=1.0,
-                  precision="fp32", device=torch.device("cpu"), seed=0, show_progress=False, max_tokens=300)
+    stats = train(
+        model,
+        data,
+        pipeline,
+        ctx,
+        batch_size=2,
+        steps=50,
+        warmup_ratio=0.0,
+        max_grad_norm=1.0,
+        precision="fp32",
+        device=torch.device("cpu"),
+        seed=0,
+        show_progress=False,
+        max_tokens=300,
+    )
     per_step = stats.tokens / stats.steps
     assert stats.tokens >= 300 and stats.tokens - per_step < 300 + per_step and stats.steps < 50
 
@@ -236,8 +278,13 @@ def test_the_harness_generates_what_lm_eval_generates_for_the_same_model(suite, 
     model, tokenizer = build(suite, tiny_llama)
     ours = evaluate(model, tokenizer, lm_config, num_fewshot=1, limit=4, batch_size=2, max_new_tokens=12)
     direct = simple_evaluate(
-        model="hf", model_args=f"pretrained={tiny_llama},device=cpu", tasks=[dict(lm_config)],
-        num_fewshot=1, limit=4, batch_size=2, gen_kwargs="max_gen_toks=12",
+        model="hf",
+        model_args=f"pretrained={tiny_llama},device=cpu",
+        tasks=[dict(lm_config)],
+        num_fewshot=1,
+        limit=4,
+        batch_size=2,
+        gen_kwargs="max_gen_toks=12",
     )
     assert _responses(ours.samples) == _responses(direct["samples"]["gsm8k"])
     assert ours.metrics["exact_match,flexible-extract"] == direct["results"]["gsm8k"]["exact_match,flexible-extract"]
@@ -252,12 +299,20 @@ def test_lm_eval_evaluates_the_adapter_wrapped_model(suite, tiny_llama, lm_confi
     base, tokenizer = build(suite, tiny_llama)
     torch.manual_seed(0)
     # A non-zero update (B initialised randomly, scale 8) so that the adapter changes the output.
-    wrapped = get_peft_model(copy.deepcopy(base), LoraConfig(
-        r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False,
-    ))
+    wrapped = get_peft_model(
+        copy.deepcopy(base),
+        LoraConfig(
+            r=4,
+            lora_alpha=32,
+            target_modules=["q_proj", "v_proj", "down_proj"],
+            init_lora_weights=False,
+        ),
+    )
 
     def responses(model):
-        return _responses(evaluate(model, tokenizer, lm_config, num_fewshot=0, limit=3, batch_size=3, max_new_tokens=10).samples)
+        return _responses(
+            evaluate(model, tokenizer, lm_config, num_fewshot=0, limit=3, batch_size=3, max_new_tokens=10).samples
+        )
 
     adapted = responses(wrapped)
     assert adapted != responses(base)
@@ -268,11 +323,29 @@ def test_lm_eval_evaluates_the_adapter_wrapped_model(suite, tiny_llama, lm_confi
 
 
 def _run(model, mirror, results, *extra):
-    return main([
-        "run", "--suite", "gsm8k", "--model", str(model), "--data-dir", str(mirror), "--results", str(results),
-        "--max-eval-samples", "4", "--max-new-tokens", "8", "--eval-batch-size", "4", "--latency-repeats", "1",
-        "--quiet", *extra,
-    ])
+    return main(
+        [
+            "run",
+            "--suite",
+            "gsm8k",
+            "--model",
+            str(model),
+            "--data-dir",
+            str(mirror),
+            "--results",
+            str(results),
+            "--max-eval-samples",
+            "4",
+            "--max-new-tokens",
+            "8",
+            "--eval-batch-size",
+            "4",
+            "--latency-repeats",
+            "1",
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def _row(results):
@@ -285,8 +358,13 @@ def test_untouched_model_scores_as_lm_eval_called_directly(tiny_llama, tiny_gsm8
     assert _run(tiny_llama, tiny_gsm8k, results_dir, "--method", "none", "--num-fewshot", "2") == 0
     row = _row(results_dir)
     direct = simple_evaluate(
-        model="hf", model_args=f"pretrained={tiny_llama},device=cpu", tasks=[dict(lm_config)],
-        num_fewshot=2, limit=4, batch_size=4, gen_kwargs="max_gen_toks=8",
+        model="hf",
+        model_args=f"pretrained={tiny_llama},device=cpu",
+        tasks=[dict(lm_config)],
+        num_fewshot=2,
+        limit=4,
+        batch_size=4,
+        gen_kwargs="max_gen_toks=8",
     )["results"]["gsm8k"]
     metrics = json.loads(row["metrics"])
     assert metrics["exact_match_strict"] == direct["exact_match,strict-match"]
@@ -302,10 +380,26 @@ def test_lora_run_trains_on_another_data_set_and_records_lm_costs(tiny_llama, ti
     # A MetaMathQA-shaped training set (query/response) beside GSM8K in the mirror.
     folder = tiny_gsm8k / "acme" / "mathqa" / "default"
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [{"query": f"What is {a} plus 3?", "response": f"{a} + 3 = {a + 3}. The answer is: {a + 3}"} for a in range(16)]
+    rows = [
+        {"query": f"What is {a} plus 3?", "response": f"{a} + 3 = {a + 3}. The answer is: {a + 3}"} for a in range(16)
+    ]
     Dataset.from_list(rows).to_parquet(str(folder / "train-00000-of-00001.parquet"))
-    code = _run(tiny_llama, tiny_gsm8k, results_dir, "--method", "lora:r=4", "--train-data", "acme/mathqa",
-                "--packing", "--grad-accum", "2", "--batch-size", "2", "--max-steps", "3")
+    code = _run(
+        tiny_llama,
+        tiny_gsm8k,
+        results_dir,
+        "--method",
+        "lora:r=4",
+        "--train-data",
+        "acme/mathqa",
+        "--packing",
+        "--grad-accum",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "3",
+    )
     assert code == 0
     row = _row(results_dir)
     assert row["status"] == "ok" and row["train_data"] == "acme/mathqa" and row["train_samples"] == 16
@@ -313,7 +407,12 @@ def test_lora_run_trains_on_another_data_set_and_records_lm_costs(tiny_llama, ti
     settings = json.loads(row["eval_settings"])
     assert settings["harness"] == "lm-eval" and settings["num_fewshot"] == 0 and settings["max_gen_toks"] == 8
     assert settings["generation_kwargs"]["do_sample"] is False
-    for column in ("ttft_bs1_p50_ms", "ttft_batch_p50_ms", "generation_bs1_tokens_per_s", "generation_batch_tokens_per_s"):
+    for column in (
+        "ttft_bs1_p50_ms",
+        "ttft_batch_p50_ms",
+        "generation_bs1_tokens_per_s",
+        "generation_batch_tokens_per_s",
+    ):
         assert row[column] > 0
     assert set(json.loads(row["metrics"])) >= {"exact_match_strict", "exact_match_flexible"}
     path, n = write_report(results_dir, tmp_path / "report")
@@ -375,7 +474,13 @@ def test_the_peft_preset_fills_what_the_user_left_out(suite):
 
     spec = suite.get_preset("peft-metamathqa").fill(RunSpec(suite="gsm8k", max_steps=10))
     assert spec.max_steps == 10  # given: kept
-    assert (spec.model, spec.method, spec.lr, spec.batch_size, spec.max_length) == ("llama-3.2-3b", "lora:r=32,alpha=64", 1e-4, 4, 768)
+    assert (spec.model, spec.method, spec.lr, spec.batch_size, spec.max_length) == (
+        "llama-3.2-3b",
+        "lora:r=32,alpha=64",
+        1e-4,
+        4,
+        768,
+    )
     assert spec.train_data == "meta-math/MetaMathQA" and spec.lr_scheduler == "cosine"
     with pytest.raises(HarnessError, match="presets: peft-metamathqa"):
         suite.get_preset("peft")

@@ -14,7 +14,11 @@ import torch
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.image_classifiers import (
-    RANDOM_INIT_MODELS, ClassSubsetLogits, ImageSpec, build_image_classifier, image_spec,
+    RANDOM_INIT_MODELS,
+    ClassSubsetLogits,
+    ImageSpec,
+    build_image_classifier,
+    image_spec,
 )
 from harness.images import IMAGENET_MEAN, IMAGENET_STD, RandomHorizontalFlip
 from harness.resolve import MODEL_ALIASES, preflight_model, resolve_model
@@ -25,7 +29,9 @@ from suites.imagenet_classes import IMAGENET100_WNIDS, IMAGENET_WNIDS, IMAGENETT
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 IMAGENETTE_IDS = (0, 217, 482, 491, 497, 566, 569, 571, 574, 701)
 IMAGEWOOF_IDS = (155, 159, 162, 167, 182, 193, 207, 229, 258, 273)
-TINY_VIT = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+TINY_VIT = dict(
+    image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +52,20 @@ def test_class_lists(suite):
         assert tuple(IMAGENET_WNIDS[i] for i in ids) == tasks[name].wnids
     # Known ImageNet-1k positions: tench 0, English springer 217, gas pump 571, parachute 701, bonnet 452.
     assert [IMAGENET_WNIDS[i] for i in (0, 217, 571, 701, 452)] == [
-        "n01440764", "n02102040", "n03425413", "n03888257", "n02869837",
+        "n01440764",
+        "n02102040",
+        "n03425413",
+        "n03888257",
+        "n02869837",
     ]
     # CMC's list, in its order: bonnet, green mamba, langur, Doberman, gyromitra, ...
     assert len(set(IMAGENET100_WNIDS)) == 100
     assert tasks["imagenet100"].imagenet_ids[:5] == (452, 64, 374, 236, 993)
     assert imagenet_index("n01440764") == 0 and imagenet_index("n15075141") == 999  # tench, toilet tissue
     assert tasks["imagenet1k"].imagenet_ids is None and tasks["imagenet1k"].num_labels == 1000
-    assert tasks["imagenet100"].metrics == ("accuracy", "top5_accuracy") and tasks["imagenette"].metrics == ("accuracy",)
+    assert tasks["imagenet100"].metrics == ("accuracy", "top5_accuracy") and tasks["imagenette"].metrics == (
+        "accuracy",
+    )
 
 
 class _Thousand(torch.nn.Module):
@@ -172,7 +184,9 @@ def _images(n: int, names, labels, seed: int = 0, size=(40, 30), label_feature=N
     rng = np.random.default_rng(seed)
     images = [PILImage.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
     feature = label_feature or ClassLabel(names=list(names))
-    return Dataset.from_dict({"image": images, "label": list(labels)}, features=Features({"image": Image(), "label": feature}))
+    return Dataset.from_dict(
+        {"image": images, "label": list(labels)}, features=Features({"image": Image(), "label": feature})
+    )
 
 
 def _write(root: Path, hub_id: str, config: str | None, split: str, dataset) -> None:
@@ -198,7 +212,9 @@ def test_prepare_crops_normalises_and_flips_only_training_data(suite, imagenette
     assert isinstance(train.dataset.transform, RandomHorizontalFlip)
     assert not isinstance(val.dataset.transform, RandomHorizontalFlip)
     batch = val.collate([val.dataset[i] for i in range(4)])
-    assert batch["pixel_values"].shape == (4, 3, 32, 32) and batch["labels"].tolist() == [0, 1, 2, 3] == val.references[:4]
+    assert (
+        batch["pixel_values"].shape == (4, 3, 32, 32) and batch["labels"].tolist() == [0, 1, 2, 3] == val.references[:4]
+    )
     # 40x30 -> shorter side 37 (32 / 0.875) -> 49x37, then the central 32x32.
     from PIL import Image
 
@@ -210,8 +226,18 @@ def test_prepare_crops_normalises_and_flips_only_training_data(suite, imagenette
 
 def test_labels_are_matched_by_name_whatever_the_data_order(suite):
     task = suite.get_task("imagewoof")
-    hub_order = ["Australian terrier", "Border terrier", "Samoyed", "Beagle", "Shih-Tzu", "English foxhound",
-                 "Rhodesian ridgeback", "Dingo", "Golden retriever", "Old English sheepdog"]
+    hub_order = [
+        "Australian terrier",
+        "Border terrier",
+        "Samoyed",
+        "Beagle",
+        "Shih-Tzu",
+        "English foxhound",
+        "Rhodesian ridgeback",
+        "Dingo",
+        "Golden retriever",
+        "Old English sheepdog",
+    ]
     data = _images(10, hub_order, range(10))
     prepared = suite.prepare(data, ImageSpec(32), task, 224)
     # Data label 0 (Australian terrier) is task label 5 (n02096294), 4 (Shih-Tzu) is task label 0, ...
@@ -244,11 +270,32 @@ def test_top1_and_top5(suite):
 
 
 def test_run_end_to_end_on_a_tiny_imagenette(tiny_vit_1k, imagenette_mirror, tmp_path):
-    code = main([
-        "run", "--suite", "imagenet", "--task", "imagenette", "--model", str(tiny_vit_1k), "--data-dir",
-        str(imagenette_mirror), "--results", str(tmp_path / "r"), "--max-train-samples", "16", "--max-steps", "2",
-        "--batch-size", "8", "--method", "full", "--quiet", "--latency-repeats", "2",
-    ])
+    code = main(
+        [
+            "run",
+            "--suite",
+            "imagenet",
+            "--task",
+            "imagenette",
+            "--model",
+            str(tiny_vit_1k),
+            "--data-dir",
+            str(imagenette_mirror),
+            "--results",
+            str(tmp_path / "r"),
+            "--max-train-samples",
+            "16",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--method",
+            "full",
+            "--quiet",
+            "--latency-repeats",
+            "2",
+        ]
+    )
     assert code == 0
     row = read_results(tmp_path / "r").iloc[0]
     assert row["status"] == "ok" and (row["suite"], row["task"], row["method"]) == ("imagenet", "imagenette", "full")
@@ -257,7 +304,9 @@ def test_run_end_to_end_on_a_tiny_imagenette(tiny_vit_1k, imagenette_mirror, tmp
     assert row["trainable_params"] == row["total_params"] and np.isfinite(row["final_train_loss"])
 
 
-@pytest.mark.skipif(not (REAL_DATA / "imagenette" / "224px").is_dir(), reason="the shared Imagenette copy is not present")
+@pytest.mark.skipif(
+    not (REAL_DATA / "imagenette" / "224px").is_dir(), reason="the shared Imagenette copy is not present"
+)
 def test_real_imagenette_mirror_has_the_task_classes(suite):
     task = suite.get_task("imagenette")
     sources = suite.locate(task, REAL_DATA)

@@ -25,7 +25,9 @@ def write_sweep(path: Path, text: str) -> Path:
 
 
 def tiny_sweep(tmp_path, tiny_model, tiny_glue, results, grid: str, extra: str = "") -> Path:
-    return write_sweep(tmp_path / "sweep.yaml", f"""\
+    return write_sweep(
+        tmp_path / "sweep.yaml",
+        f"""\
 results: {results}
 data_dir: {tiny_glue}
 defaults:
@@ -36,7 +38,8 @@ defaults:
   max_eval_samples: 8
 grid:
 {grid}
-{extra}""")
+{extra}""",
+    )
 
 
 def _one_line_error(capsys) -> str:
@@ -48,20 +51,35 @@ def _one_line_error(capsys) -> str:
 # Validation -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("grid, extra, expected", [
-    ("  suite: glue\n  task: sst2\n  method: [lora, lorra]\n", "",
-     r"sweep.yaml:12: grid.method\[1\]: unknown method 'lorra'"),
-    ("  suite: glue\n  task: sst2\n  method: lora\n  seed: [0, abc]\n", "",
-     r"sweep.yaml:13: grid.seed\[1\]: Input should be a valid integer"),
-    ("  suite: glue\n  task: sst2\n  method: lora\n  sead: 1\n", "",
-     r"sweep.yaml:13: grid.sead: unknown setting"),
-    ("  suite: glue\n  task: sst2\n  method: lora\n", "resources:\n  timout: 5\n",
-     r"sweep.yaml:15: resources.timout: unknown key"),
-    ("  suite: glue\n  task: sst2\n  method: lora\n", "runs:\n  - {suite: glue, task: rte, method: dora, resources: {retries: -1}}\n",
-     r"sweep.yaml:15: runs\[0\].resources.retries: Input should be greater than or equal to 0"),
-])
-def test_a_bad_sweep_file_is_refused_naming_file_line_and_key(tmp_path, tiny_model, tiny_glue, results_dir, capsys,
-                                                             grid, extra, expected):
+@pytest.mark.parametrize(
+    "grid, extra, expected",
+    [
+        (
+            "  suite: glue\n  task: sst2\n  method: [lora, lorra]\n",
+            "",
+            r"sweep.yaml:12: grid.method\[1\]: unknown method 'lorra'",
+        ),
+        (
+            "  suite: glue\n  task: sst2\n  method: lora\n  seed: [0, abc]\n",
+            "",
+            r"sweep.yaml:13: grid.seed\[1\]: Input should be a valid integer",
+        ),
+        ("  suite: glue\n  task: sst2\n  method: lora\n  sead: 1\n", "", r"sweep.yaml:13: grid.sead: unknown setting"),
+        (
+            "  suite: glue\n  task: sst2\n  method: lora\n",
+            "resources:\n  timout: 5\n",
+            r"sweep.yaml:15: resources.timout: unknown key",
+        ),
+        (
+            "  suite: glue\n  task: sst2\n  method: lora\n",
+            "runs:\n  - {suite: glue, task: rte, method: dora, resources: {retries: -1}}\n",
+            r"sweep.yaml:15: runs\[0\].resources.retries: Input should be greater than or equal to 0",
+        ),
+    ],
+)
+def test_a_bad_sweep_file_is_refused_naming_file_line_and_key(
+    tmp_path, tiny_model, tiny_glue, results_dir, capsys, grid, extra, expected
+):
     import re
 
     sweep = tiny_sweep(tmp_path, tiny_model, tiny_glue, results_dir, grid, extra)
@@ -71,8 +89,13 @@ def test_a_bad_sweep_file_is_refused_naming_file_line_and_key(tmp_path, tiny_mod
 
 
 def test_dry_run_lists_jobs_and_what_is_done(tmp_path, tiny_model, tiny_glue, results_dir, capsys):
-    sweep = tiny_sweep(tmp_path, tiny_model, tiny_glue, results_dir,
-                       "  suite: glue\n  task: [sst2, cola]\n  method: none\n  seed: [0, 1]\n")
+    sweep = tiny_sweep(
+        tmp_path,
+        tiny_model,
+        tiny_glue,
+        results_dir,
+        "  suite: glue\n  task: [sst2, cola]\n  method: none\n  seed: [0, 1]\n",
+    )
     assert main(["sweep", str(sweep), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 jobs: 4 todo; 4 to run" in out and out.count("glue/") == 4
@@ -83,13 +106,22 @@ def test_dry_run_lists_jobs_and_what_is_done(tmp_path, tiny_model, tiny_glue, re
 
 
 def _sweep_process(sweep: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", str(sweep), "--quiet", "--max-parallel", "2", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "sweep", str(sweep), "--quiet", "--max-parallel", "2", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_a_sweep_killed_with_sigkill_resumes_with_exactly_one_row_per_job(tmp_path, tiny_model, tiny_glue, results_dir):
-    sweep = tiny_sweep(tmp_path, tiny_model, tiny_glue, results_dir,
-                       "  suite: glue\n  task: [sst2, cola]\n  method: none\n  seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]\n")
+    sweep = tiny_sweep(
+        tmp_path,
+        tiny_model,
+        tiny_glue,
+        results_dir,
+        "  suite: glue\n  task: [sst2, cola]\n  method: none\n  seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]\n",
+    )
     first = _sweep_process(sweep)
     deadline = time.time() + 300
     while len(result_files(results_dir)) < 5 and time.time() < deadline and first.poll() is None:
@@ -116,8 +148,13 @@ def test_a_sweep_killed_with_sigkill_resumes_with_exactly_one_row_per_job(tmp_pa
 
 
 def test_ctrl_c_stops_the_sweep_and_its_jobs_cleanly(tmp_path, tiny_model, tiny_glue, results_dir):
-    sweep = tiny_sweep(tmp_path, tiny_model, tiny_glue, results_dir,
-                       "  suite: glue\n  task: sst2\n  method: none\n  seed: [0, 1, 2, 3, 4, 5]\n")
+    sweep = tiny_sweep(
+        tmp_path,
+        tiny_model,
+        tiny_glue,
+        results_dir,
+        "  suite: glue\n  task: sst2\n  method: none\n  seed: [0, 1, 2, 3, 4, 5]\n",
+    )
     proc = _sweep_process(sweep)
     deadline = time.time() + 300
     while not result_files(results_dir) and time.time() < deadline and proc.poll() is None:
@@ -136,7 +173,8 @@ def test_ctrl_c_stops_the_sweep_and_its_jobs_cleanly(tmp_path, tiny_model, tiny_
 
 
 def test_raising_timed_out_and_memory_capped_jobs_leave_failed_rows_while_the_rest_finish(
-        tmp_path, tiny_model, tiny_glue, results_dir, capsys):
+    tmp_path, tiny_model, tiny_glue, results_dir, capsys
+):
     from datasets import Dataset
 
     from tests.conftest import make_tiny_glue
@@ -145,8 +183,11 @@ def test_raising_timed_out_and_memory_capped_jobs_leave_failed_rows_while_the_re
     broken = make_tiny_glue(tmp_path / "broken")
     folder = broken / "nyu-mll" / "glue" / "sst2"
     Dataset.from_dict({"sentence": ["good film"] * 32, "label": [7] * 32, "idx": list(range(32))}).to_parquet(
-        str(folder / "train-00000-of-00001.parquet"))
-    sweep = write_sweep(tmp_path / "sweep.yaml", f"""\
+        str(folder / "train-00000-of-00001.parquet")
+    )
+    sweep = write_sweep(
+        tmp_path / "sweep.yaml",
+        f"""\
 results: {results_dir}
 data_dir: {tiny_glue}
 defaults: {{model: {tiny_model}, max_steps: 2, batch_size: 16, latency_repeats: 1, max_eval_samples: 8, suite: glue, task: sst2}}
@@ -155,13 +196,16 @@ runs:
   - {{method: lora, seed: 1, data_dir: {broken}}}
   - {{method: full, seed: 2, max_steps: 1000000, resources: {{timeout: 25}}}}
   - {{method: none, seed: 4}}
-""")
+""",
+    )
     assert main(["sweep", str(sweep), "--quiet", "--max-parallel", "2"]) == 1
     capsys.readouterr()
     rows = read_results(results_dir).set_index("seed").sort_index()
     assert len(rows) == 4 and rows["job_hash"].nunique() == 4
     assert list(rows["status"]) == ["ok", "failed", "failed", "ok"]
-    assert any(text in rows.loc[1, "error"] for text in ("label 7 is outside", "Target 7 is out of bounds", "IndexError"))
+    assert any(
+        text in rows.loc[1, "error"] for text in ("label 7 is outside", "Target 7 is out of bounds", "IndexError")
+    )
     assert rows.loc[2, "error"].startswith("timed out after 25 s")
     # Two CPU slots: every row, the parent's timed-out one included, says its timings were shared.
     assert list(rows["concurrent_jobs"]) == [2, 2, 2, 2]
@@ -169,23 +213,35 @@ runs:
 
 def _worker_data_segment() -> int:
     """What a worker's data segment holds once its imports are done (what the cap counts from)."""
-    out = subprocess.run([sys.executable, "-c", "import harness.worker as w, harness.config, harness.job; "
-                          "print(w.data_segment_bytes())"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import harness.worker as w, harness.config, harness.job; print(w.data_segment_bytes())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return int(out)
 
 
 def test_a_job_that_allocates_past_its_memory_limit_fails_out_of_memory_while_training(
-        tmp_path, tiny_model, tiny_glue, results_dir, capsys):
+    tmp_path, tiny_model, tiny_glue, results_dir, capsys
+):
     from tests.conftest import make_tiny_bert
 
     # ~50 M parameters: full fine-tuning holds weights, gradients and two Adam moments,
     # about 800 MB beyond the imports; the tiny model's job needs under 400 MB.
-    wide = make_tiny_bert(tmp_path / "wide", hidden_size=1024, intermediate_size=4096, num_attention_heads=4,
-                          num_hidden_layers=4)
+    wide = make_tiny_bert(
+        tmp_path / "wide", hidden_size=1024, intermediate_size=4096, num_attention_heads=4, num_hidden_layers=4
+    )
     imports = _worker_data_segment()
     cap = (imports + 640 * 2**20) / 2**30
     below = (imports - 64 * 2**20) / 2**30
-    sweep = write_sweep(tmp_path / "sweep.yaml", f"""\
+    sweep = write_sweep(
+        tmp_path / "sweep.yaml",
+        f"""\
 results: {results_dir}
 data_dir: {tiny_glue}
 defaults: {{model: {tiny_model}, max_steps: 2, batch_size: 16, latency_repeats: 1, max_eval_samples: 8, suite: glue, task: sst2,
@@ -194,13 +250,16 @@ runs:
   - {{method: none, seed: 0, resources: {{memory_limit_gb: {cap}}}}}
   - {{method: full, seed: 1, model: {wide}, resources: {{memory_limit_gb: {cap}}}}}
   - {{method: none, seed: 2, resources: {{memory_limit_gb: {below}}}}}
-""")
+""",
+    )
     assert main(["sweep", str(sweep), "--quiet"]) == 1
     capsys.readouterr()
     rows = read_results(results_dir).set_index("seed").sort_index()
     assert list(rows["status"]) == ["ok", "failed", "failed"]  # the cap leaves a job that fits alone
     assert rows.loc[1, "error"].startswith("out of memory:")
-    assert "harness/train.py" in rows.loc[1, "traceback"] or "backward" in rows.loc[1, "traceback"]  # it ran, then ran out
+    assert (
+        "harness/train.py" in rows.loc[1, "traceback"] or "backward" in rows.loc[1, "traceback"]
+    )  # it ran, then ran out
     assert rows.loc[2, "error"].startswith("bad input: memory_limit_gb") and "after its imports" in rows.loc[2, "error"]
 
 
@@ -209,13 +268,15 @@ runs:
 
 def test_the_latest_successful_row_of_a_job_wins_whatever_the_file_order():
     t = lambda s: pd.Timestamp(s, tz="UTC")  # noqa: E731
-    df = pd.DataFrame([
-        {"job_hash": "a", "status": "failed", "created_at": t("2026-01-03"), "run_id": "1"},
-        {"job_hash": "a", "status": "ok", "created_at": t("2026-01-01"), "run_id": "2"},
-        {"job_hash": "a", "status": "ok", "created_at": t("2026-01-02"), "run_id": "3"},
-        {"job_hash": "b", "status": "failed", "created_at": t("2026-01-01"), "run_id": "4"},
-        {"job_hash": "b", "status": "failed", "created_at": t("2026-01-05"), "run_id": "5"},
-    ])
+    df = pd.DataFrame(
+        [
+            {"job_hash": "a", "status": "failed", "created_at": t("2026-01-03"), "run_id": "1"},
+            {"job_hash": "a", "status": "ok", "created_at": t("2026-01-01"), "run_id": "2"},
+            {"job_hash": "a", "status": "ok", "created_at": t("2026-01-02"), "run_id": "3"},
+            {"job_hash": "b", "status": "failed", "created_at": t("2026-01-01"), "run_id": "4"},
+            {"job_hash": "b", "status": "failed", "created_at": t("2026-01-05"), "run_id": "5"},
+        ]
+    )
     for order in (df, df.iloc[::-1], df.sample(frac=1, random_state=0)):
         latest = latest_per_job(order).set_index("job_hash")
         assert latest.loc["a", "run_id"] == "3" and latest.loc["b", "run_id"] == "5"
@@ -251,9 +312,18 @@ def _jobs(results_dir, tiny_model, tiny_glue, seeds):
 
     jobs = []
     for seed in seeds:
-        spec = RunSpec(suite="glue", task="sst2", method="none", model=str(tiny_model), data_dir=str(tiny_glue),
-                       max_eval_samples=8, latency_repeats=1, seed=seed, results_dir=str(results_dir),
-                       kernel_profile=False)
+        spec = RunSpec(
+            suite="glue",
+            task="sst2",
+            method="none",
+            model=str(tiny_model),
+            data_dir=str(tiny_glue),
+            max_eval_samples=8,
+            latency_repeats=1,
+            seed=seed,
+            results_dir=str(results_dir),
+            kernel_profile=False,
+        )
         jobs.append(SweepJob(spec, resolve(spec)[0], Resources()))
     return jobs
 
@@ -319,7 +389,8 @@ def test_a_claim_is_taken_over_only_from_a_holder_that_is_gone(tmp_path):
 
 
 def test_the_parent_names_the_slots_gpu_on_a_failed_row_without_touching_cuda(
-        results_dir, tiny_model, tiny_glue, monkeypatch):
+    results_dir, tiny_model, tiny_glue, monkeypatch
+):
     import torch
 
     from harness import isolated

@@ -22,12 +22,24 @@ from harness.worker import MEMORY_LIMIT_ENV
 SEEDS = (0, 1)
 
 
-def tiny_jobs(model: Path, mirror: Path, results: Path, seeds=SEEDS, resources: Resources | None = None) -> list[SweepJob]:
+def tiny_jobs(
+    model: Path, mirror: Path, results: Path, seeds=SEEDS, resources: Resources | None = None
+) -> list[SweepJob]:
     resources = resources or Resources()
     jobs = []
     for seed in seeds:
-        spec = RunSpec(suite="glue", task="sst2", method="lora", model=str(model), data_dir=str(mirror),
-                       results_dir=str(results), max_steps=2, batch_size=16, latency_repeats=2, seed=seed)
+        spec = RunSpec(
+            suite="glue",
+            task="sst2",
+            method="lora",
+            model=str(model),
+            data_dir=str(mirror),
+            results_dir=str(results),
+            max_steps=2,
+            batch_size=16,
+            latency_repeats=2,
+            seed=seed,
+        )
         jobs.append(SweepJob(spec, resolve(spec)[0], resources))
     return jobs
 
@@ -60,8 +72,15 @@ def ray_local():
     """A Ray instance of this process's own, on loopback, for the module."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, _node_ip_address="127.0.0.1",
-             object_store_memory=100 * 2**20, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        object_store_memory=100 * 2**20,
+        log_to_driver=False,
+    )
     yield ray
     ray.shutdown()
 
@@ -86,8 +105,9 @@ def test_ray_without_shared_store_the_driver_writes_the_rows(ray_local, local_ro
     assert (results / "_logs" / f"{jobs[0].job_hash}.log").is_file()
 
 
-def test_ray_tasks_see_the_drivers_harness_env_and_failed_jobs_are_retried(ray_local, tiny_model, tiny_glue, tmp_path,
-                                                                          monkeypatch):
+def test_ray_tasks_see_the_drivers_harness_env_and_failed_jobs_are_retried(
+    ray_local, tiny_model, tiny_glue, tmp_path, monkeypatch
+):
     # Set after Ray started, so its workers have it only if each task carries it: a data limit
     # below what a worker holds after its imports makes every attempt of the job fail.
     monkeypatch.setenv(MEMORY_LIMIT_ENV, str(64 * 2**20))
@@ -102,8 +122,12 @@ def test_ray_tasks_see_the_drivers_harness_env_and_failed_jobs_are_retried(ray_l
 def test_slurm_array_runs_the_same_jobs_as_local(local_rows, tiny_model, tiny_glue, tmp_path):
     pytest.importorskip("submitit")
     results = tmp_path / "results"
-    outcomes = run_slurm(tiny_jobs(tiny_model, tiny_glue, results, resources=Resources(timeout=600)), Resources(),
-                         folder=str(tmp_path / "slurm"), cluster="local")
+    outcomes = run_slurm(
+        tiny_jobs(tiny_model, tiny_glue, results, resources=Resources(timeout=600)),
+        Resources(),
+        folder=str(tmp_path / "slurm"),
+        cluster="local",
+    )
     assert sorted(o.status for o in outcomes) == ["ok"] * len(SEEDS)
     rows = read_results(results)
     assert len(rows) == len(SEEDS)  # one row per job
@@ -120,9 +144,18 @@ def test_a_lost_ray_task_is_recorded_without_the_drivers_device(tiny_model, tiny
     from harness.sweep import SweepJob
     from harness.sweep_file import Resources
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: (_ for _ in ()).throw(AssertionError("driver touched CUDA")))
-    spec = RunSpec(suite="glue", task="sst2", method="lora:r=4", model=str(tiny_model), data_dir=str(tiny_glue),
-                   device="cpu", results_dir=str(tmp_path / "r"))
+    monkeypatch.setattr(
+        torch.cuda, "is_available", lambda: (_ for _ in ()).throw(AssertionError("driver touched CUDA"))
+    )
+    spec = RunSpec(
+        suite="glue",
+        task="sst2",
+        method="lora:r=4",
+        model=str(tiny_model),
+        data_dir=str(tiny_glue),
+        device="cpu",
+        results_dir=str(tmp_path / "r"),
+    )
     run = resolve(spec)[0]
     outcome = _lost(SweepJob(spec, run, Resources()), RuntimeError("node died"))
     [row] = read_results(tmp_path / "r").to_dict("records")

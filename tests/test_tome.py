@@ -15,8 +15,15 @@ from methods.tome import merge_tokens
 from tests.test_suite_cifar import _run, cifar_mirror, tiny_ckpt  # noqa: F401 - shared fixtures
 
 # 32x32 images in 8x8 patches: 16 patches + the class token = 17 tokens.
-TINY_VIT = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=64, num_labels=10)
+TINY_VIT = dict(
+    image_size=32,
+    patch_size=8,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_labels=10,
+)
 
 
 @pytest.fixture()
@@ -103,7 +110,9 @@ def test_r_too_large_or_a_list_of_the_wrong_length_is_bad_input(vit):
         _apply("tome:r=8", copy.deepcopy(vit))  # layer 0: 17 -> 9 tokens; layer 1 can merge only 4
     with pytest.raises(HarnessError, match="r lists 3 values but the model has 2 layers"):
         _apply("tome:r=[1,2,3]", copy.deepcopy(vit))
-    with pytest.raises(HarnessError, match=r"^method 'tome': r\.constrained-int=-1: Input should be greater than or equal to 0"):
+    with pytest.raises(
+        HarnessError, match=r"^method 'tome': r\.constrained-int=-1: Input should be greater than or equal to 0"
+    ):
         Pipeline.parse("tome:r=-1")
 
 
