@@ -293,9 +293,9 @@ def test_gptq_calibrates_each_block_on_the_quantized_blocks_before_it(model, tra
     context = ctx(data=train_data)
     batches = list(context.batches(2))
     dense = copy.deepcopy(model)
-    names = lambda prefix, m: [
-        (n, mod) for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and n.startswith(prefix)
-    ]
+
+    def names(prefix, m):
+        return [(n, mod) for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and n.startswith(prefix)]
 
     by_hand = copy.deepcopy(model)
     for prefix in ("bert.encoder.layer.0.", "bert.encoder.layer.1.", "bert.pooler."):

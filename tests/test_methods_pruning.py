@@ -226,10 +226,13 @@ def test_masks_survive_the_training_loop(net):
     model = pipeline.apply(net, ctx())
     zeros = {n: (w == 0).clone() for n, w in pruned_weights(model)}
     data = [{"pixel_values": torch.randn(3, 32, 32), "labels": i % 10} for i in range(8)]
-    collate = lambda items: {
-        "pixel_values": torch.stack([d["pixel_values"] for d in items]),  # noqa: E731
-        "labels": torch.tensor([d["labels"] for d in items]),
-    }
+
+    def collate(items):
+        return {
+            "pixel_values": torch.stack([d["pixel_values"] for d in items]),  # noqa: E731
+            "labels": torch.tensor([d["labels"] for d in items]),
+        }
+
     stats = train(
         model,
         Prepared(data, collate, [d["labels"] for d in data]),

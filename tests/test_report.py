@@ -79,9 +79,10 @@ def test_sections_mark_the_pareto_front_per_cost_axis(tmp_path):
     assert [r["method"] for r in section.rows] == ["full", "lora", "bitfit"]
     assert [r["method"] for r in section.failed] == ["dora"]
     params, memory, time, size = section.figures
-    stars = lambda fig: {
-        t["name"] for t in fig["data"] if t["name"] != "Pareto front" and "star" in t["marker"]["symbol"]
-    }
+
+    def stars(fig):
+        return {t["name"] for t in fig["data"] if t["name"] != "Pareto front" and "star" in t["marker"]["symbol"]}
+
     assert stars(params) == {"full", "lora"}
     assert stars(memory) == stars(time) == {"full", "lora", "bitfit"}
     assert params["layout"]["xaxis"]["type"] == "log"
