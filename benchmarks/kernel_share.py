@@ -1,4 +1,4 @@
-"""Kernel table and adapter share (harness.kernels) of LoRA and DoRA on a real model and batch.
+"""Kernel table and adapter share (harness.measure.kernels) of LoRA and DoRA on a real model and batch.
 
 Builds the GLUE SST-2 classifier on --model, applies the harness's `lora` and `dora`
 methods (peft; r=8 on query and value) and, beside the model without adapters, profiles a
@@ -6,7 +6,7 @@ training step (forward, backward, AdamW step, zero_grad) on a batch of real SST-
 sentences and an inference forward of the same batch. Prints the top kernels with their
 categories, the category shares and the adapter share of each. The adapter share is the
 fraction of operator (CPU) or kernel (CUDA) time attributed to the adapter modules,
-forward and backward, base layers excluded: see harness/kernels.py.
+forward and backward, base layers excluded: see harness/measure/kernels.py.
 
     python benchmarks/kernel_share.py --model minilm-l6 --data-dir ../shared/data --threads 1
 
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from harness.kernels import adapter_scopes, profile_steps
-from harness.method import MethodContext, Pipeline
-from harness.resolve import resolve_model
-from harness.suite import SUITES
-from harness.train import build_optimizer
+from harness.data.resolve import resolve_model
+from harness.engine.loop import build_optimizer
+from harness.measure.kernels import adapter_scopes, profile_steps
+from harness.methods.base import MethodContext, Pipeline
+from harness.suites.base import SUITES
 
 
 def sst2_train(data_dir: Path):

@@ -26,13 +26,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from harness.atomic import atomic_write
-from harness.environment import describe
-from harness.errors import HarnessError, first_line
-from harness.meters import count_parameters, measure_latency, optimizer_state_bytes
-from harness.method import METHODS, MethodContext, Pipeline
-from harness.resolve import resolve_model
-from harness.train import build_optimizer
+from harness.core.atomic import atomic_write
+from harness.core.environment import describe
+from harness.core.errors import HarnessError, first_line
+from harness.data.resolve import resolve_model
+from harness.engine.loop import build_optimizer
+from harness.measure.meters import count_parameters, measure_latency, optimizer_state_bytes
+from harness.methods.base import METHODS, MethodContext, Pipeline
 
 # Parameters a method's paper default cannot take on a 384-wide model (MiniLM-L6).
 MODEL_OVERRIDES = {"vblora": "vblora:vector_length=128"}

@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.environment import describe
-from harness.report import write_report
-from harness.schema import COLUMNS, SCHEMA_VERSION
-from harness.store import append_records, job_status, read_store, write_row
+from harness.core.environment import describe
+from harness.results.store import append_records, job_status, read_store, write_row
+from harness.site.report import write_report
+from harness.spec.schema import COLUMNS, SCHEMA_VERSION
 
 TASKS = (
     ("glue", "sst2", "accuracy"),

@@ -23,11 +23,12 @@ from datetime import datetime, timezone
 
 import pyarrow.parquet as pq
 
-from harness.config import RunSpec, resolve
-from harness.environment import describe
-from harness.store import append_records
-from harness.sweep import SweepJob, device_slots, run_local
-from harness.sweep_file import Resources
+from harness.core.environment import describe
+from harness.engine.resolve import resolve
+from harness.execution.sweep import SweepJob, device_slots, run_local
+from harness.results.store import append_records
+from harness.spec.run import RunSpec
+from harness.spec.sweep_file import Resources
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -76,8 +77,10 @@ def main() -> None:
         job_seconds = [o.seconds for o in outcomes]
         ideal = sum(job_seconds) / args.slots
 
-        imports = median_seconds(lambda: subprocess.run([sys.executable, "-c", "import harness.job"], check=True), 3)
-        from harness.store import result_files, write_row
+        imports = median_seconds(
+            lambda: subprocess.run([sys.executable, "-c", "import harness.engine.job"], check=True), 3
+        )
+        from harness.results.store import result_files, write_row
 
         row = pq.read_table(result_files(results)[0]).to_pylist()[0]
         with tempfile.TemporaryDirectory() as scratch:

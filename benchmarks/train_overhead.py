@@ -1,7 +1,7 @@
 """How much the harness's training loop costs over a plain PyTorch loop.
 
 Builds one model (suite + method, as `harness run` does), then times alternately the
-harness loop (`harness.train.train`, meters and progress bar on) and a plain loop with
+harness loop (`harness.engine.loop.train`, meters and progress bar on) and a plain loop with
 the same data order, optimizer, schedule, batch size and steps, each from the same
 initial weights. Prints the median ratio harness / plain and writes a Parquet row.
 
@@ -20,12 +20,14 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from harness.config import RunSpec, resolve
-from harness.environment import describe
-from harness.method import MethodContext
-from harness.store import append_records
-from harness.subsets import fixed_subset
-from harness.train import default_optimizer, train
+from harness.core.environment import describe
+from harness.engine.loop import train
+from harness.engine.resolve import resolve
+from harness.methods.base import MethodContext
+from harness.methods.optim import default_optimizer
+from harness.results.store import append_records
+from harness.spec.run import RunSpec
+from harness.spec.subsets import fixed_subset
 
 
 def plain_loop(model, data, *, steps, batch_size, lr, weight_decay, warmup_ratio, max_grad_norm, seed) -> float:

@@ -1,0 +1,181 @@
+"""Generative evaluation through lm-evaluation-harness, on the model in memory.
+
+The harness does not re-implement prompts, few-shot sampling, stop sequences or answer
+extraction: lm-eval's own task config does all of that, and the harness only points its
+data at the located splits (a local mirror, offline) and hands it the model after the
+method was applied, adapters included. So a score here is the score `lm_eval` gives the
+same model with the same limit and settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from unittest import mock
+
+import torch
+
+from harness.core.errors import HarnessError
+from harness.data.resolve import DataSource
+
+
+def task_config(name: str, sources: dict[str, DataSource]) -> dict[str, Any]:
+    """lm-eval's config of task `name`, reading its splits from `sources` where they are files.
+
+    `sources` maps the task's split names (e.g. train, test) to located splits; a split
+    that resolved to the hub is left to lm-eval's own `dataset_path`."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    entry = task_manager().task_index.get(name)
+    if entry is None or entry.yaml_path is None:
+        raise HarnessError(f"lm-eval has no task {name!r} (lm-eval {lm_eval_version()})")
+    config = load_yaml(entry.yaml_path)
+    files = {split: list(source.files) for split, source in sources.items() if source.files}
+    if files:
+        # The mirror holds the hub's Parquet files: lm-eval loads them with the parquet builder.
+        config.update(dataset_path="parquet", dataset_name=None, dataset_kwargs={"data_files": files})
+    return config
+
+
+@lru_cache(maxsize=1)
+def task_manager():
+    """lm-eval's task index, built once per process (it parses every task's YAML: seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+def context_window(model: torch.nn.Module, tokenizer) -> int:
+    """The longest input the model takes, as lm-eval's HF model resolves it."""
+    from lm_eval.models.utils import resolve_max_length
+
+    return resolve_max_length(getattr(model, "config", None), tokenizer)
+
+
+@dataclass
+class LmEvalResult:
+    metrics: dict[str, float]  # "<metric>,<filter>" -> value, as lm-eval names them
+    samples: list[dict[str, Any]]  # lm-eval's per-document log: prompt, response, filtered answers
+    settings: dict[str, Any]  # what a reader needs to reproduce the call
+
+
+def _quiet_lm_eval() -> None:
+    for name in ("lm_eval", "lm-eval"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _evaluate(
+    lm, config: dict[str, Any], num_fewshot: int, limit: int | None, gen_kwargs: dict | None, show_progress: bool = True
+):
+    from lm_eval import simple_evaluate
+
+    _quiet_lm_eval()
+    # lm-eval draws its progress bars on sys.stderr; without progress they go nowhere.
+    silence = contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO())
+    # lm-eval asks git for the working directory's commit, and git prints an error outside a
+    # repository; the row records the harness's own commit, so the lookup is skipped.
+    with mock.patch("lm_eval.evaluator.get_git_commit_hash", lambda: None), silence:
+        return simple_evaluate(
+            model=lm,
+            tasks=[dict(config)],
+            num_fewshot=num_fewshot,
+            limit=limit,
+            gen_kwargs=gen_kwargs,
+            log_samples=True,
+            verbosity="ERROR",
+            task_manager=task_manager(),
+        )
+
+
+def prompts(config: dict[str, Any], num_fewshot: int, limit: int | None) -> list[str]:
+    """The exact prompts lm-eval will generate from (few-shot examples included), without a model:
+    a recording stand-in answers every request with an empty string."""
+    from lm_eval.api.model import LM
+
+    class Recorder(LM):
+        def __init__(self):
+            super().__init__()
+            self.contexts: list[str] = []
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            self.contexts += [request.args[0] for request in requests]
+            return ["" for _ in requests]
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return [(0.0, False) for _ in requests]
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return [0.0 for _ in requests]
+
+    recorder = Recorder()
+    _evaluate(recorder, config, num_fewshot, limit, None, show_progress=False)
+    return recorder.contexts
+
+
+def check_prompts_fit(
+    contexts: list[str], tokenizer, window: int, max_new_tokens: int, num_fewshot: int, task: str
+) -> None:
+    """A prompt that with the generated tokens overflows the context window would be cut on
+    the left by lm-eval without a word: bad input, said before any training."""
+    lengths = [len(ids) for ids in tokenizer(contexts)["input_ids"]] if contexts else [0]
+    longest = max(lengths)
+    if longest + max_new_tokens > window:
+        raise HarnessError(
+            f"the longest {task} prompt ({num_fewshot}-shot, doc {lengths.index(longest)}) is {longest} tokens; "
+            f"with --max-new-tokens {max_new_tokens} it exceeds the model's context window of {window}; "
+            f"lower --num-fewshot or --max-new-tokens"
+        )
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer,
+    config: dict[str, Any],
+    *,
+    num_fewshot: int,
+    limit: int | None,
+    batch_size: int,
+    max_new_tokens: int,
+    show_progress: bool = True,
+) -> LmEvalResult:
+    """lm-eval's `simple_evaluate` on `model` as it is (a peft model, a merged or compressed one)."""
+    from lm_eval.models.huggingface import HFLM
+
+    _quiet_lm_eval()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    # As `lm_eval --gen_kwargs max_gen_toks=N` sets it, so that call reproduces this one.
+    out = _evaluate(lm, config, num_fewshot, limit, {"max_gen_toks": max_new_tokens}, show_progress)
+    task = config["task"]
+    metrics = {
+        k: float(v) for k, v in out["results"][task].items() if isinstance(v, (int, float)) and k != "sample_len"
+    }
+    task_config_used = out["configs"][task]
+    settings = {
+        "harness": "lm-eval",
+        "lm_eval_version": lm_eval_version(),
+        "task": task,
+        "task_version": out.get("versions", {}).get(task),
+        "num_fewshot": out["n-shot"][task],
+        "limit": limit,
+        "generation_kwargs": task_config_used.get("generation_kwargs"),
+        "max_gen_toks": max_new_tokens,
+        "batch_size": batch_size,
+        "fewshot_seed": out["config"].get("fewshot_seed"),
+        "filters": [f["name"] for f in task_config_used.get("filter_list") or []],
+    }
+    return LmEvalResult(metrics, out["samples"][task], settings)
+
+
+def documents(samples: list[dict[str, Any]]) -> int:
+    """Documents evaluated: lm-eval logs one sample per document and filter."""
+    return len({s["doc_id"] for s in samples})

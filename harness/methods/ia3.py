@@ -1,0 +1,44 @@
+"""IA3 (Liu et al., NeurIPS 2022, "T-Few") through peft: learned vectors that rescale
+keys, values and the feed-forward activations."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from harness.methods.base import METHODS, MethodParams
+from harness.methods.peft_family import PeftMethod
+
+
+class IA3Params(MethodParams):
+    target_modules: list[str] | None = Field(
+        None, description="default: peft's per-architecture list (key, value, output.dense for BERT)"
+    )
+    feedforward_modules: list[str] | None = Field(None, description="subset of target_modules whose input is scaled")
+    merge: bool = Field(False, description="fold the vectors into the weights after training")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.feedforward_modules and self.target_modules is None:
+            raise ValueError("feedforward_modules needs target_modules")
+        return self
+
+
+@METHODS.register("ia3")
+class IA3(PeftMethod):
+    """IA3: learned rescaling vectors on keys, values and feed-forward activations (peft)."""
+
+    name = "ia3"
+    category = "scaling"
+    paper = "Liu et al., Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning, NeurIPS 2022"
+    Params = IA3Params
+    default_lr = 3e-3  # T-Few's learning rate
+
+    def peft_config(self, ctx, model):
+        from peft import IA3Config
+
+        p = self.params
+        return IA3Config(
+            target_modules=p.target_modules,
+            feedforward_modules=p.feedforward_modules,
+            **self.common_kwargs(ctx),
+        )

@@ -1,0 +1,1 @@
+"""Task suites; each module registers its suite in `harness.suites.base.SUITES`."""

@@ -1,0 +1,375 @@
+"""The suite contract: tasks, loading, preprocessing, official metrics, defaults.
+
+A suite is a subclass of `Suite` registered by name in `SUITES`. It names its tasks,
+loads a split through the offline-first resolver, builds the model with the right
+head, turns a split into model-ready examples, and computes each task's official
+metric with a maintained library.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import torch
+from torch.utils.data import DataLoader
+
+from harness.core.errors import HarnessError, first_line
+from harness.core.progress import bar
+from harness.core.registry import Registry, summary_of
+from harness.data.resolve import DataSource, load_split, locate_split
+from harness.measure.passes import autocast, to_device
+from harness.spec.subsets import fixed_subset
+
+if TYPE_CHECKING:
+    from harness.spec.run import ResolvedRun, RunSpec
+
+SUITES: Registry[type["Suite"]] = Registry("suite", package="harness.suites", entry_point_group="harness.suites")
+
+# Models that number positions from padding_idx + 1 (transformers' create_position_ids_from_input_ids):
+# RoBERTa's 514 position embeddings hold 512 tokens.
+PADDING_OFFSET_POSITIONS = (
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "roberta-prelayernorm",
+    "data2vec-text",
+    "longformer",
+    "mpnet",
+    "ibert",
+)
+
+
+def text_positions(config) -> int | None:
+    """How many tokens a text model can embed (None when its config does not say)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or isinstance(positions, bool):
+        return None
+    if getattr(config, "model_type", None) in PADDING_OFFSET_POSITIONS:
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return positions
+
+
+def check_files(source: DataSource) -> None:
+    """A split's local Parquet files are readable and hold rows, from their footers alone (no
+    data read): one line naming the file instead of a reader's traceback mid-run."""
+    import pyarrow.parquet as pq
+
+    if not source.files:
+        return  # the hub: its loader says what went wrong
+    name = "/".join(p for p in (source.hub_id, source.config) if p)
+    rows = 0
+    for file in source.files:
+        try:
+            rows += pq.ParquetFile(file).metadata.num_rows
+        except Exception as exc:  # noqa: BLE001 - truncated, foreign or unreadable: all the same to the user
+            raise HarnessError(
+                f"could not read split {source.split!r} of {name} from {file}: {first_line(exc)}"
+            ) from None
+    if rows == 0:
+        raise HarnessError(f"split {source.split!r} of {name} has no examples ({', '.join(source.files)})")
+
+
+def check_labels(where: str, dataset, column: str, classes: int | None) -> None:
+    """Every example labelled; class labels integers in 0..classes-1, real labels finite. Reads
+    the label column alone (Arrow), never the inputs."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = dataset.with_format("arrow")[column]
+    values = values.column(0) if isinstance(values, pa.Table) else values
+    missing = values.null_count
+    if pa.types.is_floating(values.type):
+        missing += int(pc.sum(pc.is_nan(values.fill_null(0.0))).as_py() or 0)
+    if missing:
+        raise HarnessError(f"{where}: {missing} of {len(values)} examples have no label (column {column!r})")
+    if classes is None:
+        return
+    if not (pa.types.is_integer(values.type) or pa.types.is_dictionary(values.type)):
+        raise HarnessError(
+            f"{where}: labels of column {column!r} are {values.type}, not class numbers 0..{classes - 1}"
+        )
+    numbers = np.asarray(values.to_numpy(zero_copy_only=False) if hasattr(values, "to_numpy") else values)
+    outside = numbers[(numbers < 0) | (numbers >= classes)]
+    if outside.size:
+        raise HarnessError(f"{where}: label {int(outside[0])} is outside 0..{classes - 1} ({classes} classes)")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    dataset: str  # hub id
+    config: str | None
+    train_split: str
+    # (split, suffix): metrics of the first split keep their names; later ones get the suffix.
+    eval_splits: tuple[tuple[str, str], ...]
+    primary_metric: str
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """Training hyperparameters a suite uses when the user gives none, and their source."""
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    max_length: int
+    warmup_ratio: float
+    weight_decay: float
+    source: str
+    lr_scheduler: str = "linear"
+    # Generative suites: few-shot examples in the evaluation prompt and the generation length.
+    num_fewshot: int | None = None
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A published setup by name: the model, method and settings a command line would spell out.
+
+    Flags the user gives still win; `source` says where the numbers come from."""
+
+    name: str
+    source: str
+    settings: dict[str, Any]  # RunSpec field -> value
+
+    def fill(self, spec: "RunSpec") -> "RunSpec":
+        given = spec.model_dump(exclude_defaults=True)
+        return spec.model_copy(update={k: v for k, v in self.settings.items() if k not in given})
+
+
+@dataclass
+class Evaluation:
+    """What evaluating the final model gave: metrics, time, and what the inference meters use."""
+
+    metrics: dict[str, float]
+    seconds: float
+    splits: list[str]
+    samples: int  # examples evaluated (first split)
+    data: "Prepared"  # model-ready examples of the first split: the latency inputs
+    row: dict[str, Any] = field(default_factory=dict)  # suite-specific result columns
+
+
+@dataclass
+class Prepared:
+    """A split ready for the training loop: examples plus the collate function."""
+
+    dataset: Any  # indexable, len()-able; items are dicts of tensors/lists
+    collate: Callable[[list[dict]], dict[str, torch.Tensor]]
+    references: list[Any]
+    # Labels per token (-100 where no loss): the loss of an accumulated step is normalised by
+    # the scored tokens of all its micro-batches, not averaged per micro-batch.
+    token_labels: bool = False
+
+
+class Suite:
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    default_model: ClassVar[str] = ""
+    task_type: ClassVar[str] = "seq_cls"
+    tasks: ClassVar[dict[str, Task]] = {}
+    defaults: ClassVar[TrainDefaults]
+    presets: ClassVar[dict[str, Preset]] = {}
+
+    @classmethod
+    def get_preset(cls, name: str | None) -> Preset | None:
+        if name is None:
+            return None
+        if name in cls.presets:
+            return cls.presets[name]
+        known = ", ".join(cls.presets) or "none"
+        raise HarnessError(f"unknown preset {name!r} for suite {cls.name!r}; presets: {known}")
+
+    @classmethod
+    def summary(cls) -> str:
+        return summary_of(cls)
+
+    @classmethod
+    def get_task(cls, name: str | None) -> Task:
+        if name is None:
+            if len(cls.tasks) == 1:
+                return next(iter(cls.tasks.values()))
+            raise HarnessError(f"suite {cls.name!r} has several tasks; pass --task ({', '.join(cls.tasks)})")
+        try:
+            return cls.tasks[name.lower()]
+        except KeyError:
+            close = difflib.get_close_matches(name.lower(), list(cls.tasks), n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"tasks: {', '.join(cls.tasks)}"
+            raise HarnessError(
+                f"unknown task {name!r} in suite {cls.name!r}; {hint} (see `harness list tasks`)"
+            ) from None
+
+    # Data ------------------------------------------------------------------
+    def locate(self, task: Task, data_dir, train_data: str | None = None) -> dict[str, DataSource]:
+        """Every split the job needs, found before any work starts. `train_data` (another
+        training set by hub id) is read by the suites that accept one (resolve refuses it for the others)."""
+        splits = [task.train_split] + [split for split, _ in task.eval_splits]
+        return {split: locate_split(task.dataset, task.config, split, data_dir) for split in splits}
+
+    def load_eval(self, task: Task, sources: dict[str, DataSource], run: "ResolvedRun") -> list[tuple[str, str, Any]]:
+        """(split, suffix, data set) of every evaluation split, loaded before any training."""
+        sets = [
+            (split, suffix, fixed_subset(self.load(sources[split]), run.max_eval_samples))
+            for split, suffix in task.eval_splits
+        ]
+        for split, _, dataset in sets:
+            self.check_split(task, split, dataset)
+        return sets
+
+    # What a split must hold, checked before any training ---------------------
+    def required_columns(self, task: Task) -> tuple[str, ...]:
+        """The input columns every split of the task needs (text fields, the image)."""
+        return ()
+
+    def label_column(self, task: Task) -> tuple[str, int | None] | None:
+        """(column, classes) of the task's labels as the data stores them: labels are integers in
+        0..classes-1, or real numbers where classes is None (regression). None: no label column
+        (the suite scores otherwise, e.g. through lm-eval)."""
+        return None
+
+    def check_split(self, task: Task, split: str, dataset) -> None:
+        """A split that cannot be trained on or scored is bad input, found before any training:
+        no examples, a missing column, examples without a label, a label outside the classes."""
+        where = f"split {split!r} of {self.name}/{task.name}"
+        if len(dataset) == 0:
+            raise HarnessError(f"{where} has no examples; check the data (or --max-train-samples/--max-eval-samples)")
+        labels = self.label_column(task)
+        wanted = self.required_columns(task) + ((labels[0],) if labels else ())
+        missing = [c for c in wanted if c not in dataset.column_names]
+        if missing:
+            raise HarnessError(f"{where} lacks column(s) {missing}; has {dataset.column_names}")
+        if labels:
+            check_labels(where, dataset, *labels)
+
+    def check_inputs(self, processor, task: Task, eval_sets, run: "ResolvedRun", model: torch.nn.Module) -> None:
+        """Bad input found once the model and its processor are loaded, before training."""
+
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        processor,
+        task: Task,
+        eval_sets,
+        run: "ResolvedRun",
+        device: torch.device,
+        show_progress: bool,
+    ) -> Evaluation:
+        """Predictions on every evaluation split, scored by `compute_metrics`."""
+        metrics: dict[str, float] = {}
+        seconds = 0.0
+        first = None
+        for split, suffix, ds in eval_sets:
+            data = self.prepare(ds, processor, task, run.max_length)
+            predictions, took = predict(
+                model,
+                data,
+                self,
+                task,
+                batch_size=run.eval_batch_size,
+                precision=run.precision,
+                device=device,
+                label=f"eval {split}",
+                show_progress=show_progress,
+            )
+            seconds += took
+            metrics.update(
+                {f"{k}{suffix}": v for k, v in self.compute_metrics(task, predictions, data.references).items()}
+            )
+            first = first or data
+        return Evaluation(metrics, seconds, [split for split, _, _ in eval_sets], len(first.dataset), first)
+
+    def inference_costs(
+        self, model: torch.nn.Module, processor, evaluation: Evaluation, run: "ResolvedRun", device: torch.device
+    ) -> dict[str, Any]:
+        """Forward latency (batch 1 and the eval batch) and FLOPs per example on evaluation inputs."""
+        from harness.evaluation.latency import forward_latency
+
+        return forward_latency(model, evaluation.data, run, device)
+
+    def load(self, source: DataSource):
+        """A located split, read; a file that is not Parquet, or holds no rows, is bad input."""
+        check_files(source)
+        name = "/".join(p for p in (source.hub_id, source.config) if p)
+        try:
+            return load_split(source)
+        except (HarnessError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a file the reader rejects, whichever error it raises
+            raise HarnessError(f"could not read split {source.split!r} of {name}: {first_line(exc)}") from None
+
+    # Model and examples (suite-specific) -----------------------------------
+    def build_model(self, location: str, task: Task, train_dataset) -> tuple[torch.nn.Module, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def check_model_config(config, name: str) -> None:
+        """Refuse, before any work, a model this suite cannot use (`config` from AutoConfig)."""
+
+    @classmethod
+    def max_length_for(cls, config, asked: int | None, model: str) -> int:
+        """The job's token length: the one asked for, which must fit the model's positions, else
+        the suite's default cut to them (a position past the table fails mid-run, or worse, reads
+        the wrong embedding). Image suites have no token length: their default stands."""
+        limit = text_positions(config) if config is not None and cls.task_type != "image_cls" else None
+        if asked is not None:
+            if limit is not None and asked > limit:
+                raise HarnessError(
+                    f"--max-length {asked} exceeds the model's context window of {limit} tokens ({model!r}); pass at most {limit}"
+                )
+            return asked
+        return min(cls.defaults.max_length, limit) if limit is not None else cls.defaults.max_length
+
+    def head_modules(self, model: torch.nn.Module) -> tuple[str, ...]:
+        """A freshly initialised task head: trained by every method, never compressed."""
+        return ()
+
+    def dense_modules(self, model: torch.nn.Module) -> tuple[str, ...]:
+        """Modules that compression leaves alone besides the head (a causal LM's output layer)."""
+        return ()
+
+    def prepare(self, dataset, processor, task: Task, max_length: int) -> Prepared:
+        raise NotImplementedError
+
+    def prepare_train(self, dataset, processor, task: Task, run: "ResolvedRun") -> Prepared:
+        self.check_split(task, task.train_split, dataset)
+        return self.prepare(dataset, processor, task, run.max_length)
+
+    def predictions(self, outputs, task: Task) -> list[Any]:
+        raise NotImplementedError
+
+    def compute_metrics(self, task: Task, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        raise NotImplementedError
+
+
+@torch.inference_mode()
+def predict(
+    model: torch.nn.Module,
+    data: Prepared,
+    suite: Suite,
+    task: Task,
+    *,
+    batch_size: int,
+    precision: str,
+    device: torch.device,
+    label: str = "eval",
+    show_progress: bool = True,
+) -> tuple[list, float]:
+    """Predictions over a prepared split, in order, and the seconds it took."""
+    model.eval()
+    loader = DataLoader(data.dataset, batch_size=batch_size, shuffle=False, collate_fn=data.collate)
+    predictions: list = []
+    start = time.perf_counter()
+    with bar(label, len(loader), show_progress) as progress:
+        for batch in loader:
+            batch = to_device(batch, device)
+            batch.pop("labels", None)
+            with autocast(device, precision):
+                outputs = model(**batch)
+            predictions.extend(suite.predictions(outputs, task))
+            progress.advance()
+    return predictions, time.perf_counter() - start

@@ -1,1 +1,0 @@
-"""Adaptation and compression methods; each module registers its methods in `harness.method.METHODS`."""

@@ -1,1 +1,0 @@
-"""Task suites; each module registers its suite in `harness.suite.SUITES`."""

@@ -1,0 +1,81 @@
+"""The result schema round-trips through Parquet; writes are atomic; old files still read."""
+
+from __future__ import annotations
+
+from tests.support import full_row
+
+import json
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from harness.spec.schema import COLUMNS, SCHEMA, SCHEMA_VERSION, to_table
+from harness.results.store import read_results, result_files, write_row
+
+
+
+
+def test_every_column_is_documented_and_typed():
+    assert len({c.name for c in COLUMNS}) == len(COLUMNS)
+    for column in COLUMNS:
+        assert isinstance(column.type, pa.DataType)
+    assert SCHEMA.metadata[b"harness_schema_version"] == str(SCHEMA_VERSION).encode()
+
+
+def test_row_round_trips_through_parquet(tmp_path):
+    row = full_row(score=0.8125, error=None)
+    path = write_row(row, tmp_path)
+    assert path == tmp_path / "glue" / "sst2" / "abc-r1.parquet"
+    table = pq.read_table(path)
+    assert table.schema.equals(SCHEMA, check_metadata=False)
+    back = table.to_pylist()[0]
+    assert back == row
+    assert table.schema.field("score").metadata[b"doc"].startswith(b"value of the primary metric")
+
+
+def test_unknown_column_is_rejected():
+    with pytest.raises(KeyError, match="not in the schema"):
+        to_table([full_row(surprise=1)])
+
+
+def test_write_leaves_no_temporary_files_and_readers_skip_them(tmp_path):
+    write_row(full_row(), tmp_path)
+    (tmp_path / "glue" / "sst2" / ".abc-r2.parquet.123.tmp").write_bytes(b"half a file")
+    assert [p.name for p in result_files(tmp_path)] == ["abc-r1.parquet"]
+    assert len(read_results(tmp_path)) == 1
+
+
+def test_older_files_missing_columns_read_with_nulls(tmp_path):
+    old = to_table([full_row()]).drop_columns(["latency_timer", "host"])
+    (tmp_path / "glue" / "sst2").mkdir(parents=True)
+    pq.write_table(old, tmp_path / "glue" / "sst2" / "old.parquet")
+    write_row(full_row(run_id="r2"), tmp_path)
+    df = read_results(tmp_path)
+    assert len(df) == 2 and df["latency_timer"].isna().sum() == 1
+
+
+def test_empty_store_reads_as_empty_frame_with_all_columns(tmp_path):
+    df = read_results(tmp_path)
+    assert len(df) == 0 and list(df.columns) == [c.name for c in COLUMNS]
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    path = write_row(full_row(), tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_failed_write_leaves_nothing(tmp_path):
+    from harness.core.atomic import atomic_write
+
+    with pytest.raises(RuntimeError):
+        with atomic_write(tmp_path / "x.parquet") as f:
+            f.write(b"partial")
+            raise RuntimeError("crash mid-write")
+    assert list(tmp_path.iterdir()) == []
