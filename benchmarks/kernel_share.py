@@ -6,7 +6,7 @@ training step (forward, backward, AdamW step, zero_grad) on a batch of real SST-
 sentences and an inference forward of the same batch. Prints the top kernels with their
 categories, the category shares and the adapter share of each. The adapter share is the
 fraction of operator (CPU) or kernel (CUDA) time attributed to the adapter modules,
-forward and backward, base layers excluded: see harness/measure/kernels.py.
+forward and backward, base layers excluded: see docs/kernel-profiles.md.
 
     python benchmarks/kernel_share.py --model minilm-l6 --data-dir ../shared/data --threads 1
 
@@ -25,8 +25,9 @@ import torch
 
 from harness.data.resolve import resolve_model
 from harness.engine.loop import build_optimizer
-from harness.measure.kernels import adapter_scopes, profile_steps
-from harness.methods.base import MethodContext, Pipeline
+from harness.measure.kernels import profile_steps
+from harness.methods.base import MethodContext
+from harness.methods.pipeline import Pipeline
 from harness.suites.base import SUITES
 
 
@@ -57,7 +58,7 @@ def profile_method(spec: str, base, batch, suite, device, args):
     if spec != "none":
         pipeline = Pipeline.parse(spec)
         model = pipeline.apply(model, ctx).to(device)
-    scopes = adapter_scopes(model)
+    scopes = pipeline.adapter_scopes(model) if pipeline is not None else []
     optimizer = (
         build_optimizer(model, pipeline, ctx)
         if pipeline is not None

@@ -32,7 +32,8 @@ from harness.core.errors import HarnessError, first_line
 from harness.data.resolve import resolve_model
 from harness.engine.loop import build_optimizer
 from harness.measure.meters import count_parameters, measure_latency, optimizer_state_bytes
-from harness.methods.base import METHODS, MethodContext, Pipeline
+from harness.methods.base import METHODS, MethodContext
+from harness.methods.pipeline import Pipeline
 
 # Parameters a method's paper default cannot take on a 384-wide model (MiniLM-L6).
 MODEL_OVERRIDES = {"vblora": "vblora:vector_length=128"}

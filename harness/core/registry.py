@@ -30,13 +30,22 @@ class Registry(Generic[T]):
 
     `kind` is the word used in messages ("method", "suite"); `package` is imported
     module by module on first use, and `entry_point_group` lets other distributions
-    add entries without touching this repository.
+    add entries without touching this repository. With `name_attribute`, registering
+    sets that attribute of the entry to its registered name, so the name is written once
+    (in the decorator); an entry that sets the attribute itself to another (non-empty) name is an error.
     """
 
-    def __init__(self, kind: str, package: str | None = None, entry_point_group: str | None = None):
+    def __init__(
+        self,
+        kind: str,
+        package: str | None = None,
+        entry_point_group: str | None = None,
+        name_attribute: str | None = None,
+    ):
         self.kind = kind
         self._package = package
         self._entry_point_group = entry_point_group
+        self._name_attribute = name_attribute
         self._entries: dict[str, T] = {}
         self._loaded = False
 
@@ -45,6 +54,14 @@ class Registry(Generic[T]):
             existing = self._entries.get(name)
             if existing is not None and existing is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice ({existing!r} and {obj!r})")
+            if self._name_attribute:
+                # Only the entry's own attribute counts: a subclass inherits its parent's name.
+                own = vars(obj).get(self._name_attribute)
+                if own and own != name:
+                    raise ValueError(
+                        f"{self.kind} {name!r} sets {self._name_attribute}={own!r}; leave it to the registry"
+                    )
+                setattr(obj, self._name_attribute, name)
             self._entries[name] = obj
             return obj
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from harness.core.atomic import atomic_write
-from harness.measure.kernels import KernelProfile, adapter_scopes, profile_steps
+from harness.measure.kernels import AdapterScope, KernelProfile, profile_steps
 from harness.measure.passes import autocast, loss_backward, to_device, unchanged, untraced_backward
 from harness.results.store import kernel_table_path
 
@@ -43,7 +43,10 @@ def _steps(device: torch.device) -> tuple[int, int]:
     return (2, 3) if device.type == "cuda" else (1, 2)  # (warm-up, timed steps): CPU steps are slow
 
 
-def profile_training(model: torch.nn.Module, batch: dict, device: torch.device, precision: str) -> KernelProfile:
+def profile_training(
+    model: torch.nn.Module, batch: dict, device: torch.device, precision: str, adapters: list[AdapterScope]
+) -> KernelProfile:
+    """`adapters`: the pipeline's adapter scopes in `model` (`Pipeline.adapter_scopes`)."""
     warmup, steps = _steps(device)
     batch = to_device(batch, device)
     with untraced_backward(model, device), _native_stderr_silenced():
@@ -53,11 +56,13 @@ def profile_training(model: torch.nn.Module, batch: dict, device: torch.device, 
             device,
             warmup=warmup,
             steps=steps,
-            adapters=adapter_scopes(model),
+            adapters=adapters,
         )
 
 
-def profile_inference(model: torch.nn.Module, batch: dict, device: torch.device, precision: str) -> KernelProfile:
+def profile_inference(
+    model: torch.nn.Module, batch: dict, device: torch.device, precision: str, adapters: list[AdapterScope]
+) -> KernelProfile:
     warmup, steps = _steps(device)
     batch = {k: v for k, v in to_device(batch, device).items() if k != "labels"}
 
@@ -68,7 +73,7 @@ def profile_inference(model: torch.nn.Module, batch: dict, device: torch.device,
 
     with unchanged(model), _native_stderr_silenced():
         model.eval()
-        return profile_steps(forward, device, warmup=warmup, steps=steps, adapters=adapter_scopes(model))
+        return profile_steps(forward, device, warmup=warmup, steps=steps, adapters=adapters)
 
 
 def write_kernel_tables(results_dir: str, job_hash: str, run_id: str, profiles: dict[str, KernelProfile]) -> Path:

@@ -1,81 +1,18 @@
 """Per-run kernel timing tables from `torch.profiler`, and the share of time a method's
 own modules take (adapter overhead).
 
-    prof = profile_steps(step, device, warmup=2, steps=3, adapters=adapter_scopes(model))
+    prof = profile_steps(step, device, warmup=2, steps=3, adapters=pipeline.adapter_scopes(model))
     prof.rows            # one dict per (operator or kernel name, category), by time, descending
     prof.adapter_share   # fraction of the table's time spent in the adapters (None: not measured)
     prof.to_table(job_hash, "train")
 
-What is timed
--------------
-On CUDA the table holds what ran on the GPU: kernels, memcpys and memsets, each with its
-device duration (the profiler's `self_device_time_total` of a device event is exactly its
-duration). GPU-side `record_function` annotations are not kernels and are left out.
-Kernels on different streams that overlap are each counted in full, so `total_us` is busy
-time summed over kernels, not wall time.
-
-On CPU the table holds ATen (and other `namespace::op`) operators with their *self* CPU
-time: an operator's time minus that of the operators it calls. Summing self times counts
-every microsecond once however deep the calls nest (aten::linear -> aten::addmm), so the
-table is equivalent to a table of leaves. Left out are the wrappers that are not
-operators: `ProfilerStep*`, `record_function` ranges (ours included), the autograd
-engine's `autograd::engine::evaluate_function: XBackward0` / `XBackward0` node ranges and
-`torch::autograd::AccumulateGrad`; the operators *inside* them are counted. Python time
-between operators is in no operator, hence in no row: the total is "time inside
-operators", not the step's wall time.
-
-The table is built from `prof.events()` grouped by name, which is what
-`prof.key_averages()` does; building it from the events lets the same filtered events
-carry the adapter attribution, so the adapter time is a subset of the total by
-construction (the tests check the CPU totals against `key_averages()`).
-
-What the adapter share means
-----------------------------
-`adapter_share` = (time of the table's operators/kernels attributed to adapters) /
-`total_us`, over the profiled steps. An operator is attributed to the adapters when
-
-* forward: it runs inside an adapter module's forward and not inside the base layer that
-  module wraps. `profile_steps` registers forward pre/post hooks on every scope that open
-  and close `record_function("harness.adapter")` ranges, and on the scope's base layer
-  `record_function("harness.adapter.base")`; the innermost of the two that encloses an
-  operator decides. A CUDA kernel is attributed like the CPU operator that launched it
-  (the profiler links them by correlation id).
-* backward: it runs inside the autograd node (`autograd::engine::evaluate_function:
-  XBackward0`) of a forward operator so attributed. Nodes and forward operators are linked
-  by the autograd sequence number the profiler records on both: a node numbered s on
-  thread t was created by the last forward operator that started on t with number s
-  (the number is read at an operator's start and bumped when a node is created), and the
-  node goes with that operator's attribution. So for a training step the share covers
-  forward and backward. Not attributed: the optimizer step over adapter parameters (the
-  step function decides whether it is profiled at all; its time counts in the total) and
-  `AccumulateGrad` of adapter parameters (microseconds).
-
-So "adapter share" is what the method's modules cost on top of the model's own work:
-for LoRA the A and B products, dropout, scaling and the add onto the base output; for DoRA
-that plus the weight norm ||W + s B A|| per forward, the magnitude rescale and their
-backward. The base layer's own product is the model's work and is excluded, except where a
-tuner does not call its base layer but folds the update into the weight and calls
-`F.linear` itself (peft BOFT): there the whole layer, base product included, counts.
-
-Scopes (see `adapter_scopes`) are whole tuner layers minus their base layer rather than
-only peft's branch sub-modules (`lora_A`, `lora_B`, `lora_magnitude_vector`) because (1)
-the wrapper's own ops (`* scaling`, `result + ...`, dropout, dtype casts) are adapter
-cost too and run outside those sub-modules, and (2) most tuners (IA3, VeRA, LoHa/LoKr)
-and the harness's own adapters (`harness.methods.adapters.AdapterLinear`: `lora_A`/`lora_B`, gate
-and NOLA coefficients are bare `nn.Parameter`s) have no branch sub-modules to hook.
-
-Prompt and prefix tuning: only their prompt encoders are scopes, and those are tiny; what
-these methods cost is the longer sequence every layer then processes, which belongs to no
-operator of theirs and is not in the share (compare step times against the plain model).
-
-`adapter_share` is None when no scopes were given (not measured) and 0.0 when an empty
-list was (a model without adapters). On CUDA the attribution needs the profiler's
-kernel-to-operator link (`FunctionEvent.linked_correlation_id`); a torch without it gets
-the table but a None share, with a note in `KernelProfile.notes`.
-
-Noise: on a shared CPU another process taking the core inflates whichever operator is
-running. `profile_steps` therefore (on CPU, by default) takes each operator call's least
-time over the profiled steps (`robust=`), and can profile several times (`repeats=`).
+On CUDA the rows are kernels, memcpys and memsets with their device time; on CPU, operators
+(`ns::op`) with their self CPU time, wrappers (ranges, autograd nodes) left out. An operator
+is adapter work when it runs inside a scope's forward but not inside the scope's excluded
+base layer, or in the backward node of such an operator (linked by autograd sequence
+number). Which modules are scopes is for the methods to say (`Method.adapter_scopes`): this
+module knows no method. The full account, with what the share does and does not cover, is
+docs/kernel-profiles.md.
 """
 
 from __future__ import annotations
@@ -173,45 +110,6 @@ class AdapterScope:
 
     module: nn.Module
     exclude: tuple[nn.Module, ...] = ()
-
-
-def adapter_scopes(model: nn.Module) -> list[AdapterScope]:
-    """The adapter regions of `model`, outermost first; [] for a model without adapters.
-
-    * peft tuner layers (`BaseTunerLayer` subclasses: LoRA/DoRA, AdaLoRA, IA3, VeRA,
-      LoHa/LoKr, OFT/BOFT, ...): the layer minus its `base_layer`. For LN tuning the
-      trained LayerNorm copy (`ln_tuning_layers`) replaces the base layer, so it is
-      excluded too: the method adds no work.
-    * peft prompt/prefix tuning: the `prompt_encoder` modules (the longer sequence they
-      cause is not attributable to any op and is not counted).
-    * the harness's hand-written adapters (`harness.methods.adapters.AdapterLinear`: SoRA, DyLoRA,
-      NOLA): the wrapper minus its `base` nn.Linear.
-    """
-    scopes: list[AdapterScope] = []
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # peft not installed: only the harness's own adapters
-        BaseTunerLayer = ()  # type: ignore[assignment]
-    from harness.methods.adapters import AdapterLinear
-
-    for name, module in model.named_modules():
-        if BaseTunerLayer and isinstance(module, BaseTunerLayer):
-            exclude = [m for m in (getattr(module, "base_layer", None),) if isinstance(m, nn.Module)]
-            ln_copies = getattr(module, "ln_tuning_layers", None)
-            if isinstance(ln_copies, nn.Module):
-                exclude.append(ln_copies)
-            scopes.append(AdapterScope(module, tuple(exclude)))
-        elif isinstance(module, AdapterLinear):
-            scopes.append(AdapterScope(module, (module.base,)))
-        elif name.split(".")[-1] == "prompt_encoder" and isinstance(module, nn.ModuleDict):
-            scopes.append(AdapterScope(module))
-    return scopes
-
-
-def adapter_modules(model: nn.Module) -> list[nn.Module]:
-    """The modules a method added (see `adapter_scopes`; their base layers are excluded
-    from the timing, not from this list)."""
-    return [scope.module for scope in adapter_scopes(model)]
 
 
 class _RangeHooks:
@@ -334,10 +232,10 @@ def profile_steps(
     robust: bool | None = None,
 ) -> KernelProfile:
     """Run `fn` `warmup` times untimed, then `steps` times under torch.profiler, and
-    return the operator/kernel table (see the module docstring for what is timed).
+    return the operator/kernel table (docs/kernel-profiles.md says what is timed).
 
-    adapters: the scopes whose time is the adapter overhead (`adapter_scopes(model)`; a
-    bare module is a scope without an excluded base). None: the share is not measured
+    adapters: the scopes whose time is the adapter overhead (a method's `adapter_scopes`;
+    a bare module is a scope without an excluded base). None: the share is not measured
     (None); []: nothing is adapter work (0.0). Hooks exist only during the timed steps.
 
     Interference (another process taking the core, preemption) only ever adds time, to
@@ -438,7 +336,7 @@ def _is_device_work(evt) -> bool:
 
 
 class _Attribution:
-    """Decides, per CPU event, whether its time is adapter work (see the module docstring)."""
+    """Decides, per CPU event, whether its time is adapter work (docs/kernel-profiles.md)."""
 
     def __init__(self, events: list):
         self.nodes: set[tuple[int, int]] | None = None
@@ -565,20 +463,3 @@ def summarise(events: list, cuda: bool, measure_adapters: bool = True, steps: in
     """The table summed over a profiler's `events()` (one profile, no per-step minima)."""
     items, measured, notes = _items(events, cuda, measure_adapters)
     return _table(items, cuda, measured, steps, notes)
-
-
-def adapter_share(
-    model: nn.Module,
-    fn: Callable[[], None],
-    device: torch.device | str,
-    warmup: int = 2,
-    steps: int = 3,
-    repeats: int = 1,
-    robust: bool | None = None,
-) -> float:
-    """Share of operator/kernel time spent in `model`'s adapters over `steps` calls of
-    `fn` (0.0 for a model without adapters)."""
-    share = profile_steps(
-        fn, device, warmup=warmup, steps=steps, adapters=adapter_scopes(model), repeats=repeats, robust=robust
-    ).adapter_share
-    return 0.0 if share is None else share

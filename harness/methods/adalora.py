@@ -13,11 +13,11 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from harness.core.errors import HarnessError
-from harness.methods.base import METHODS, MethodParams
-from harness.methods.peft_family import PeftMethod
+from harness.methods.base import METHODS
+from harness.methods.peft_family import PeftMethod, TargetedParams, peft_args
 
 
-class AdaLoraParams(MethodParams):
+class AdaLoraParams(TargetedParams):
     init_r: int = Field(12, gt=0, description="initial rank per layer (paper: 1.5x target)")
     target_r: int = Field(8, gt=0, description="average rank after budget allocation")
     alpha: float = Field(32, gt=0)
@@ -28,7 +28,6 @@ class AdaLoraParams(MethodParams):
     beta1: float = Field(0.85, gt=0, lt=1)
     beta2: float = Field(0.85, gt=0, lt=1)
     orth_reg_weight: float = Field(0.5, ge=0)
-    target_modules: list[str] | None = None
 
     @model_validator(mode="after")
     def _check(self):
@@ -43,36 +42,29 @@ class AdaLoraParams(MethodParams):
 class AdaLoRA(PeftMethod):
     """AdaLoRA: SVD-form adapters with importance-driven rank allocation (peft)."""
 
-    name = "adalora"
     category = "low-rank, adaptive rank"
     paper = "Zhang et al., Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning, ICLR 2023"
     Params = AdaLoraParams
     default_lr = 2e-3
     rank_param = "init_r"
+    config_class = "AdaLoraConfig"
+    config_fields = peft_args(
+        "init_r",
+        "target_r",
+        "beta1",
+        "beta2",
+        "orth_reg_weight",
+        lora_alpha="alpha",
+        lora_dropout="dropout",
+        deltaT="delta_t",
+    )
 
-    def peft_config(self, ctx, model):
-        from peft import AdaLoraConfig
-
-        p = self.params
+    def extra_config(self, ctx, model):
         total = ctx.total_steps
-        tinit, tfinal = int(p.tinit_frac * total), int(p.tfinal_frac * total)
+        tinit, tfinal = int(self.params.tinit_frac * total), int(self.params.tfinal_frac * total)
         if total - tinit - tfinal < 1:
             raise HarnessError(f"method 'adalora': {total} steps leave no pruning phase; train longer")
-        return AdaLoraConfig(
-            init_r=p.init_r,
-            target_r=p.target_r,
-            lora_alpha=p.alpha,
-            lora_dropout=p.dropout,
-            tinit=tinit,
-            tfinal=tfinal,
-            deltaT=p.delta_t,
-            beta1=p.beta1,
-            beta2=p.beta2,
-            orth_reg_weight=p.orth_reg_weight,
-            total_step=total,
-            target_modules=p.target_modules,
-            **self.common_kwargs(ctx),
-        )
+        return {"tinit": tinit, "tfinal": tfinal, "total_step": total}
 
     def on_step(self, step, model):
         model.base_model.update_and_allocate(step)

@@ -18,18 +18,23 @@ from pydantic import Field
 from torch import nn
 
 from harness.core.errors import HarnessError
-from harness.methods.base import Method, MethodContext, MethodParams, freeze_all_but
-from harness.methods.peft_family import check_rank, check_target_modules, default_lora_targets, linear_module_names
+from harness.measure.kernels import AdapterScope
+from harness.methods.base import Method, MethodContext, freeze_all_but
+from harness.methods.peft_family import (
+    TargetedParams,
+    check_rank,
+    check_target_modules,
+    default_lora_targets,
+    linear_module_names,
+)
 
 
-class AdapterParams(MethodParams):
-    """Parameters every hand-written adapter has; subclasses add theirs and may change defaults."""
+class AdapterParams(TargetedParams):
+    """Parameters every hand-written adapter has; subclasses add theirs and may change defaults.
+    target_modules default: peft's per-architecture LoRA list (query, value for BERT/RoBERTa)."""
 
     r: int = Field(8, gt=0, description="rank of the update")
     alpha: float = Field(16, gt=0, description="scale numerator: the update is scaled by alpha / r")
-    target_modules: list[str] | None = Field(
-        None, description="module names; default: peft's per-architecture LoRA list (query, value for BERT/RoBERTa)"
-    )
 
 
 def _under(name: str, heads: tuple[str, ...]) -> bool:
@@ -160,3 +165,8 @@ class AdapterMethod(Method):
 
     def layers(self, model: nn.Module) -> list[tuple[str, AdapterLinear]]:
         return [(name, m) for name, m in model.named_modules() if isinstance(m, self.Layer)]
+
+    def adapter_scopes(self, model: nn.Module) -> list[AdapterScope]:
+        """Each wrapper minus its frozen base layer (A, B, gates and coefficients are bare
+        parameters, with no sub-modules to hook: the wrapper's forward is the scope)."""
+        return [AdapterScope(layer, (layer.base,)) for _, layer in self.layers(model)]

@@ -12,7 +12,6 @@ from harness.methods.base import METHODS, Method, freeze_all_but
 class BitFit(Method):
     """BitFit: train only bias terms (plus the new task head)."""
 
-    name = "bitfit"
     category = "selective"
     paper = "Ben Zaken et al., BitFit: Simple Parameter-efficient Fine-tuning, ACL 2022"
     default_lr = 1e-3  # the paper's search space tops out at 1e-3, its usual pick for small data

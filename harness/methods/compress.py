@@ -1,4 +1,5 @@
-"""Shared pieces of the compression methods: which layers they touch, and sizes.
+"""Shared pieces of the compression methods: their base class, which layers they touch,
+calibration, and sizes.
 
 Compression applies to the weights of linear and 2-D convolution layers outside the
 task head (a fresh or tiny head is kept at full precision, as is usual).
@@ -6,12 +7,15 @@ task head (a fresh or tiny head is kept at full precision, as is usual).
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from harness.core.errors import HarnessError
 from harness.measure.meters import device_of
+from harness.methods.base import Method, MethodContext, freeze_all_but
 
 COMPRESSIBLE = (nn.Linear, nn.Conv2d)
 
@@ -24,6 +28,49 @@ def in_head(name: str, head_modules: tuple[str, ...]) -> bool:
 
 def compressible_layers(model: nn.Module, head_modules: tuple[str, ...] = ()) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, COMPRESSIBLE) and not in_head(n, head_modules)]
+
+
+class CompressionMethod(Method):
+    """Base of the compression steps: find what to compress (`targets`; none is bad input),
+    `compress` it, then freeze every parameter. Compression alone trains nothing; a later
+    pipeline step (`magnitude+full`, `wanda+lora`) sets `requires_grad` as it needs, since
+    the pipeline applies steps left to right."""
+
+    compresses = True
+    action: ClassVar[str] = "compress"  # the verb of the refusal: "... no linear or convolution layer to prune"
+
+    def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
+        self.compress(model, self.targets(model, ctx), ctx)
+        freeze_all_but(model)
+        return model
+
+    def targets(self, model: nn.Module, ctx: MethodContext) -> Any:
+        """The linear and convolution layers outside the task head and the suite's dense modules."""
+        layers = compressible_layers(model, ctx.uncompressed_modules)
+        if not layers:
+            raise HarnessError(f"method {self.name!r}: the model has no linear or convolution layer to {self.action}")
+        return layers
+
+    def compress(self, model: nn.Module, targets: Any, ctx: MethodContext) -> None:
+        """Change `model` in place (swapping sub-modules is fine): quantize, prune, factorise."""
+        raise NotImplementedError
+
+
+def conv_like(layer: nn.Conv2d, in_channels: int, out_channels: int, bias: bool, **factory) -> nn.Conv2d:
+    """An ungrouped convolution with `layer`'s kernel, stride, padding and dilation and new
+    channel counts (a sliced or factorised copy of it)."""
+    return nn.Conv2d(
+        in_channels,
+        out_channels,
+        layer.kernel_size,
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        groups=1,
+        bias=bias,
+        padding_mode=layer.padding_mode,
+        **factory,
+    )
 
 
 def as_matrix(weight: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,6 @@ class DyLoraLinear(LowRankLinear):
 class DyLoRA(AdapterMethod):
     """DyLoRA: LoRA trained on a random rank prefix each step, usable at any rank up to r."""
 
-    name = "dylora"
     category = "low-rank, dynamic rank"
     paper = "Valipour et al., DyLoRA: Parameter-Efficient Tuning of Pre-trained Models using Dynamic Search-Free Low-Rank Adaptation, EACL 2023"
     Params = DyLoraParams

@@ -8,7 +8,6 @@ from harness.methods.base import METHODS, Method
 class FullFineTuning(Method):
     """Full fine-tuning: every parameter is trained."""
 
-    name = "full"
     category = "full"
     paper = "Devlin et al., BERT, NAACL 2019 (fine-tuning protocol)"
     trains_base_weights = True

@@ -31,13 +31,14 @@ import torch
 from pydantic import Field
 
 from harness.core.errors import HarnessError
-from harness.methods.base import METHODS, Method, MethodParams
+from harness.methods.base import METHODS, Method
 from harness.methods.lisa import transformer_layers
 from harness.methods.optim import NO_DECAY
-from harness.methods.peft_family import check_rank, check_target_modules
+from harness.methods.peft_family import TargetedParams, check_rank, check_target_modules
 
 
-class GaLoreParams(MethodParams):
+class GaLoreParams(TargetedParams):
+    # target_modules default: every linear layer in the transformer blocks
     # The authors' GLUE fine-tuning command (GaLore README, "Fine-Tuning RoBERTa on GLUE").
     rank: int = Field(4, gt=0, description="rank of the gradient projection")
     update_proj_gap: int = Field(
@@ -45,9 +46,6 @@ class GaLoreParams(MethodParams):
     )
     scale: float = Field(4.0, gt=0, description="scale of the projected-back update")
     proj_type: Literal["std", "reverse_std", "left", "right", "full"] = "std"
-    target_modules: list[str] | None = Field(
-        None, description="module name suffixes; default: every linear layer in the transformer blocks"
-    )
 
 
 def _galore_adamw():
@@ -85,7 +83,6 @@ def _galore_adamw():
 class GaLore(Method):
     """GaLore: full-parameter training with Adam state in a low-rank projection of each weight's gradient (galore-torch)."""
 
-    name = "galore"
     category = "full, low-rank optimizer state"
     trains_base_weights = True
     paper = "Zhao et al., GaLore: Memory-Efficient LLM Training by Gradient Low-Rank Projection, ICML 2024"

@@ -43,13 +43,13 @@ from pydantic import Field
 from torch import nn
 
 from harness.core.errors import HarnessError
-from harness.methods.base import METHODS, Method, MethodParams, freeze_all_but
+from harness.methods.base import METHODS, MethodParams
 from harness.methods.compress import (
     PAPER_TOKENS,
+    CompressionMethod,
     as_matrix,
     calibrate,
     calibration_set,
-    compressible_layers,
     input_rows,
 )
 from harness.methods.lisa import transformer_layers
@@ -243,23 +243,20 @@ class GptqParams(MethodParams):
 
 
 @METHODS.register("gptq")
-class Gptq(Method):
+class Gptq(CompressionMethod):
     """GPTQ: weight-only quantization with second-order error feedback from calibration batches (simulated)."""
 
-    name = "gptq"
     category = "quantization"
+    action = "quantize"
     quantizes = True  # a grid no later training or merge may leave; no requantize (its grid comes from calibration)
-    compresses = True
     version = 2  # sequential block by block, shared Hessians, the papers' calibration budget
     paper = (
         "Frantar et al., GPTQ: Accurate Post-Training Quantization for Generative Pre-trained Transformers, ICLR 2023"
     )
     Params = GptqParams
 
-    def apply(self, model, ctx):
-        self.layers = compressible_layers(model, ctx.uncompressed_modules)
-        if not self.layers:
-            raise HarnessError(f"method {self.name!r}: the model has no linear or convolution layer to quantize")
+    def compress(self, model, layers, ctx):
+        self.layers = layers
         p = self.params
         batches, tokens = calibration_set(ctx, p.calibration_tokens, p.calibration_batches)
         self.notes.update(calibration_tokens=tokens, calibration_batches=len(batches), max_live_hessians=0)
@@ -271,8 +268,6 @@ class Gptq(Method):
                 for name, layer in group:
                     self.quantize_layer(layer, hessians.hessian(name))
             del hessians  # one group's Hessians at a time
-        freeze_all_but(model)  # compression alone trains nothing; a later pipeline step decides what trains
-        return model
 
     def quantize_layer(self, layer: nn.Module, hessian: torch.Tensor) -> None:
         p = self.params

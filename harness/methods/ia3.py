@@ -5,16 +5,13 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from harness.methods.base import METHODS, MethodParams
-from harness.methods.peft_family import PeftMethod
+from harness.methods.base import METHODS
+from harness.methods.peft_family import MergeableParams, PeftMethod, peft_args
 
 
-class IA3Params(MethodParams):
-    target_modules: list[str] | None = Field(
-        None, description="default: peft's per-architecture list (key, value, output.dense for BERT)"
-    )
+class IA3Params(MergeableParams):
+    # target_modules default: peft's per-architecture list (key, value, output.dense for BERT)
     feedforward_modules: list[str] | None = Field(None, description="subset of target_modules whose input is scaled")
-    merge: bool = Field(False, description="fold the vectors into the weights after training")
 
     @model_validator(mode="after")
     def _check(self):
@@ -27,18 +24,9 @@ class IA3Params(MethodParams):
 class IA3(PeftMethod):
     """IA3: learned rescaling vectors on keys, values and feed-forward activations (peft)."""
 
-    name = "ia3"
     category = "scaling"
     paper = "Liu et al., Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning, NeurIPS 2022"
     Params = IA3Params
     default_lr = 3e-3  # T-Few's learning rate
-
-    def peft_config(self, ctx, model):
-        from peft import IA3Config
-
-        p = self.params
-        return IA3Config(
-            target_modules=p.target_modules,
-            feedforward_modules=p.feedforward_modules,
-            **self.common_kwargs(ctx),
-        )
+    config_class = "IA3Config"
+    config_fields = peft_args("feedforward_modules")

@@ -14,7 +14,6 @@ from harness.methods.base import METHODS, Method, freeze_all_but
 class LinearProbe(Method):
     """Linear probe: train only the task head on the frozen model."""
 
-    name = "linear-probe"
     category = "selective"
     paper = "Alain and Bengio, Understanding Intermediate Layers Using Linear Classifier Probes, 2016"
     default_lr = 1e-3  # Adam on a linear head: the usual probe rate

@@ -48,7 +48,6 @@ class LisaParams(MethodParams):
 class LISA(Method):
     """LISA: embeddings and head always train; a few randomly sampled layers at a time, resampled every K steps."""
 
-    name = "lisa"
     category = "selective"
     trains_base_weights = True  # whole layers of the model's own weights
     paper = "Pan et al., LISA: Layerwise Importance Sampling for Memory-Efficient Large Language Model Fine-Tuning, NeurIPS 2024"

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 
-from harness.methods.base import METHODS, MethodParams
-from harness.methods.peft_family import PeftMethod
-
-
-class LNTuningParams(MethodParams):
-    target_modules: list[str] | None = Field(None, description="default: every LayerNorm (or RMSNorm) of the model")
+from harness.methods.base import METHODS
+from harness.methods.peft_family import PeftMethod, TargetedParams
 
 
 def is_norm(module: torch.nn.Module) -> bool:
@@ -28,15 +23,11 @@ def layer_norm_names(model: torch.nn.Module) -> list[str]:
 class LNTuning(PeftMethod):
     """LN tuning: train only the LayerNorm gains and biases (plus the task head) (peft)."""
 
-    name = "ln-tuning"
     category = "selective"
     paper = "Qi et al., Parameter-Efficient Tuning on Layer Normalization for Pre-trained Language Models, arXiv 2022"
-    Params = LNTuningParams
+    Params = TargetedParams
     default_lr = 1e-2  # the paper's LN-tuning rates are 1e-2 and above
+    config_class = "LNTuningConfig"
 
-    def peft_config(self, ctx, model):
-        from peft import LNTuningConfig
-
-        return LNTuningConfig(
-            target_modules=self.params.target_modules or layer_norm_names(model), **self.common_kwargs(ctx)
-        )
+    def target_modules(self, model):
+        return self.params.target_modules or layer_norm_names(model)  # default: every LayerNorm (or RMSNorm)

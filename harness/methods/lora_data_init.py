@@ -33,7 +33,6 @@ class _DataInitialised(LoraFamily):
 class EVA(_DataInitialised):
     """EVA: LoRA's A initialised from the SVD of input activations, ranks by explained variance (peft)."""
 
-    name = "eva"
     paper = "Paischer et al., One Initialization to Rule them All: Fine-tuning via Explained Variance Adaptation, arXiv 2024"
 
     def extra_config(self, ctx, model):
@@ -53,7 +52,6 @@ class EVA(_DataInitialised):
 class CorDA(_DataInitialised):
     """CorDA: adapters from a covariance-oriented SVD of the weights on calibration batches (peft)."""
 
-    name = "corda"
     paper = "Yang et al., CorDA: Context-Oriented Decomposition Adaptation of Large Language Models, NeurIPS 2024"
 
     def extra_config(self, ctx, model):
@@ -87,7 +85,6 @@ class CorDA(_DataInitialised):
 class LoraGA(_DataInitialised):
     """LoRA-GA: A and B from the SVD of the estimated full-weight gradient (peft)."""
 
-    name = "lora-ga"
     paper = "Wang et al., LoRA-GA: Low-Rank Adaptation with Gradient Approximation, NeurIPS 2024"
 
     def extra_config(self, ctx, model):

@@ -29,10 +29,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from harness.core.errors import HarnessError
 from harness.measure.meters import model_bytes
-from harness.methods.base import METHODS, Compression, Method, MethodParams, freeze_all_but
-from harness.methods.compress import compressible_layers
+from harness.methods.base import METHODS, Compression, MethodParams
+from harness.methods.compress import CompressionMethod
 from harness.methods.quantization import dense_compression, layers_in, on_grid
 
 BLOCK_SIZE = 64  # weights per absmax (QLoRA)
@@ -174,12 +173,11 @@ class Nf4Params(MethodParams):
 
 
 @METHODS.register("nf4")
-class Nf4(Method):
+class Nf4(CompressionMethod):
     """NF4 4-bit NormalFloat weights, blockwise absmax (QLoRA); bitsandbytes kernels on CUDA, simulated elsewhere."""
 
-    name = "nf4"
     category = "quantization"
-    compresses = True
+    action = "quantize"
     quantizes = True
     # The simulated layers are rounded to NF4 again; bitsandbytes layers already are (peft's
     # 4-bit LoRA merge dequantizes, adds and quantizes again).
@@ -187,10 +185,7 @@ class Nf4(Method):
     paper = "Dettmers et al., QLoRA: Efficient Finetuning of Quantized LLMs, NeurIPS 2023"
     Params = Nf4Params
 
-    def apply(self, model, ctx):
-        layers = compressible_layers(model, ctx.uncompressed_modules)
-        if not layers:
-            raise HarnessError(f"method {self.name!r}: the model has no linear or convolution layer to quantize")
+    def compress(self, model, layers, ctx):
         double_quant = self.params.double_quant
         self.layers: list[tuple[str, nn.Module]] = []
         self.numels: list[int] = []
@@ -211,8 +206,6 @@ class Nf4(Method):
             # transformers' flag for a bitsandbytes 4-bit model: peft then wraps these layers with
             # its 4-bit LoRA layers, which can merge (dequantize, add, quantize again)
             model.is_loaded_in_4bit = True
-        freeze_all_but(model)  # compression alone trains nothing; a later pipeline step decides what trains
-        return model
 
     @torch.no_grad()
     def requantize(self, model):

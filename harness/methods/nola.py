@@ -68,7 +68,6 @@ class NolaLinear(AdapterLinear):
 class NOLA(AdapterMethod):
     """NOLA: LoRA whose A and B are trained mixtures of fixed random basis matrices."""
 
-    name = "nola"
     category = "low-rank, random basis"
     paper = "Koohpayegani et al., NOLA: Compressing LoRA using Linear Combination of Random Basis, ICLR 2024"
     Params = NolaParams

@@ -7,7 +7,6 @@ from harness.methods.base import METHODS, Method
 class NoAdaptation(Method):
     """No adaptation: the model is evaluated as loaded (every parameter frozen, nothing trains)."""
 
-    name = "none"
     category = "baseline"
     paper = "— (evaluation of the loaded checkpoint)"
     trains = False

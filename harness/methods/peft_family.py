@@ -1,18 +1,39 @@
 """One thin adapter from a peft config to a harness method.
 
-A peft-backed method only says how to build its `PeftConfig`; wrapping, the checks on
-target modules and merging live here once for all of them.
+A peft-backed method only says how to build its `PeftConfig`, mostly as a table (which peft
+class, which of its arguments come from which parameter); wrapping, the checks on target
+modules, merging and the adapter scopes the kernel profile times live here once for all.
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 
 from harness.core.errors import HarnessError, first_line
-from harness.methods.base import Method, MethodContext
+from harness.measure.kernels import AdapterScope
+from harness.methods.base import Method, MethodContext, MethodParams
+
+
+class TargetedParams(MethodParams):
+    """Parameters of a method that adapts named modules. `target_modules=[]` would adapt nothing
+    (peft then silently falls back to its defaults): `check_target_modules` refuses it once the
+    model is known, naming its linear layers."""
+
+    target_modules: list[str] | None = Field(
+        None, description="module names, matched as suffixes (as peft does); default: the method's own choice"
+    )
+
+
+class MergeableParams(TargetedParams):
+    """A method whose trained update can be folded into the weights (peft's `merge_and_unload`)."""
+
+    merge: bool = Field(
+        False, description="merge the update into the weights after training (measured inference then has no adapter)"
+    )
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:
@@ -82,19 +103,63 @@ def peft_adapted_linears(model: torch.nn.Module) -> list[tuple[str, torch.nn.Lin
     return found
 
 
-class PeftMethod(Method):
-    """Base for methods that peft implements: subclasses return their `PeftConfig`.
+def peft_args(*same: str, **renamed: str) -> dict[str, str]:
+    """A `config_fields` table: peft arguments named like the parameter, then peft argument=parameter."""
+    return {**{name: name for name in same}, **renamed}
 
+
+def tuner_layer_scopes(model: torch.nn.Module) -> list[AdapterScope]:
+    """peft's tuner layers (`BaseTunerLayer`: LoRA/DoRA, AdaLoRA, IA3, VeRA, LoHa/LoKr, OFT/BOFT,
+    ...), each minus its `base_layer`, the model's own work. LN tuning's trained LayerNorm copy
+    (`ln_tuning_layers`) replaces the base layer, so it is excluded too: that method adds no work.
+
+    Whole tuner layers rather than only their branch sub-modules (`lora_A`, `lora_B`): the
+    wrapper's own ops (`* scaling`, `result + ...`, dropout, casts) are adapter cost too, and
+    most tuners (IA3, VeRA, LoHa/LoKr) have no branch sub-modules to hook."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    scopes = []
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            exclude = [m for m in (getattr(module, "base_layer", None),) if isinstance(m, torch.nn.Module)]
+            ln_copies = getattr(module, "ln_tuning_layers", None)
+            if isinstance(ln_copies, torch.nn.Module):
+                exclude.append(ln_copies)
+            scopes.append(AdapterScope(module, tuple(exclude)))
+    return scopes
+
+
+class PeftMethod(Method):
+    """Base for methods that peft implements.
+
+    The `PeftConfig` is `config_class` (a class name in `peft`) called with `config_fields`
+    (peft argument -> parameter name), the targets (`target_modules`, for `TargetedParams`),
+    `extra_config` (what depends on the context or the model) and the task type.
     `rank_param` names the parameter that is a rank bounded by the adapted layers' size.
-    A method that peft can merge into the weights has a `merge` parameter.
+    A method that peft can merge into the weights has a `merge` parameter (`MergeableParams`).
     `prepare` runs on the bare model before wrapping (CorDA, LoRA-GA read activations or
     gradients there); `initialise` on the wrapped model (EVA's data-driven init).
     """
 
     rank_param: str | None = None
+    config_class: ClassVar[str] = ""
+    config_fields: ClassVar[dict[str, str]] = {}
+
+    def extra_config(self, ctx: MethodContext, model: torch.nn.Module) -> dict[str, Any]:
+        return {}
+
+    def target_modules(self, model: torch.nn.Module) -> list[str] | None:
+        """The targets handed to peft: the given ones (None: peft's per-architecture default)."""
+        return self.params.target_modules
 
     def peft_config(self, ctx: MethodContext, model: torch.nn.Module):
-        raise NotImplementedError
+        import peft
+
+        p = self.params
+        kwargs = {argument: getattr(p, param) for argument, param in self.config_fields.items()}
+        if isinstance(p, TargetedParams):
+            kwargs["target_modules"] = self.target_modules(model)
+        return getattr(peft, self.config_class)(**kwargs, **self.extra_config(ctx, model), **self.common_kwargs(ctx))
 
     def prepare(self, model: torch.nn.Module, config, ctx: MethodContext) -> None:
         pass
@@ -108,7 +173,8 @@ class PeftMethod(Method):
     def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
         from peft import get_peft_model
 
-        check_target_modules(model, getattr(self.params, "target_modules", None), self.name)
+        if isinstance(self.params, TargetedParams):
+            check_target_modules(model, self.params.target_modules, self.name)
         config = self.peft_config(ctx, model)
         if ctx.peft_task_type is None and ctx.head_modules:
             config.modules_to_save = list(ctx.head_modules)
@@ -138,3 +204,6 @@ class PeftMethod(Method):
         if isinstance(model, PeftModel):  # not yet merged by finalize (merge=false, the default)
             return model.merge_and_unload()
         return model
+
+    def adapter_scopes(self, model: torch.nn.Module) -> list[AdapterScope]:
+        return tuner_layer_scopes(model)

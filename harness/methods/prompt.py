@@ -20,8 +20,9 @@ import torch
 from pydantic import Field
 
 from harness.core.errors import HarnessError
+from harness.measure.kernels import AdapterScope
 from harness.methods.base import METHODS, MethodContext, MethodParams
-from harness.methods.peft_family import PeftMethod
+from harness.methods.peft_family import PeftMethod, peft_args
 
 
 def cache_argument(model: torch.nn.Module) -> str | None:
@@ -77,24 +78,34 @@ class PromptParams(MethodParams):
     num_virtual_tokens: int = Field(20, gt=0, description="trained virtual tokens (prompt tuning paper: 20-100)")
 
 
+class SoftPrompt(PeftMethod):
+    """Base of the soft-prompt methods: what they add is peft's `prompt_encoder`."""
+
+    category = "soft prompt"
+    Params = PromptParams
+
+    def adapter_scopes(self, model):
+        """The prompt encoders: tiny. What these methods cost is the longer sequence every layer
+        then processes, which belongs to no operator of theirs (compare step times instead)."""
+        return [
+            AdapterScope(module)
+            for name, module in model.named_modules()
+            if name.split(".")[-1] == "prompt_encoder" and isinstance(module, torch.nn.ModuleDict)
+        ]
+
+
 @METHODS.register("prompt-tuning")
-class PromptTuning(PeftMethod):
+class PromptTuning(SoftPrompt):
     """Prompt tuning: trained virtual-token embeddings prepended to the input (peft)."""
 
-    name = "prompt-tuning"
-    category = "soft prompt"
     paper = "Lester et al., The Power of Scale for Parameter-Efficient Prompt Tuning, EMNLP 2021"
-    Params = PromptParams
     default_lr = 3e-2  # the paper uses 0.3 with Adafactor; 3e-2 is the AdamW equivalent in peft's examples
+    config_class = "PromptTuningConfig"
+    config_fields = peft_args("num_virtual_tokens")
 
     def apply(self, model, ctx):
         refuse_soft_prompt_generation(self.name, model, ctx)
         return super().apply(model, ctx)
-
-    def peft_config(self, ctx, model):
-        from peft import PromptTuningConfig
-
-        return PromptTuningConfig(num_virtual_tokens=self.params.num_virtual_tokens, **self.common_kwargs(ctx))
 
 
 class PrefixParams(PromptParams):
@@ -102,14 +113,14 @@ class PrefixParams(PromptParams):
 
 
 @METHODS.register("prefix-tuning")
-class PrefixTuning(PeftMethod):
+class PrefixTuning(SoftPrompt):
     """Prefix tuning: trained key/value prefixes at every attention layer (peft)."""
 
-    name = "prefix-tuning"
-    category = "soft prompt"
     paper = "Li and Liang, Prefix-Tuning: Optimizing Continuous Prompts for Generation, ACL 2021"
     Params = PrefixParams
     default_lr = 1e-2  # peft's sequence-classification example rate for prefixes without projection
+    config_class = "PrefixTuningConfig"
+    config_fields = peft_args("num_virtual_tokens", prefix_projection="projection")
 
     def apply(self, model, ctx):
         refuse_soft_prompt_generation(self.name, model, ctx)
@@ -123,11 +134,3 @@ class PrefixTuning(PeftMethod):
         if argument == "cache" and hasattr(wrapped, "_prefix_tuning_forward"):
             wrapped._prefix_tuning_forward = types.MethodType(_prefix_forward_through_cache, wrapped)
         return wrapped
-
-    def peft_config(self, ctx, model):
-        from peft import PrefixTuningConfig
-
-        p = self.params
-        return PrefixTuningConfig(
-            num_virtual_tokens=p.num_virtual_tokens, prefix_projection=p.projection, **self.common_kwargs(ctx)
-        )

@@ -1,9 +1,7 @@
 """Weight pruning: unstructured magnitude, semi-structured 2:4, and Wanda.
 
 All three prune the weights of the linear and 2-D convolution layers outside the task
-head (`harness.methods.compress.compressible_layers`), then freeze every parameter: pruning
-alone trains nothing, and a later pipeline step (`magnitude+full`, `wanda+lora`) sets
-`requires_grad` as it needs, since the pipeline applies steps left to right.
+head, then freeze every parameter (`harness.methods.compress.CompressionMethod`).
 
 Pruned weights stay zero through later fine-tuning: each method keeps a boolean mask
 per pruned layer and re-zeroes the pruned entries in `on_step`, which the training loop
@@ -30,12 +28,12 @@ from pydantic import Field
 from torch import nn
 
 from harness.core.errors import HarnessError
-from harness.methods.base import METHODS, Compression, Method, MethodParams, freeze_all_but
+from harness.methods.base import METHODS, Compression, MethodParams
 from harness.methods.compress import (
     PAPER_TOKENS,
+    CompressionMethod,
     as_matrix,
     calibration_set,
-    compressible_layers,
     dense_bytes_except,
     input_feature_norms,
 )
@@ -93,21 +91,16 @@ class SparsityParams(MethodParams):
     )
 
 
-class _Pruning(Method):
+class _Pruning(CompressionMethod):
     category = "pruning"
-    compresses = True
+    action = "prune"
     Params = SparsityParams
     default_lr = 0.0  # pruning alone trains nothing; a later adaptation step brings its own rate
 
-    def apply(self, model, ctx):
-        layers = compressible_layers(model, ctx.uncompressed_modules)
-        if not layers:
-            raise HarnessError(f"method {self.name!r}: the model has no linear or convolution layer to prune")
+    def compress(self, model, layers, ctx):
         masks = self.masks_for(model, layers, ctx)
         self.masks: list[tuple[str, nn.Module, torch.Tensor]] = [(n, m, masks[n]) for n, m in layers if n in masks]
         self.reapply()
-        freeze_all_but(model)  # pruning alone trains nothing; a later pipeline step decides what trains
-        return model
 
     def masks_for(self, model: nn.Module, layers: list[Layer], ctx) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -157,7 +150,6 @@ class MagnitudeParams(SparsityParams):
 class MagnitudePruning(_Pruning):
     """Magnitude pruning: zero the smallest |w| of linear and conv layers (unstructured, per layer or global)."""
 
-    name = "magnitude"
     paper = "Han et al., Learning both Weights and Connections for Efficient Neural Networks, NeurIPS 2015"
     Params = MagnitudeParams
 
@@ -180,7 +172,6 @@ class MagnitudePruning(_Pruning):
 class TwoFourPruning(_Pruning):
     """2:4 semi-structured pruning: keep the 2 largest |w| in every 4 consecutive inputs (simulated, masked dense)."""
 
-    name = "two-four"
     paper = "Mishra et al., Accelerating Sparse Deep Neural Networks, arXiv 2021 (NVIDIA Ampere 2:4 sparsity)"
     Params = MethodParams  # the pattern fixes the sparsity at 50%
 
@@ -223,7 +214,6 @@ class WandaParams(SparsityParams):
 class Wanda(_Pruning):
     """Wanda: prune by |W| * ||X|| (input-activation norm), per output row, from calibration batches."""
 
-    name = "wanda"
     paper = "Sun et al., A Simple and Effective Pruning Approach for Large Language Models, ICLR 2024"
     Params = WandaParams
     version = 2  # the paper's calibration budget

@@ -22,7 +22,7 @@ from pydantic import Field
 from harness.core.errors import HarnessError
 from harness.measure.meters import device_of, model_bytes
 from harness.methods.base import METHODS, Compression, Method, MethodParams, freeze_all_but
-from harness.methods.compress import as_matrix, compressible_layers, dense_bytes_except
+from harness.methods.compress import CompressionMethod, as_matrix, compressible_layers, dense_bytes_except
 
 SCALE_BITS = 16  # a group's scale is stored as float16
 
@@ -188,22 +188,18 @@ class WeightOnlyParams(MethodParams):
     )
 
 
-class _WeightOnly(Method):
+class _WeightOnly(CompressionMethod):
     category = "quantization"
-    compresses = True
+    action = "quantize"
     quantizes = True
     can_requantize = True
     paper = "Frantar et al., GPTQ, ICLR 2023 and Lin et al., AWQ, MLSys 2024 (round-to-nearest weight-only baseline)"
     Params = WeightOnlyParams
     bits = 8
 
-    def apply(self, model, ctx):
-        self.layers = compressible_layers(model, ctx.uncompressed_modules)
-        if not self.layers:
-            raise HarnessError(f"method {self.name!r}: the model has no linear or convolution layer to quantize")
+    def compress(self, model, layers, ctx):
+        self.layers = layers
         self.requantize(model)
-        freeze_all_but(model)  # compression alone trains nothing; a later pipeline step decides what trains
-        return model
 
     @torch.no_grad()
     def requantize(self, model):
@@ -219,7 +215,6 @@ class _WeightOnly(Method):
 class Int8WeightOnly(_WeightOnly):
     """int8 weight-only quantization, groupwise min-max (simulated: dequantized float kernel)."""
 
-    name = "int8"
     bits = 8
 
 
@@ -227,7 +222,6 @@ class Int8WeightOnly(_WeightOnly):
 class Int4WeightOnly(_WeightOnly):
     """int4 weight-only quantization, groupwise min-max (simulated: dequantized float kernel)."""
 
-    name = "int4"
     bits = 4
 
 
@@ -235,7 +229,6 @@ class Int4WeightOnly(_WeightOnly):
 class Int8Dynamic(Method):
     """int8 dynamic quantization of linear layers with torch's quantized CPU kernels (real)."""
 
-    name = "int8-dynamic"
     category = "quantization"
     compresses = True
     quantizes = True

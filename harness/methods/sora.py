@@ -131,7 +131,6 @@ class SoraAdamW(torch.optim.AdamW):
 class SoRA(AdapterMethod):
     """SoRA: LoRA with an L1-sparsified gate on the rank; zeroed ranks are removed after training."""
 
-    name = "sora"
     category = "low-rank, adaptive rank"
     paper = "Ding et al., Sparse Low-rank Adaptation of Pre-trained Language Models, EMNLP 2023"
     Params = SoraParams

@@ -49,8 +49,8 @@ from torch import nn
 
 from harness.core.errors import HarnessError
 from harness.measure.meters import model_bytes
-from harness.methods.base import METHODS, Compression, Method, MethodParams, freeze_all_but
-from harness.methods.compress import as_matrix, in_head, input_feature_norms
+from harness.methods.base import METHODS, Compression, MethodParams
+from harness.methods.compress import CompressionMethod, as_matrix, conv_like, in_head, input_feature_norms
 
 
 @dataclass(frozen=True)
@@ -221,18 +221,7 @@ def _sliced_layer(layer: nn.Module, rows: torch.Tensor | None = None, cols: torc
     if isinstance(layer, nn.Linear):
         new = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, **like)
     else:
-        new = nn.Conv2d(
-            weight.shape[1],
-            weight.shape[0],
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=1,
-            bias=has_bias,
-            padding_mode=layer.padding_mode,
-            **like,
-        )
+        new = conv_like(layer, weight.shape[1], weight.shape[0], has_bias, **like)
     with torch.no_grad():
         new.weight.copy_(weight)
         if has_bias:
@@ -299,17 +288,16 @@ class ChannelParams(MethodParams):
 
 
 @METHODS.register("channel")
-class ChannelPruning(Method):
+class ChannelPruning(CompressionMethod):
     """Structured pruning: remove conv channels, FFN neurons and attention heads (a smaller dense model, real speed)."""
 
-    name = "channel"
     category = "structured pruning"
-    compresses = True
     paper = "Li et al., Pruning Filters for Efficient ConvNets, ICLR 2017"
     Params = ChannelParams
     default_lr = 0.0  # pruning alone trains nothing; a later adaptation step brings its own rate
 
-    def apply(self, model, ctx):
+    def targets(self, model, ctx) -> list[PrunableGroup]:
+        """The prunable groups outside the head; none (or no heads where heads > 0) is bad input."""
         p = self.params
         found = find_groups(model, ctx.uncompressed_modules)
         groups = [g for g in found if g.kind != "head" or p.heads > 0]
@@ -325,6 +313,10 @@ class ChannelPruning(Method):
             raise HarnessError(
                 f"method 'channel': heads={p.heads} but {type(model).__name__} has no attention whose heads it can prune; use heads=0"
             )
+        return groups
+
+    def compress(self, model, groups, ctx):
+        p = self.params
         share = {"channel": p.sparsity, "neuron": p.sparsity, "head": p.heads}
         if p.importance == "activation":
             norms = consumer_column_norms(model, [g.consumer for g in groups], ctx.batches(p.n_batches))
@@ -338,8 +330,6 @@ class ChannelPruning(Method):
             if len(keep) < score.numel():
                 remove_units(model, group, keep)
         self._update_config(model, groups)
-        freeze_all_but(model)  # pruning alone trains nothing; a later pipeline step decides what trains
-        return model
 
     def _update_config(self, model: nn.Module, groups: list[PrunableGroup]) -> None:
         config = getattr(model, "config", None)

@@ -28,8 +28,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from harness.core.errors import HarnessError
-from harness.methods.base import METHODS, Compression, Method, MethodParams, freeze_all_but
-from harness.methods.compress import as_matrix, calibrate, compressible_layers, feature_sums
+from harness.methods.base import METHODS, Compression, MethodParams
+from harness.methods.compress import CompressionMethod, as_matrix, calibrate, conv_like, feature_sums
 
 
 class SVDParams(MethodParams):
@@ -77,17 +77,7 @@ def factorise(
         first, second = nn.Linear(layer.in_features, rank, bias=False), nn.Linear(rank, layer.out_features, bias=bias)
         first.weight.data = vh.to(dtype)
     else:
-        first = nn.Conv2d(
-            layer.in_channels,
-            rank,
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=1,
-            bias=False,
-            padding_mode=layer.padding_mode,
-        )
+        first = conv_like(layer, layer.in_channels, rank, bias=False)
         second = nn.Conv2d(rank, layer.out_channels, 1, bias=bias)
         first.weight.data = vh.reshape(rank, *layer.weight.shape[1:]).to(dtype)
     second.weight.data = (u * s).reshape(second.weight.shape).to(dtype)
@@ -107,22 +97,18 @@ def rank_for_energy(layer: nn.Module, energy: float, input_scale: torch.Tensor |
 
 
 @METHODS.register("svd")
-class TruncatedSVD(Method):
+class TruncatedSVD(CompressionMethod):
     """Truncated SVD: each linear/conv layer becomes two low-rank layers (real, smaller dense layers)."""
 
-    name = "svd"
     category = "low-rank compression"
-    compresses = True
+    action = "factorise"
     paper = (
         "Kaushal et al., LORD: Low Rank Decomposition of Monolingual Code LLMs, 2023; Denton et al., NeurIPS 2014; "
         "activation_aware: Yuan et al., ASVD, 2023"
     )
     Params = SVDParams
 
-    def apply(self, model, ctx):
-        layers = compressible_layers(model, ctx.uncompressed_modules)
-        if not layers:
-            raise HarnessError("method 'svd': the model has no linear or convolution layer to factorise")
+    def compress(self, model, layers, ctx):
         layers = [(n, m) for n, m in layers if not (isinstance(m, nn.Conv2d) and m.groups != 1)]  # depthwise: keep
         scales = {}
         if self.params.activation_aware:  # from the unfactorised model: every layer sees the original inputs
@@ -148,8 +134,6 @@ class TruncatedSVD(Method):
                 else f"keeping {self.params.energy} of the spectrum makes no layer smaller"
             )
             raise HarnessError(f"method 'svd': no layer was factorised ({why}); lower rank or energy")
-        freeze_all_but(model)  # compression alone trains nothing; a later pipeline step decides what trains
-        return model
 
     def compression(self, model):
         return Compression(kernel="real")

@@ -37,7 +37,8 @@ from pydantic import Field
 from torch import nn
 
 from harness.core.errors import HarnessError
-from harness.methods.base import METHODS, Compression, Method, MethodParams, freeze_all_but
+from harness.methods.base import METHODS, Compression, MethodParams
+from harness.methods.compress import CompressionMethod
 
 NonNegative = Annotated[int, Field(ge=0)]
 _LAYER_PARTS = ("layernorm_before", "layernorm_after", "mlp", "dropout", "attention")
@@ -200,12 +201,10 @@ class ToMeParams(MethodParams):
 
 
 @METHODS.register("tome")
-class ToMe(Method):
+class ToMe(CompressionMethod):
     """ToMe: merge r similar tokens in every ViT layer (bipartite matching on keys, size-weighted, proportional attention)."""
 
-    name = "tome"
     category = "token merging"
-    compresses = True
     paper = "Bolya et al., Token Merging: Your ViT But Faster, ICLR 2023"
     Params = ToMeParams
     default_lr = 0.0  # merging alone trains nothing; a later adaptation step brings its own rate
@@ -213,7 +212,7 @@ class ToMe(Method):
     # in the backward pass replays it with another state and saves other tensors.
     supports_gradient_checkpointing = False
 
-    def plan(self, model) -> tuple:
+    def targets(self, model, ctx=None) -> tuple:
         """The ViT's embeddings and layers, r per layer, and the protected tokens; bad input raises."""
         found = find_vit(model)
         if found is None:
@@ -228,17 +227,15 @@ class ToMe(Method):
         return embeddings, layers, schedule, protected, tokens
 
     def preflight(self, model, ctx):
-        self.plan(model)
+        self.targets(model, ctx)
 
-    def apply(self, model, ctx):
-        embeddings, layers, schedule, protected, self.tokens = self.plan(model)
+    def compress(self, model, plan, ctx):
+        embeddings, layers, schedule, protected, self.tokens = plan
         state = _MergeState(protected, self.params.proportional_attention)
         for i, (layer, r) in enumerate(zip(layers, schedule)):
             if type(layer) not in _MERGING_CLASSES.values():
                 layer.__class__ = _merging_class(type(layer))
             layer._tome_plan = _LayerPlan(r, first=i == 0, last=i == len(layers) - 1, state=state)
-        freeze_all_but(model)  # merging alone trains nothing; a later pipeline step decides what trains
-        return model
 
     def schedule(self, n_layers: int) -> list[int]:
         r = self.params.r

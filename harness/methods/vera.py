@@ -5,38 +5,28 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from harness.methods.base import METHODS, MethodParams
-from harness.methods.peft_family import PeftMethod
+from harness.methods.base import METHODS
+from harness.methods.peft_family import PeftMethod, TargetedParams, peft_args
 
 
-class VeraParams(MethodParams):
+class VeraParams(TargetedParams):
     r: int = Field(
         256, gt=0, description="rank of the shared random matrices (peft default; the paper uses 1024 for RoBERTa-base)"
     )
     dropout: float = Field(0.0, ge=0, lt=1)
     d_initial: float = Field(0.1, gt=0, description="initial value of the d scaling vector")
-    target_modules: list[str] | None = None
 
 
 @METHODS.register("vera")
 class VeRA(PeftMethod):
     """VeRA: shared frozen random low-rank matrices, per-layer trained scaling vectors (peft)."""
 
-    name = "vera"
     category = "low-rank, shared random"
     paper = "Kopiczko et al., VeRA: Vector-based Random Matrix Adaptation, ICLR 2024"
     Params = VeraParams
     default_lr = 4e-3  # the paper's RoBERTa-base SST-2 rate for the scaling vectors (Table 8)
+    config_class = "VeraConfig"
+    config_fields = peft_args("r", "d_initial", vera_dropout="dropout")
 
-    def peft_config(self, ctx, model):
-        from peft import VeraConfig
-
-        p = self.params
-        return VeraConfig(
-            r=p.r,
-            vera_dropout=p.dropout,
-            d_initial=p.d_initial,
-            target_modules=p.target_modules,
-            projection_prng_key=ctx.seed,
-            **self.common_kwargs(ctx),
-        )
+    def extra_config(self, ctx, model):
+        return {"projection_prng_key": ctx.seed}

@@ -13,13 +13,11 @@ from harness.measure.kernels import (
     ADAPTER_RANGE,
     BASE_RANGE,
     AdapterScope,
-    adapter_modules,
-    adapter_scopes,
-    adapter_share,
     categorise,
     profile_steps,
     summarise,
 )
+from harness.methods.peft_family import tuner_layer_scopes
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +145,7 @@ def test_attribution_forward_backward_and_excluded_base():
 
 
 def test_handwritten_adapter_scope():
-    from harness.methods.adapters import LowRankLinear, low_rank
+    from harness.methods.adapters import AdapterMethod, LowRankLinear, low_rank
 
     class Plain(LowRankLinear):  # the SoRA/DyLoRA layers without their gate or rank sampling
         def delta(self, x):
@@ -157,7 +155,7 @@ def test_handwritten_adapter_scope():
     model[0] = Plain(model[0], r=4, alpha=8)
     with torch.no_grad():
         model[0].lora_B.normal_()
-    scopes = adapter_scopes(model)
+    scopes = AdapterMethod().adapter_scopes(model)
     assert len(scopes) == 1 and scopes[0].module is model[0] and scopes[0].exclude == (model[0].base,)
     x = torch.randn(16, 128)
 
@@ -209,7 +207,7 @@ def robust_share(model, batch) -> float:
     # process taking the core only adds time, to whatever op was running, and a single hit
     # can swamp a 3 ms step.
     return profile_steps(
-        train_step(model, batch), "cpu", warmup=2, steps=4, repeats=2, adapters=adapter_scopes(model)
+        train_step(model, batch), "cpu", warmup=2, steps=4, repeats=2, adapters=tuner_layer_scopes(model)
     ).adapter_share
 
 
@@ -223,10 +221,9 @@ def test_lora_and_dora_shares(tiny_bert):
             copy.deepcopy(base), LoraConfig(r=8, target_modules=["query", "value"], use_dora=dora, task_type="SEQ_CLS")
         )
         model.train()
-        scopes = adapter_scopes(model)
+        scopes = tuner_layer_scopes(model)
         assert len(scopes) == 4  # query and value of 2 layers; the classifier's ModulesToSaveWrapper is not an adapter
         assert all(scope.exclude == (scope.module.base_layer,) for scope in scopes)
-        assert adapter_modules(model) == [scope.module for scope in scopes]
         shares[dora] = robust_share(model, batch)
     # DoRA adds a weight norm ||W + s B A|| per forward (and its products), on top of LoRA's work.
     assert 0 < shares[False] < shares[True] < 1, shares
@@ -235,8 +232,8 @@ def test_lora_and_dora_shares(tiny_bert):
 def test_no_adapters_share_zero(tiny_bert):
     base, batch = tiny_bert
     model = copy.deepcopy(base).train()
-    assert adapter_scopes(model) == [] and adapter_modules(model) == []
-    assert adapter_share(model, train_step(model, batch), "cpu", warmup=1, steps=1) == 0.0
+    assert tuner_layer_scopes(model) == []
+    assert profile_steps(train_step(model, batch), "cpu", warmup=1, steps=1, adapters=[]).adapter_share == 0.0
 
 
 def test_ln_tuning_adds_no_adapter_time(tiny_bert):
@@ -248,7 +245,7 @@ def test_ln_tuning_adds_no_adapter_time(tiny_bert):
     model = get_peft_model(
         copy.deepcopy(base), LNTuningConfig(target_modules=["LayerNorm"], task_type="SEQ_CLS")
     ).train()
-    scopes = adapter_scopes(model)
+    scopes = tuner_layer_scopes(model)
     assert len(scopes) == 5 and all(len(scope.exclude) == 2 for scope in scopes)  # embeddings + 2 per layer
     prof = profile_steps(train_step(model, batch), "cpu", warmup=1, steps=1, adapters=scopes)
     assert prof.adapter_share == 0.0

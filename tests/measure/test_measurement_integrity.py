@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from harness.core.errors import HarnessError
-from harness.methods.base import MethodContext, Pipeline
+from harness.methods.base import MethodContext
+from harness.methods.pipeline import Pipeline
 from harness.suites.base import Prepared
 from tests.support import run_cifar
 
@@ -74,9 +75,9 @@ def test_kernel_profiles_leave_the_whole_state_dict_bit_identical(conv_bn):
     model.bn.eval()  # a mode the method chose for one module survives the profile
     model.bn.train()
     before = _snapshot(model)
-    profile_training(model, batch, CPU, "fp32")
+    profile_training(model, batch, CPU, "fp32", [])
     _assert_same(model, before)
-    profile_inference(model, batch, CPU, "fp32")
+    profile_inference(model, batch, CPU, "fp32", [])
     _assert_same(model, before)
     assert all(p.grad is None for p in model.parameters())
 

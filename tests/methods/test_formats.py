@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from harness.measure.meters import count_parameters, model_bytes, stored_parameter_count, weight_sparsity
-from harness.methods.base import Compression, MethodContext, Pipeline
+from harness.methods.base import Compression, MethodContext
 from harness.methods.compress import compressible_layers
 from harness.methods.nf4 import BLOCK_SIZE, nf4_bits, quantize_nf4
+from harness.methods.pipeline import Pipeline
 from harness.methods.quantization import fake_quantize
 
 

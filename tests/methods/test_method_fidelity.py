@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from harness.engine.loop import sample_batches, train
-from harness.methods.base import Method, MethodContext, Pipeline
+from harness.methods.base import Method, MethodContext
 from harness.methods.compress import PAPER_TOKENS, calibration_set, calibration_units
 from harness.methods.gptq import Gptq, SharedHessians, gptq_quantize
+from harness.methods.pipeline import Pipeline
 from harness.methods.sora import SoraAdamW, SoraLinear
 
 

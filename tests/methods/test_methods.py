@@ -10,7 +10,8 @@ import torch
 
 from harness.engine.loop import train
 from harness.measure.meters import count_parameters
-from harness.methods.base import METHODS, Pipeline
+from harness.methods.base import METHODS
+from harness.methods.pipeline import Pipeline
 from tests.support import TINY, ctx, loss_before_after
 
 H, L, I = TINY["hidden_size"], TINY["num_hidden_layers"], TINY["intermediate_size"]

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from harness.core.errors import HarnessError
-from harness.methods.base import MethodContext, Pipeline
+from harness.methods.base import MethodContext
+from harness.methods.pipeline import Pipeline
 from harness.methods.quantization import SCALE_BITS, fake_quantize
 from harness.methods.svd import factorise, rank_for_energy
 from harness.results.store import read_results

@@ -13,8 +13,9 @@ import torch
 from harness.core.errors import HarnessError
 from harness.engine.loop import train
 from harness.measure.meters import count_parameters, optimizer_state_bytes
-from harness.methods.base import MethodContext, Pipeline
+from harness.methods.base import MethodContext
 from harness.methods.optim import default_optimizer
+from harness.methods.pipeline import Pipeline
 from tests.support import TINY, WORDS, loss_before_after
 
 H, L, I = TINY["hidden_size"], TINY["num_hidden_layers"], TINY["intermediate_size"]

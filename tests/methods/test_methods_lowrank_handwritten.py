@@ -14,9 +14,9 @@ import torch
 from harness.core.errors import HarnessError
 from harness.engine.loop import train
 from harness.measure.meters import count_parameters
-from harness.methods.base import Pipeline
 from harness.methods.dylora import DyLoraLinear
 from harness.methods.nola import NolaLinear, random_bases
+from harness.methods.pipeline import Pipeline
 from harness.methods.sora import SoraLinear
 from tests.support import TINY, ctx, loss_before_after
 

@@ -10,8 +10,9 @@ from torch import nn
 
 from harness.core.errors import HarnessError
 from harness.data.vision_models import resnet20
-from harness.methods.base import MethodContext, Pipeline
+from harness.methods.base import MethodContext
 from harness.methods.compress import compressible_layers, dense_bytes_except
+from harness.methods.pipeline import Pipeline
 from harness.results.store import read_results
 from tests.support import run_cifar
 

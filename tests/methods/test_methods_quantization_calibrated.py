@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.cli import main
-from harness.methods.base import MethodContext, Pipeline
+from harness.methods.base import MethodContext
 from harness.methods.compress import compressible_layers, dense_bytes_except
 from harness.methods.gptq import collect_hessians, gptq_quantize
 from harness.methods.nf4 import (
@@ -27,6 +27,7 @@ from harness.methods.nf4 import (
     quantize_nf4,
     to_linear4bit,
 )
+from harness.methods.pipeline import Pipeline
 from harness.methods.quantization import fake_quantize, round_to_grid
 from harness.results.store import read_results, result_files
 from tests.support import loss_before_after

@@ -20,7 +20,8 @@ from torch import nn
 from harness.core.errors import HarnessError
 from harness.data.vision_models import resnet20
 from harness.measure.meters import model_bytes
-from harness.methods.base import MethodContext, Pipeline
+from harness.methods.base import MethodContext
+from harness.methods.pipeline import Pipeline
 from harness.methods.structured_pruning import find_groups
 from harness.methods.svd import factorise
 from harness.results.store import read_results, result_files

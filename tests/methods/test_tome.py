@@ -10,7 +10,8 @@ import torch
 
 from harness.cli import main
 from harness.core.errors import HarnessError
-from harness.methods.base import MethodContext, Pipeline
+from harness.methods.base import MethodContext
+from harness.methods.pipeline import Pipeline
 from harness.methods.tome import merge_tokens
 from tests.support import run_cifar
 
