@@ -1,3 +1,3 @@
-"""How a model is run for scores and timings: official metrics, forward latency, generation costs and the
-lm-eval bridge.
+"""How a model is run for scores and timings: evaluation backends (base.py: the contract and EVAL_BACKENDS;
+torch_forward.py, lm_eval.py, vllm.py), official metrics, generation costs and the lm-eval bridge.
 """

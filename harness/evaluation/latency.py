@@ -1,6 +1,7 @@
-"""Inference costs of the final model: forward latency and FLOPs, and for generative models
-time to first token and generation throughput. Every timing is a percentile over repeats
-after warm-up (`measure_latency`), on fixed evaluation inputs, so methods compare."""
+"""Generation costs of a causal LM in memory with transformers' `generate`: time to first token
+and generation throughput. Every timing is a percentile over repeats after warm-up
+(`measure_latency`), on the fixed evaluation prompts, so methods compare. Forward latency and
+FLOPs are in harness/evaluation/torch_forward.py."""
 
 from __future__ import annotations
 
@@ -8,36 +9,9 @@ from typing import Any
 
 import torch
 
-from harness.measure.meters import forward_flops, measure_latency
+from harness.evaluation.torch_forward import forward_latency
+from harness.measure.meters import measure_latency
 from harness.measure.passes import autocast, to_device
-
-
-def forward_latency(model: torch.nn.Module, data, run, device: torch.device) -> dict[str, Any]:
-    """Forward latency at batch size 1 and at the eval batch size, and FLOPs per example."""
-    n = min(run.eval_batch_size, len(data.dataset))
-    examples = [data.dataset[i] for i in range(n)]
-    result: dict[str, Any] = {
-        "latency_batch_size": n,
-        "latency_repeats": run.latency_repeats,
-        "latency_timer": "cuda_events" if device.type == "cuda" else "perf_counter",
-    }
-    model.eval()
-    for key, batch_examples in (("bs1", examples[:1]), ("batch", examples)):
-        batch = to_device(data.collate(batch_examples), device)
-        batch.pop("labels", None)
-        if key == "batch":  # as executed: padding included, the same batch for every method
-            result["flops_per_sample"] = forward_flops(model, batch, device, run.precision) / len(batch_examples)
-
-        @torch.inference_mode()
-        def forward():
-            with autocast(device, run.precision):
-                return model(**batch)
-
-        lat = measure_latency(forward, device, run.latency_warmup, run.latency_repeats)
-        result[f"latency_{key}_p50_ms"] = lat.p50_ms
-        result[f"latency_{key}_p90_ms"] = lat.p90_ms
-    return result
-
 
 # Generation is seconds per call on a CPU: fewer repeats than a forward pass, and a fixed
 # number of new tokens (EOS ignored) so that every method generates the same amount.
@@ -94,3 +68,11 @@ def generation_costs(
         result[f"ttft_{key}_p50_ms"] = first.p50_ms
         result[f"generation_{key}_tokens_per_s"] = size * new_tokens / (full.p50_ms / 1e3)
     return result
+
+
+def lm_costs(model: torch.nn.Module, tokenizer, data, run, device: torch.device) -> dict[str, Any]:
+    """A causal LM's inference costs: forward (prefill) latency and FLOPs on the evaluation prompts
+    (`data`, prepared; `data.references`: the prompts as text), then time to first token and throughput."""
+    costs = forward_latency(model, data, run, device)
+    costs.update(generation_costs(model, tokenizer, data.references, run.eval_batch_size, device, run.precision))
+    return costs

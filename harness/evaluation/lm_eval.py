@@ -4,7 +4,8 @@ The harness does not re-implement prompts, few-shot sampling, stop sequences or 
 extraction: lm-eval's own task config does all of that, and the harness only points its
 data at the located splits (a local mirror, offline) and hands it the model after the
 method was applied, adapters included. So a score here is the score `lm_eval` gives the
-same model with the same limit and settings.
+same model with the same limit and settings. `LmEvalHF` is this path as an evaluation backend
+(harness/evaluation/base.py); harness/evaluation/vllm.py hands lm-eval a vLLM engine instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import torch
 
 from harness.core.errors import HarnessError
 from harness.data.resolve import DataSource
+from harness.evaluation.base import EVAL_BACKENDS, GenerateBackend
+from harness.evaluation.latency import lm_costs
 
 
 def task_config(name: str, sources: dict[str, DataSource]) -> dict[str, Any]:
@@ -153,6 +156,20 @@ def evaluate(
 
     _quiet_lm_eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    return score(lm, config, num_fewshot, limit, max_new_tokens, {"batch_size": batch_size}, show_progress)
+
+
+def score(
+    lm,
+    config: dict[str, Any],
+    num_fewshot: int,
+    limit: int | None,
+    max_new_tokens: int,
+    settings: dict[str, Any],
+    show_progress: bool = True,
+) -> LmEvalResult:
+    """lm-eval's scores of the task with the lm-eval model `lm`, and the settings of the call
+    (`settings`: what the caller adds, e.g. its batch size)."""
     # As `lm_eval --gen_kwargs max_gen_toks=N` sets it, so that call reproduces this one.
     out = _evaluate(lm, config, num_fewshot, limit, {"max_gen_toks": max_new_tokens}, show_progress)
     task = config["task"]
@@ -160,7 +177,7 @@ def evaluate(
         k: float(v) for k, v in out["results"][task].items() if isinstance(v, (int, float)) and k != "sample_len"
     }
     task_config_used = out["configs"][task]
-    settings = {
+    recorded = {
         "harness": "lm-eval",
         "lm_eval_version": lm_eval_version(),
         "task": task,
@@ -169,13 +186,26 @@ def evaluate(
         "limit": limit,
         "generation_kwargs": task_config_used.get("generation_kwargs"),
         "max_gen_toks": max_new_tokens,
-        "batch_size": batch_size,
+        **settings,
         "fewshot_seed": out["config"].get("fewshot_seed"),
         "filters": [f["name"] for f in task_config_used.get("filter_list") or []],
     }
-    return LmEvalResult(metrics, out["samples"][task], settings)
+    return LmEvalResult(metrics, out["samples"][task], recorded)
 
 
 def documents(samples: list[dict[str, Any]]) -> int:
     """Documents evaluated: lm-eval logs one sample per document and filter."""
     return len({s["doc_id"] for s in samples})
+
+
+@EVAL_BACKENDS.register("lm-eval-hf")
+class LmEvalHF(GenerateBackend):
+    """lm-eval's transformers model (HFLM) on the model in memory, adapters included; costs with `generate`."""
+
+    current = True
+
+    def evaluate(self, model, tokenizer, config, **settings) -> LmEvalResult:
+        return evaluate(model, tokenizer, config, **settings)
+
+    def costs(self, model, tokenizer, data, run, device) -> dict[str, Any]:
+        return lm_costs(model, tokenizer, data, run, device)
