@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from harness.core.environment import describe
 from harness.engine.resolve import resolve
-from harness.execution.sweep import SweepJob, device_slots, run_local
+from harness.execution.local import device_slots, run_local
+from harness.execution.plan import SweepJob
 from harness.results.store import append_records
 from harness.spec.run import RunSpec
 from harness.spec.sweep_file import Resources

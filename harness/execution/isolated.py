@@ -36,10 +36,16 @@ _INTERRUPTED = threading.Event()
 class Outcome:
     job_hash: str
     # ok or failed (a row says why); interrupted (no row: the job is not done); elsewhere
-    # (another sweep on the store holds the job's claim, or ran it since this one planned)
+    # (another sweep on the store holds the job's claim, or ran it since this one planned);
+    # planned (handed to something else to run, by an executor that runs nothing itself)
     status: str
     seconds: float
     error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        """Not a failure of this sweep: failed and interrupted jobs make `harness sweep` exit 1."""
+        return self.status not in ("failed", "interrupted")
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,26 +1,8 @@
 """`harness sweep --executor ray`: each job of a sweep as one Ray task, on one machine or a cluster.
 
-Why it is built this way:
-
-- A task only places the job: it calls `execute_isolated` on the node Ray picked, so the job
-  still runs in a fresh process with the same timeout, memory limit and failed-row handling
-  as with the local executor. Ray adds nothing to what a row measures.
-- Each task reserves one CPU. Ray sets OMP_NUM_THREADS to the task's CPUs (1) and the job's
-  process inherits it, so jobs do not fight over cores; a CPU job's timings are one thread's
-  (the local executor's single CPU slot uses every core). A job that will run on CUDA also
-  reserves 1/jobs_per_device of a GPU; Ray sets CUDA_VISIBLE_DEVICES for the task, and the
-  job's process inherits that too.
-- Retries are the driver's, as in `run_local`: a failed attempt is submitted again as a new
-  task, which may land on another node (one bad node does not fail a job `retries + 1`
-  times). Ray's own retries are off: a task lost with its worker or node counts as a failed
-  attempt, and the driver writes its failed row, so every job still ends with a row.
-- Workers on other nodes inherit the environment of `ray start` there, not the driver's.
-  The offline switches (whether a job may touch the network) and HARNESS_* settings belong
-  to the sweep, so they travel with each task; caches and tokens are the nodes' own.
-- Without a shared filesystem (`shared_store=False`) a task runs its job against a
-  temporary store on its node and returns the rows it wrote (and the job's log); the driver
-  writes them into the real store. The job hash does not depend on `results_dir`, so the
-  rows are those of the same job.
+A task only places the job: it calls `execute_isolated` on the node Ray picked, so the job runs
+as it does locally (own process, timeout, memory limit, failed row). Retries are the driver's;
+Ray's are off. Why each choice was made: docs/executors.md.
 """
 
 from __future__ import annotations
@@ -31,11 +13,15 @@ import tempfile
 from typing import Any
 
 from harness.core.errors import HarnessError, first_line
+from harness.execution.base import EXECUTORS, Executor
 from harness.execution.isolated import Outcome, execute_isolated, log_path
-from harness.execution.sweep import SweepJob, pin_auto_device
+from harness.execution.plan import SweepJob, pin_auto_device
 from harness.spec.run import ResolvedRun, RunSpec
 from harness.spec.sweep_file import Resources
 
+# Workers on other nodes inherit the environment of `ray start` there, not the driver's; these
+# belong to the sweep (whether a job may touch the network, HARNESS_* settings) and travel with
+# each task. Caches and tokens stay the nodes' own.
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
@@ -54,7 +40,9 @@ def forwarded_env() -> dict[str, str]:
 def run_on_node(
     spec: RunSpec, run: ResolvedRun, timeout: float | None, memory_limit_gb: float | None, shared_store: bool
 ) -> tuple[Outcome, list[dict[str, Any]], str | None]:
-    """The body of a Ray task: run the job here; without a shared store, also return its rows and log."""
+    """The body of a Ray task: run the job here; without a shared store, also return its rows and log
+    (the job ran against a temporary store on this node; the job hash does not depend on
+    `results_dir`, so they are the same job's rows)."""
     if shared_store:
         return execute_isolated(spec, run, timeout=timeout, memory_limit_gb=memory_limit_gb), [], None
     import pyarrow.parquet as pq
@@ -116,10 +104,13 @@ def run_ray(
     pending: dict[Any, tuple[SweepJob, int]] = {}
 
     def submit(job: SweepJob, attempt: int) -> None:
+        # One CPU per task: Ray sets OMP_NUM_THREADS to it and the job's process inherits it, so jobs
+        # do not fight over cores. A CUDA job also takes 1/jobs_per_device of a GPU; Ray sets the
+        # task's CUDA_VISIBLE_DEVICES, which the job's process inherits too.
         ref = task.options(
             num_cpus=1,
             num_gpus=1 / resources.jobs_per_device if needs_gpu[job.job_hash] else 0,
-            max_retries=0,
+            max_retries=0,  # a lost task is a failed attempt: the driver writes its row and retries
             runtime_env=runtime_env,
             name=f"harness-{job.job_hash}",
         ).remote(job.spec, job.run, job.resources.timeout, job.resources.memory_limit_gb, shared_store)
@@ -138,7 +129,7 @@ def run_ray(
             except ray.exceptions.RayError as exc:  # the task's worker or node died, or it raised
                 outcome = _lost(job, exc)
             if outcome.status == "failed" and attempt < job.resources.retries:
-                submit(job, attempt + 1)
+                submit(job, attempt + 1)  # a new task, maybe on another node: one bad node fails one attempt
             else:
                 outcomes.append(outcome)
     except BaseException:
@@ -168,3 +159,11 @@ def _lost_environment(run) -> dict:
     unknown = ("device_name", "cpu_model", "host", "cuda_driver_version", "cpu_threads")
     env.update({key: None for key in unknown if key in env}, device=run.device_type)
     return env
+
+
+@EXECUTORS.register("ray")
+class RayExecutor(Executor):
+    """Ray tasks on a running cluster or a new local Ray instance (needs the `cluster` extra)."""
+
+    def run(self, jobs: list[SweepJob], resources: Resources, *, quiet: bool = False) -> list[Outcome]:
+        return run_ray(jobs, resources)

@@ -1,21 +1,9 @@
 """`harness sweep --executor slurm`: the sweep's jobs as one Slurm job array, through submitit.
 
-Why it is built this way:
-
-- One array for the whole sweep: one submission, one line in squeue, and Slurm's own
-  limit on how many of its tasks run at once, instead of hundreds of separate jobs.
-- Each array task calls `execute_isolated`, so a job still runs in a fresh process with the
-  same timeout, memory limit and failed-row handling as locally. Retries happen inside the
-  task: the allocation is already held, and a new attempt does not queue again.
-- One array has one time limit: every attempt of the longest job, plus a margin for the
-  task's own start. Without a timeout there is no limit to derive, and submitit's default
-  (5 minutes) would kill real jobs, so Slurm then needs `timeout_min` in `slurm_params`.
-- A task Slurm itself ended (time limit, preemption, a lost node) could not write its row;
-  the driver writes the failed row. Slurm needs a filesystem shared with the nodes anyway
-  (submitit keeps its job files there), so rows are written straight into the store.
-- A task gets one GPU when the jobs ask for CUDA; `jobs_per_device` does not apply (each
-  array task holds its own allocation). Anything else Slurm should know (partition,
-  account, memory, GPUs for --device auto) goes in `slurm_params`, as submitit spells it.
+Each array task calls `execute_isolated`, so a job runs as it does locally (own process,
+timeout, memory limit, failed row), retried inside the task that already holds the allocation.
+One array has one time limit, derived from the jobs' timeouts. Why each choice was made:
+docs/executors.md.
 """
 
 from __future__ import annotations
@@ -25,13 +13,16 @@ import shutil
 from typing import Any
 
 from harness.core.errors import HarnessError, first_line
+from harness.execution.base import EXECUTORS, Executor
 from harness.execution.isolated import Outcome, execute_isolated
-from harness.execution.sweep import SweepJob, pin_auto_device
+from harness.execution.plan import SweepJob, pin_auto_device
 from harness.spec.run import ResolvedRun, RunSpec
 from harness.spec.sweep_file import Resources
 
 # Minutes beyond the jobs' own timeouts: the array task's start (imports, unpickling) and end.
 START_MARGIN_MIN = 5
+# submitit's folder for the array's job files and logs, on a filesystem the nodes share.
+DEFAULT_FOLDER = "slurm_logs"
 
 
 def _import_submitit():
@@ -65,7 +56,7 @@ def run_slurm(
     jobs: list[SweepJob],
     resources: Resources,
     *,
-    folder: str = "slurm_logs",
+    folder: str = DEFAULT_FOLDER,
     cluster: str | None = None,
     slurm_params: dict[str, Any] | None = None,
 ) -> list[Outcome]:
@@ -82,8 +73,12 @@ def run_slurm(
         raise HarnessError("--executor slurm: no Slurm here (sbatch not found); run the sweep on a Slurm login node")
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster or "slurm")
     params: dict[str, Any] = {"name": "harness-sweep"}
+    # Without a timeout there is no limit to derive, and submitit's default (5 minutes) would kill
+    # real jobs: Slurm then needs `timeout_min` in `slurm_params`.
     if (limit := time_limit_min(jobs)) is not None:
         params["timeout_min"] = limit
+    # One GPU per array task when the jobs ask for CUDA (each task holds its own allocation, so
+    # jobs_per_device does not apply); partition, account, memory, GPUs for --device auto: slurm_params.
     if any(job.run.device.startswith("cuda") for job in jobs):
         params["gpus_per_node"] = 1
     params.update(slurm_params or {})
@@ -116,8 +111,23 @@ def run_slurm(
 
 
 def _ended_by_slurm(job: SweepJob, task, exc: Exception) -> Outcome:
+    """A task Slurm ended (time limit, preemption, a lost node) could not write its row: the
+    driver writes it, straight into the store (Slurm needs a filesystem shared with the nodes)."""
     from harness.engine.job import record_failure
 
     error = f"Slurm task {task.job_id} ended before its job did: {first_line(exc)}"
     record_failure(job.run, error, str(exc))
     return Outcome(job.job_hash, "failed", 0.0, error)
+
+
+@EXECUTORS.register("slurm")
+class SlurmExecutor(Executor):
+    """One Slurm job array through submitit, from a login node (needs the `cluster` extra)."""
+
+    options = ("slurm_folder",)
+
+    def __init__(self, slurm_folder: str = DEFAULT_FOLDER) -> None:
+        self.folder = slurm_folder
+
+    def run(self, jobs: list[SweepJob], resources: Resources, *, quiet: bool = False) -> list[Outcome]:
+        return run_slurm(jobs, resources, folder=self.folder)

@@ -283,7 +283,7 @@ def test_the_latest_successful_row_of_a_job_wins_whatever_the_file_order():
 
 
 def test_slots_per_gpu_and_on_cpu():
-    from harness.execution.sweep import device_slots, parse_devices
+    from harness.execution.local import device_slots, parse_devices
 
     assert device_slots(parse_devices("0,1"), 2, None) == ["0", "0", "1", "1"]
     assert device_slots(parse_devices("cpu"), 1, None) == [None]  # one CPU job at a time by default
@@ -294,7 +294,7 @@ def test_slots_per_gpu_and_on_cpu():
 def test_only_jobs_without_a_row_run_unless_failed_ones_are_asked_for():
     from types import SimpleNamespace
 
-    from harness.execution.sweep import SweepPlan
+    from harness.execution.plan import SweepPlan
 
     jobs = [SimpleNamespace(job_hash=h) for h in ("done", "broke", "new")]
     plan = SweepPlan(jobs, {"done": "ok", "broke": "failed"})
@@ -307,7 +307,7 @@ def test_only_jobs_without_a_row_run_unless_failed_ones_are_asked_for():
 
 def _jobs(results_dir, tiny_model, tiny_glue, seeds):
     from harness.engine.resolve import resolve
-    from harness.execution.sweep import SweepJob
+    from harness.execution.plan import SweepJob
     from harness.spec.run import RunSpec
     from harness.spec.sweep_file import Resources
 
@@ -332,7 +332,7 @@ def _jobs(results_dir, tiny_model, tiny_glue, seeds):
 def test_two_sweeps_on_one_store_run_each_job_once(results_dir, tiny_model, tiny_glue):
     import threading
 
-    from harness.execution.sweep import run_local
+    from harness.execution.local import run_local
 
     jobs = _jobs(results_dir, tiny_model, tiny_glue, [0, 1, 2])
     outcomes = {}
@@ -413,7 +413,7 @@ def test_the_parent_names_the_slots_gpu_on_a_failed_row_without_touching_cuda(
 
 
 def test_a_retry_is_not_mistaken_for_another_sweeps_run(results_dir, tiny_model, tiny_glue):
-    from harness.execution.sweep import run_local
+    from harness.execution.local import run_local
     from harness.spec.sweep_file import Resources
 
     [job] = _jobs(results_dir, tiny_model, tiny_glue, [0])

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 
 from harness.engine.resolve import resolve
+from harness.execution.local import run_local
+from harness.execution.plan import SweepJob
 from harness.execution.ray import run_ray
 from harness.execution.slurm import run_slurm
-from harness.execution.sweep import SweepJob, run_local
 from harness.execution.worker import MEMORY_LIMIT_ENV
 from harness.results.store import latest_per_job, read_results
 from harness.spec.run import RunSpec
@@ -140,8 +141,8 @@ def test_a_lost_ray_task_is_recorded_without_the_drivers_device(tiny_model, tiny
     import torch
 
     from harness.engine.resolve import resolve
+    from harness.execution.plan import SweepJob
     from harness.execution.ray import _lost
-    from harness.execution.sweep import SweepJob
     from harness.results.store import read_results
     from harness.spec.run import RunSpec
     from harness.spec.sweep_file import Resources
@@ -168,7 +169,7 @@ def test_a_lost_ray_task_is_recorded_without_the_drivers_device(tiny_model, tiny
 def test_a_job_at_device_auto_is_keyed_by_the_device_its_executor_gives_it(tiny_model, tiny_glue, tmp_path):
     """Planned on a machine without a GPU, a job at --device auto that a cluster runs on a GPU
     gets the hash its row will have (cuda), so a resumed sweep finds it done."""
-    from harness.execution.sweep import pin_auto_device
+    from harness.execution.plan import pin_auto_device
 
     [job] = tiny_jobs(tiny_model, tiny_glue, tmp_path / "r", seeds=(0,))
     assert job.spec.device == "auto" and job.run.device_type == "cpu"
