@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from harness.core.environment import describe
 from harness.results.store import append_records, job_status, read_store, write_row
-from harness.site.report import write_report
+from harness.site.build import write_report
 from harness.spec.schema import COLUMNS, SCHEMA_VERSION
 
 TASKS = (

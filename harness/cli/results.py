@@ -58,7 +58,8 @@ def leaderboard(
     metric_k: float = typer.Option(3.0, "--metric-k", help="As `harness compare`: for the latest night's changes."),
 ) -> None:
     """Append a night to the history (--add), then render each method's metric and costs over nights."""
-    from harness.site.leaderboard import append_night, write_leaderboard
+    from harness.results.history import append_night
+    from harness.site.trend import write_leaderboard
 
     _check_tolerances(metric_tolerance, time_tolerance, metric_k)  # before a night is added
     if add is not None:
@@ -86,7 +87,7 @@ def report(
     ),
 ) -> None:
     """Write a self-contained static HTML report (leaderboards and Pareto plots) from a result store."""
-    from harness.site.report import write_report
+    from harness.site.build import write_report
 
     if not Path(results).is_dir():
         raise HarnessError(f"results folder {results!r} does not exist; run `harness run ...` first or pass --results")

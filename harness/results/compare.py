@@ -49,10 +49,13 @@ import numpy as np
 import pandas as pd
 
 from harness.core.errors import HarnessError
+from harness.results.format import number, percent
 from harness.results.grouping import device_type, group_key
 from harness.results.store import latest_per_job, read_results
 from harness.results.upgrade import current_job_hash
 from harness.results.values import missing as _missing
+from harness.results.values import plain as _plain
+from harness.results.values import relative as _relative
 
 # Measured on the hardware: compared within a relative tolerance, and only on the same device.
 # Each maps to the column of its own 90th percentile, whose gap to the median is the noise band.
@@ -121,9 +124,9 @@ class Comparison:
                 c.kind,
                 c.run,
                 c.column,
-                _fmt(c.base),
-                _fmt(c.new),
-                "" if c.relative is None else f"{c.relative:+.1%}",
+                number(c.base),
+                number(c.new),
+                percent(c.relative),
                 c.note,
             )
             for c in self.sorted_changes()
@@ -325,29 +328,6 @@ def _spread(row: dict, p50: str, p90: str) -> float:
 
 def _label(row: dict) -> str:
     return f"{row['suite']}/{row['task']} {row['method']} {row['model']} {row['seed']}"
-
-
-def _plain(value: Any) -> Any:
-    """NaN -> None and numpy scalars -> Python ones, so values compare and print plainly."""
-    if _missing(value):
-        return None
-    return value.item() if hasattr(value, "item") else value
-
-
-def _relative(base: Any, new: Any) -> float | None:
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (base, new)) or base == 0:
-        return None
-    return (new - base) / abs(base)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def _count(n: int, word: str) -> str:

@@ -12,8 +12,10 @@ import pytest
 import yaml
 
 from harness.core.errors import HarnessError
+from harness.results.compare import compare_stores
+from harness.results.history import append_night, nights, trend
 from harness.results.store import result_files
-from harness.site.leaderboard import append_night, build_sections, nights, trend, write_leaderboard
+from harness.site.trend import build_sections, write_leaderboard
 from harness.spec.sweep_file import load_sweep
 from tests.support import MODEL, run_row, store
 
@@ -156,6 +158,29 @@ def test_page_is_self_contained_and_shows_the_regression_and_the_trend(history, 
         "glue/sst2: latency at batch 1, p50 (ms)",
         "glue/sst2: model size (MiB)",
     ]
+
+
+def test_the_page_and_compare_write_a_change_in_the_same_words(tmp_path):
+    """The latest night's changes on the page are `harness compare`'s table, cell for cell."""
+    history = tmp_path / "history"
+    append_night(
+        store(tmp_path / "a", *night_rows(NIGHT_1, {("int4", 0): 0.8}, train_seconds=1500.3)),
+        history,
+        NIGHT_1,
+    )
+    append_night(
+        store(tmp_path / "b", *night_rows(NIGHT_2, {("int4", 0): 0.8}, train_seconds=3000.6)),
+        history,
+        NIGHT_2,
+    )
+    page = write_leaderboard(history, tmp_path / "site").read_text()
+    cells = re.findall(
+        r"<td(?: class=\"text\")?>([^<]*)</td>", re.search(r'<tr class="regression">(.*?)</tr>', page).group(1)
+    )
+    table = compare_stores(history / NIGHT_1, history / NIGHT_2).table().splitlines()
+    [line] = [line for line in table if line.startswith("regression")]
+    assert cells[2:6] == ["train_seconds", "1,500", "3,001", "+100.0%"]
+    assert re.split(r"\s{2,}", line)[2:6] == cells[2:6]  # columns two spaces apart
 
 
 def test_one_night_has_nothing_to_compare(tmp_path):

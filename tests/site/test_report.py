@@ -16,7 +16,9 @@ import pytest
 from harness.cli import main
 from harness.results.stats import mean_ci
 from harness.results.store import read_results, write_row
-from harness.site.report import COST_AXES, build_sections, prepare, render_pareto, render_run, write_report
+from harness.site.build import render_pareto, render_run, write_report
+from harness.site.columns import COST_AXES
+from harness.site.prepare import build_sections, prepare
 from tests.support import report_row, tiny_run_args
 
 
@@ -578,7 +580,7 @@ def test_time_to_a_trained_model_counts_data_driven_initialisation(tmp_path):
 
 @pytest.mark.parametrize("content", [b"", b"PAR1 not really", None])
 def test_a_corrupt_kernel_table_is_skipped_with_a_warning(tmp_path, capsys, content):
-    from harness.site.report import kernel_profile
+    from harness.site.prepare import kernel_profile
 
     path = tmp_path / "k.parquet"
     if content is None:  # readable, but not a kernel table

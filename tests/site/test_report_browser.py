@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.results.store import write_row
-from harness.site.report import write_report
+from harness.site.build import write_report
 from tests.support import report_row
 
 CHROMIUM = Path("/usr/bin/chromium")

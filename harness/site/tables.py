@@ -1,0 +1,333 @@
+"""The report's tables as view models (a Table of Cells, rendered by templates/_table.html.j2):
+the run page's groups of costs, a task's leaderboard of configurations, its failed runs, and a
+Pareto plot's optimal runs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from harness.results import grouping
+from harness.results.format import MISSING, fmt, unit
+from harness.results.stats import MeanCI, mean_ci
+from harness.results.values import plain
+from harness.site.columns import ADAPTER_SHARE, DOCS, TIME_TO_TRAINED, TIME_TO_TRAINED_DOC, CostAxis
+from harness.spec.schema import COLUMNS
+
+# A run page's cost tables, with the settings that qualify a measurement beside it (the kind of
+# peak memory, the latency batch). A column with a unit that no group names goes to "other".
+COST_GROUPS = (
+    (
+        "training",
+        (
+            "train_samples",
+            "train_steps",
+            "train_tokens",
+            "train_seconds",
+            "train_samples_per_s",
+            "train_tokens_per_s",
+            "trainable_params",
+            "total_params",
+            "train_flops",
+            "train_flops_per_step",
+            "mfu",
+            "mfu_flops_kind",
+            ADAPTER_SHARE,
+            "final_train_loss",
+            "concurrent_jobs",
+        ),
+    ),
+    (
+        "training memory",
+        (
+            "peak_memory_bytes",
+            "peak_memory_kind",
+            "peak_process_memory_bytes",
+            "peak_memory_reserved_bytes",
+            "parameter_bytes",
+            "gradient_bytes",
+            "optimizer_state_bytes",
+            "activation_bytes",
+        ),
+    ),
+    (
+        "model and pipeline",
+        (
+            "model_bytes",
+            "model_memory_bytes",
+            "adapter_bytes",
+            "compressed_model_bytes",
+            "bits_per_parameter",
+            "weight_bits",
+            "weight_sparsity",
+            "compression_kernel",
+            "flops_per_sample",
+            "init_seconds",
+            "compress_seconds",
+            "pipeline_seconds",
+        ),
+    ),
+    (
+        "inference",
+        (
+            "latency_bs1_p50_ms",
+            "latency_bs1_p90_ms",
+            "latency_batch_p50_ms",
+            "latency_batch_p90_ms",
+            "latency_batch_size",
+            "latency_repeats",
+            "latency_timer",
+            "eval_samples",
+            "eval_seconds",
+        ),
+    ),
+    (
+        "generation",
+        (
+            "ttft_bs1_p50_ms",
+            "ttft_batch_p50_ms",
+            "generation_bs1_tokens_per_s",
+            "generation_batch_tokens_per_s",
+            "generation_batch_size",
+            "generation_new_tokens",
+            "generation_repeats",
+        ),
+    ),
+)
+_GROUPED = {c for _, columns in COST_GROUPS for c in columns}
+COST_GROUPS += (("other", tuple(c.name for c in COLUMNS if unit(c.name) and c.name not in _GROUPED)),)
+COST_COLUMNS = tuple(c for _, columns in COST_GROUPS for c in columns)
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    sort: object = ""  # the value the header-click sorter compares
+    text_align: bool = False
+    links: tuple[tuple[str, str, str], ...] = ()  # (label, href, tooltip), shown instead of the text
+    title: str = ""
+    wrap: bool = False  # long text (an error message) wraps instead of widening the table
+    more: int = 0  # items left out of `links`, shown as "+N"
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: tuple[tuple[str, bool, str], ...]  # (label, text aligned, tooltip)
+    rows: list[tuple[str, list[Cell]]]  # (row class, cells)
+
+
+def number_cell(value, column: str) -> Cell:
+    value = plain(value)
+    return Cell(fmt(value, column), "" if value is None else value)
+
+
+def text_cell(value, href: str | None = None) -> Cell:
+    value = plain(value)
+    text = MISSING if value is None else str(value)
+    return Cell(text, text, True, ((text, href, ""),) if href else ())
+
+
+def front_table(data: pd.DataFrame, axis: CostAxis) -> Table:
+    headers = (
+        ("method", True, ""),
+        ("seed", False, ""),
+        ("score", False, ""),
+        (axis.title, False, ""),
+        ("model", True, ""),
+        ("kernel", True, DOCS["compression_kernel"]),
+        ("run", True, ""),
+    )
+    rows = []
+    for r in data[data["_front"]].sort_values(["_cost", "score"]).to_dict("records"):
+        rows.append(
+            (
+                "",
+                [
+                    text_cell(r["method"]),
+                    number_cell(r["seed"], "seed"),
+                    number_cell(r["score"], "score"),
+                    Cell(f"{r['_cost']:,.4g}", r["_cost"]),
+                    text_cell(r["model"]),
+                    text_cell("simulated" if r["_simulated"] else r["compression_kernel"]),
+                    text_cell(r["job_hash"], r["_page"] if r["_paged"] else None),
+                ],
+            )
+        )
+    return Table(headers, rows)
+
+
+LEADERBOARD = (  # (key, label, text aligned)
+    ("method", "method", True),
+    ("model", "model", True),
+    ("settings", "settings", True),
+    ("mean_score", "mean ± 95% CI (n)", False),
+    ("best_score", "best seed", False),
+    ("n_runs", "runs (seed)", False),
+    ("trainable_params", "trainable", False),
+    ("trainable_pct", "trainable %", False),
+    ("peak_memory_mib", "peak mem MiB", False),
+    (TIME_TO_TRAINED, "time to trained model s", False),
+    ("latency_bs1_p50_ms", "lat bs1 p50 ms", False),
+    ("ttft_bs1_p50_ms", "TTFT bs1 ms", False),
+    ("ms_per_generated_token", "ms/gen token", False),
+    ("stored_model_mib", "stored MiB", False),
+    ("gflops", "GFLOPs/sample", False),
+    ("adapter_overhead_pct", "adapter overhead %", False),
+    ("compression_kernel", "kernel", True),
+    ("device_name", "device", True),
+)
+RUN_LINKS = 8  # per leaderboard line
+# The costs of a line: the median over its runs, so that the seed with the best score does not
+# lend it its costs, and one slow run (a busy machine) does not move the line much.
+MEDIAN_COSTS = (
+    "trainable_params",
+    "total_params",
+    "peak_memory_bytes",
+    TIME_TO_TRAINED,
+    "latency_bs1_p50_ms",
+    "ttft_bs1_p50_ms",
+    "ms_per_generated_token",
+    "stored_model_bytes",
+    "flops_per_sample",
+    ADAPTER_SHARE,
+)
+LEADERBOARD_DOCS = {
+    "settings": "the settings in which lines of this method and model differ (all other settings are the same)",
+    "mean_score": "mean score over the line's seeds with a 95% Student t confidence interval (n seeds); lines are "
+    "ranked by it. Seed noise only: the evaluation set's own sampling noise is not in it",
+    "best_score": "the best seed's score, for reference only: a maximum over seeds on the evaluation split "
+    "is not an estimate of the configuration's score",
+    "n_runs": "runs of this configuration: one per seed (every other setting and the device are the same)",
+    "trainable_params": DOCS["trainable_params"] + " (median over the line's runs)",
+    "peak_memory_mib": DOCS["peak_memory_bytes"] + " (median over the line's runs)",
+    TIME_TO_TRAINED: TIME_TO_TRAINED_DOC + " (median over the line's runs)",
+    "latency_bs1_p50_ms": DOCS["latency_bs1_p50_ms"] + " (median over the line's runs)",
+    "ttft_bs1_p50_ms": DOCS["ttft_bs1_p50_ms"] + " (median over the line's runs)",
+    "stored_model_mib": "compressed_model_bytes, or model_bytes, in MiB (median over the line's runs)",
+    "gflops": DOCS["flops_per_sample"],
+    "adapter_overhead_pct": DOCS[ADAPTER_SHARE],
+    "compression_kernel": DOCS["compression_kernel"],
+    "device_name": DOCS["device_name"],
+}
+
+
+def _median(runs: list[dict], column: str) -> float | None:
+    values = [r.get(column) for r in runs if r.get(column) is not None]
+    return float(np.median(values)) if values else None
+
+
+def _line_values(runs: list[dict], ci: MeanCI | None, settings: str) -> dict:
+    """The leaderboard's values for one configuration: the seed mean, the best seed, and the
+    median of each cost over its runs."""
+    costs = {c: _median(runs, c) for c in MEDIAN_COSTS}
+    mib = lambda column: None if costs[column] is None else costs[column] / 2**20  # noqa: E731
+    total, trainable, share = costs["total_params"], costs["trainable_params"], costs[ADAPTER_SHARE]
+    scores = [r["score"] for r in runs if r["score"] is not None]
+    kernels = sorted({r["compression_kernel"] for r in runs if r.get("compression_kernel") is not None})
+    return {
+        "method": runs[0]["method"],
+        "model": runs[0]["model"],
+        "device_name": runs[0]["device_name"],
+        "settings": settings,
+        "compression_kernel": "/".join(kernels) or None,
+        **{
+            k: costs[k]
+            for k in (
+                "trainable_params",
+                TIME_TO_TRAINED,
+                "latency_bs1_p50_ms",
+                "ttft_bs1_p50_ms",
+                "ms_per_generated_token",
+            )
+        },
+        "best_score": max(scores) if scores else None,
+        "mean_score": ci,
+        "n_runs": len(runs),
+        "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
+        "peak_memory_mib": mib("peak_memory_bytes"),
+        "stored_model_mib": mib("stored_model_bytes"),
+        "gflops": None if costs["flops_per_sample"] is None else costs["flops_per_sample"] / 1e9,
+        "adapter_overhead_pct": None if share is None else 100.0 * share,
+    }
+
+
+def _line_cells(values: dict, best: dict, runs: list[dict], keys: list[str]) -> list[Cell]:
+    cells = []
+    for key in keys:
+        value = values[key]
+        if key == "method":
+            cells.append(text_cell(value, best["_page"] if best["_paged"] else None))
+        elif key == "mean_score":
+            title = (
+                "" if value is None or value.low is None else f"95% CI [{value.low:.4f}, {value.high:.4f}], n={value.n}"
+            )
+            cells.append(
+                Cell(MISSING if value is None else str(value), "" if value is None else value.mean, title=title)
+            )
+        elif key == "n_runs":
+            # A link per run (a few at most), labelled by its seed; the rest are counted.
+            links = tuple(
+                (
+                    f"s{r['seed']}",
+                    r["_page"],
+                    f"{r['method']} seed {r['seed']}, score {fmt(r['score'], 'score')}, job {r['job_hash']}",
+                )
+                for r in runs
+                if r["_paged"]
+            )[:RUN_LINKS]
+            cells.append(Cell(str(value), value, False, links, f"{value} run(s)", more=value - len(links)))
+        elif key == "compression_kernel" and value == "simulated":
+            cells.append(Cell("simulated", value, True, title="simulated kernel: the dense float model ran"))
+        elif key in ("model", "settings", "compression_kernel", "device_name"):
+            cells.append(text_cell(value))
+        else:
+            cells.append(number_cell(value, key))
+    return cells
+
+
+def _differing_settings(groups: list[list[dict]]) -> list[str | None]:
+    return grouping.differing([grouping.settings(runs[0]) for runs in groups])
+
+
+def leaderboard_table(ok: pd.DataFrame, records: list[dict]) -> Table:
+    """One line per configuration (every setting the same but the seed, on one device), ranked
+    by its seed mean: the best seed is shown, but a maximum over seeds on the evaluation split
+    would reward the line with the most draws."""
+    groups, bests = [], []
+    for idx in ok.groupby("_group", sort=False).indices.values():
+        runs = sorted((records[i] for i in idx), key=lambda r: (r["seed"] is None, r["seed"]))
+        groups.append(runs)
+        bests.append(max(runs, key=lambda r: r["score"] if r["score"] is not None else -math.inf))
+    lines = []
+    for runs, best, settings in zip(groups, bests, _differing_settings(groups)):
+        scores = [r["score"] for r in runs if r["score"] is not None]
+        lines.append((_line_values(runs, mean_ci(scores) if scores else None, settings), best, runs))
+    lines.sort(
+        key=lambda line: -math.inf if line[0]["mean_score"] is None else line[0]["mean_score"].mean, reverse=True
+    )
+    # A column no line has a value in (latency before anything measured it, TTFT on GLUE) is left out.
+    keys = [k for k, _, _ in LEADERBOARD if k in ("method", "mean_score") or any(v[k] is not None for v, _, _ in lines)]
+    headers = tuple((label, text, LEADERBOARD_DOCS.get(k, "")) for k, label, text in LEADERBOARD if k in keys)
+    rows = [("best" if i == 0 else "", _line_cells(v, best, runs, keys)) for i, (v, best, runs) in enumerate(lines)]
+    return Table(headers, rows)
+
+
+def failed_table(records: list[dict]) -> Table:
+    headers = (("method", True, ""), ("seed", False, ""), ("model", True, ""), ("job", True, ""), ("error", True, ""))
+    rows = [
+        (
+            "failed",
+            [
+                text_cell(r["method"]),
+                number_cell(r["seed"], "seed"),
+                text_cell(r["model"]),
+                text_cell(r["job_hash"], r["_page"] if r["_paged"] else None),
+                Cell(str(r["error"] or MISSING), str(r["error"] or ""), True, wrap=True),
+            ],
+        )
+        for r in records
+    ]
+    return Table(headers, rows)
