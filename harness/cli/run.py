@@ -1,135 +1,160 @@
-"""`harness run`: one job."""
+"""`harness run`: one job.
+
+Its options are made from the run options' declarations (harness/spec/run.py): a flag for each
+option declared for the command line, `--set key=value` for any option (those without a flag, and
+the suite's own), and `--<option> value` for an option the suite declares (gsm8k's --num-fewshot).
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+import inspect
+import types
+import typing
+from typing import Annotated, Any, Literal, Optional, Union
 
 import typer
 
 from harness.cli.app import app, err
+from harness.core.errors import HarnessError
+from harness.spec.run import RUN_OPTIONS, RunSpec, flag_of
 
 
-@app.command()
-def run(
-    suite: str = typer.Option(..., "--suite", "-s", help="Suite name (see `harness list suites`)."),
-    method: Optional[str] = typer.Option(
-        None,
-        "--method",
-        "-m",
-        help="Method or pipeline (+), e.g. lora:r=16,alpha=32; wanda:sparsity=0.5+lora (prune, then recover); lora+int8 (adapt, merge, then quantize). Required unless --preset names one.",
+def _cli_type(annotation: Any) -> Any:
+    """The type click parses a flag's text as; pydantic validates the value after it (a choice of
+    a Literal too, whose error lists the choices)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _cli_type(args[0])
+    if origin in (Union, types.UnionType):
+        return Optional[_cli_type(next(a for a in args if a is not type(None)))]
+    return str if origin is Literal else annotation
+
+
+def _declared_parameters() -> list[inspect.Parameter]:
+    parameters = []
+    for name, opt in RUN_OPTIONS.items():
+        if not opt.cli:
+            continue
+        field = RunSpec.model_fields[name]
+        flag = flag_of(name)
+        names = [f"{flag}/--no-{flag[2:]}" if opt.negatable else flag, *([opt.short] if opt.short else [])]
+        default = ... if field.is_required() else field.default
+        parameters.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(default, *names, help=opt.help),
+                annotation=_cli_type(field.annotation),
+            )
+        )
+    return parameters
+
+
+_OWN = [
+    inspect.Parameter(
+        "set_",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(
+            None,
+            "--set",
+            metavar="KEY=VALUE",
+            help="Any run option, also one without a flag (latency_warmup, eval_backend), or a suite's own "
+            "option (see `harness list options`); the value is read as YAML (0.1, true, null). Repeatable.",
+        ),
+        annotation=Optional[list[str]],
     ),
-    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task of the suite (see `harness list tasks`)."),
-    model: Optional[str] = typer.Option(
-        None, "--model", help="Model alias, local directory or hub id; default: the suite's."
+    inspect.Parameter(
+        "quiet",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(False, "--quiet", "-q", help="No progress bars."),
+        annotation=bool,
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed for initialisation, shuffling and dropout."),
-    max_train_samples: Optional[int] = typer.Option(
-        None, "--max-train-samples", help="Train on a fixed subset of this size."
-    ),
-    max_eval_samples: Optional[int] = typer.Option(
-        None,
-        "--max-eval-samples",
-        help="Evaluate on a fixed random N examples (the same for every run); gsm8k: the first N, as lm-eval's --limit.",
-    ),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs (suite default if omitted)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps; overrides --epochs."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (method default if omitted)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Training batch size."),
-    eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", help="Evaluation and latency batch size."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate inputs to this many tokens."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default), bf16 or fp16 (autocast)."),
-    warmup_ratio: Optional[float] = typer.Option(
-        None, "--warmup-ratio", help="Share of steps with linear warm-up (suite default if omitted)."
-    ),
-    weight_decay: Optional[float] = typer.Option(
-        None, "--weight-decay", help="AdamW weight decay (suite default if omitted)."
-    ),
-    max_grad_norm: Optional[float] = typer.Option(
-        None, "--max-grad-norm", help="Clip the gradient norm to this (default 1.0; 0: no clipping)."
-    ),
-    lr_scheduler: Optional[str] = typer.Option(
-        None, "--lr-scheduler", help="linear or cosine, after warm-up (suite default if omitted)."
-    ),
-    grad_accum: Optional[int] = typer.Option(
-        None, "--grad-accum", help="Micro-batches of --batch-size per optimizer step (default 1)."
-    ),
-    gradient_checkpointing: bool = typer.Option(
-        False, "--gradient-checkpointing", help="Recompute activations in backward: less memory, more time."
-    ),
-    max_train_tokens: Optional[int] = typer.Option(
-        None, "--max-train-tokens", help="Token budget: stop training after this many non-padding tokens."
-    ),
-    packing: bool = typer.Option(
-        False,
-        "--packing",
-        help="Causal LM: pack examples into one row per batch (no padding; attention kept per example).",
-    ),
-    train_data: Optional[str] = typer.Option(
-        None,
-        "--train-data",
-        help="Causal LM: train on this hub data set (ID[:CONFIG], e.g. meta-math/MetaMathQA) instead of the task's train split.",
-    ),
-    num_fewshot: Optional[int] = typer.Option(
-        None, "--num-fewshot", help="Generative eval: few-shot examples per prompt (suite default: 0)."
-    ),
-    max_new_tokens: Optional[int] = typer.Option(
-        None, "--max-new-tokens", help="Generative eval: most tokens generated per answer (suite default: 256)."
-    ),
-    kernel_profile: bool = typer.Option(
-        True,
-        "--kernel-profile/--no-kernel-profile",
-        help="Profile a few training steps and inference batches with torch.profiler (kernel table in <results>/_kernels).",
-    ),
-    preset: Optional[str] = typer.Option(
-        None, "--preset", help="A published setup by name (e.g. gsm8k's peft-metamathqa); flags given still win."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    data_dir: Optional[str] = typer.Option(
-        None,
-        "--data-dir",
-        help="Local mirror root laid out as <root>/<hub id>/<config>/<split>-*.parquet [env: HARNESS_DATA_DIR].",
-    ),
-    results: str = typer.Option("results", "--results", help="Result store folder."),
-    latency_repeats: int = typer.Option(20, "--latency-repeats", help="Timed repeats per latency percentile."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
-) -> None:
+    inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+]
+
+
+def yaml_scalar(text: str, where: str) -> Any:
+    """A value as a sweep file would read it: 0.1, 5, true, null, or text."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        raise HarnessError(f"{where}={text!r}: not a value YAML reads") from None
+    if isinstance(value, (list, dict)):
+        raise HarnessError(f"{where}={text!r}: one value, not a list or mapping")
+    return value
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` items as option -> value (dashes in a key read as underscores)."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not key:
+            raise HarnessError(f"--set {item!r}: give KEY=VALUE, e.g. --set warmup_ratio=0.1")
+        if key in values:
+            raise HarnessError(f"--set {key} is given twice")
+        if key in RunSpec.model_fields and key not in RUN_OPTIONS:
+            raise HarnessError(f"--set {key}: not an option; give a suite's options one by one")
+        values[key] = yaml_scalar(text, f"--set {key}")
+    return values
+
+
+def parse_suite_flags(args: list[str], suite: str) -> dict[str, Any]:
+    """The flags `harness run` does not declare itself: the options of the suite named, each as
+    `--name value`, `--name=value`, or for a switch `--name` / `--no-name`."""
+    if not args:
+        return {}
+    from pydantic import ValidationError
+
+    from harness.spec.options import check_suite_options
+    from harness.suites.base import SUITES
+
+    fields = SUITES.get(suite.lower()).Options.model_fields
+    values: dict[str, Any] = {}
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if not arg.startswith("--"):
+            raise HarnessError(f"unexpected argument {arg!r} (see `harness run --help`)")
+        name, eq, text = arg[2:].partition("=")
+        key = name.replace("-", "_")
+        negated = key.startswith("no_") and key[3:] in fields and fields[key[3:]].annotation is bool
+        key = key[3:] if negated else key
+        if key in RUN_OPTIONS:  # an option without a flag of its own
+            raise HarnessError(f"--{name} is not a flag of `harness run`; pass --set {key}=VALUE")
+        if key not in fields:
+            try:  # the suite's Options say what they do take
+                check_suite_options(suite, {key: text or None}, list(RUN_OPTIONS))
+            except ValidationError as exc:
+                raise HarnessError(f"--{name}: {exc.errors()[0]['msg']}") from None
+        if key in values:
+            raise HarnessError(f"--{name} is given twice")
+        if fields[key].annotation is bool and not eq:
+            values[key] = not negated
+            continue
+        if not eq:
+            if not rest:
+                raise HarnessError(f"--{name} needs a value")
+            text = rest.pop(0)
+        values[key] = yaml_scalar(text, f"--{name}")
+    return values
+
+
+def run(**values: Any) -> None:
     """Run one job: train a method on a task, evaluate it, measure its costs, write one result row."""
     from harness.engine.job import run_job
-    from harness.spec.run import RunSpec
 
-    spec = RunSpec.build(
-        suite=suite,
-        method=method,
-        task=task,
-        model=model,
-        seed=seed,
-        max_train_samples=max_train_samples,
-        max_eval_samples=max_eval_samples,
-        epochs=epochs,
-        max_steps=max_steps,
-        lr=lr,
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-        max_length=max_length,
-        precision=precision,
-        device=device,
-        data_dir=data_dir,
-        results_dir=results,
-        latency_repeats=latency_repeats,
-        lr_scheduler=lr_scheduler,
-        warmup_ratio=warmup_ratio,
-        weight_decay=weight_decay,
-        max_grad_norm=max_grad_norm,
-        gradient_accumulation_steps=grad_accum,
-        gradient_checkpointing=gradient_checkpointing,
-        max_train_tokens=max_train_tokens,
-        packing=packing,
-        train_data=train_data,
-        num_fewshot=num_fewshot,
-        max_new_tokens=max_new_tokens,
-        preset=preset,
-        kernel_profile=kernel_profile,
-    )
+    ctx, quiet = values.pop("ctx"), values.pop("quiet")
+    sets = parse_sets(values.pop("set_") or [])
+    suite_flags = parse_suite_flags(list(ctx.args), values["suite"])
+    for key in sets:
+        flagged = key in suite_flags or (key in values and values[key] != RunSpec.model_fields[key].default)
+        if flagged:
+            raise HarnessError(f"{flag_of(key)} and --set {key} are both given; pass one")
+    spec = RunSpec.build(flags={key: f"--set {key}" for key in sets}, **{**values, **suite_flags, **sets})
     result = run_job(spec, show_progress=not quiet)
     row = result.row
     if not result.ok:
@@ -148,3 +173,8 @@ def run(
         )
         + f"\nwrote {result.path}"
     )
+
+
+# typer reads the command's options from its signature: the declared ones, then the command's own.
+run.__signature__ = inspect.Signature(_declared_parameters() + _OWN, return_annotation=None)
+app.command("run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})(run)

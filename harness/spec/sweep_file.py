@@ -1,7 +1,7 @@
 """Sweep files: YAML grids and lists of runs, validated before any job starts.
 
     results: results                 # optional; the store every job writes to
-    defaults: {max_steps: 20}        # any `harness run` setting, for every job
+    defaults: {max_steps: 20}        # any run option or suite option (`harness list options`), for every job
     grid:                            # the cartesian product of every list (a scalar is a list of one)
       suite: glue
       task: [sst2, rte]

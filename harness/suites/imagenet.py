@@ -36,6 +36,7 @@ from harness.data.image_classifiers import (
     build_image_classifier,
     head_modules,
 )
+from harness.data.models import ModelAlias
 from harness.data.resolve import DataSource
 from harness.suites.base import SUITES, Prepared, TrainDefaults
 from harness.suites.image import (
@@ -141,9 +142,35 @@ def _normalised(name: str) -> str:
 class ImageNet(ImageSuite):
     """ImageNet-1k and subsets (Imagenette, Imagewoof, ImageNet-100): top-1, top-5 with >10 classes."""
 
-    name = "imagenet"
     paper = "Russakovsky et al., ImageNet Large Scale Visual Recognition Challenge, IJCV 2015"
     default_model = "vit-base"  # google/vit-base-patch16-224
+    model_aliases = {
+        # Image classifiers pretrained on ImageNet-1k (ViT-B/16 after ImageNet-21k).
+        "vit-base": ModelAlias(
+            "google/vit-base-patch16-224", note="ViT-B/16, 86M parameters (Dosovitskiy et al. 2021)"
+        ),
+        "deit-tiny": ModelAlias("facebook/deit-tiny-patch16-224", note="ViT-Ti/16 trained by DeiT, 5.7M parameters"),
+        "deit-small": ModelAlias("facebook/deit-small-patch16-224", note="ViT-S/16 trained by DeiT, 22M parameters"),
+        "resnet-50": ModelAlias("microsoft/resnet-50", note="ResNet-50 (He et al. 2016), 25.6M parameters"),
+        "resnet-18": ModelAlias("microsoft/resnet-18", note="ResNet-18, 11.7M parameters"),
+        # Random-init architectures (harness.data.image_classifiers.RANDOM_INIT_MODELS), trainable
+        # offline; any image suite takes them (cifar too).
+        "vit-tiny": ModelAlias(
+            "random-init:vit-tiny",
+            random_init=True,
+            note="NOT pretrained: random-init ViT-Ti/16 (hidden 192, 12 layers, 3 heads)",
+        ),
+        "vit-tiny-6": ModelAlias(
+            "random-init:vit-tiny-6",
+            random_init=True,
+            note="NOT pretrained: random-init ViT-Ti/16 with 6 layers, for CPU runs",
+        ),
+        "resnet-tiny": ModelAlias(
+            "random-init:resnet-tiny",
+            random_init=True,
+            note="NOT pretrained: random-init ResNet-10 at half width (1.2M)",
+        ),
+    }
     tasks = IMAGENET_TASKS
     # Fine-tuning as ViT's reference code fine-tunes (google-research/vision_transformer,
     # vit_jax/configs/common.py, with Dosovitskiy et al. 2021, App. B.1.1): gradient clipping at

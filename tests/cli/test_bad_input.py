@@ -14,7 +14,7 @@ import pytest
 
 from harness.cli import main
 from harness.core.errors import HarnessError
-from harness.methods.base import Pipeline
+from harness.methods.pipeline import Pipeline
 from harness.results.store import result_files
 from harness.spec.run import RunSpec
 from tests.support import tiny_run_args
@@ -75,18 +75,22 @@ def test_bad_numbers_are_refused_naming_the_real_flag(
 
 
 def test_every_flag_an_error_can_name_exists_on_the_command_line(capsys):
-    """RunSpec.build names the flag of the field that failed; each must be one `harness run` takes."""
+    """RunSpec.build names the flag of the field that failed; each must be one `harness run` takes
+    (`--set NAME` for an option declared without a flag)."""
     import typer.main
 
     from harness.cli import app
-    from harness.spec.run import RUN_FLAGS
+    from harness.spec.run import RUN_FLAGS, RUN_OPTIONS, flag_of
 
     command = next(c for c in typer.main.get_command(app).commands.values() if c.name == "run")
     flags = {opt for param in command.params for opt in param.opts + param.secondary_opts}
-    names = {field: RUN_FLAGS.get(field, "--" + field.replace("_", "-")) for field in RunSpec.model_fields}
-    assert names["gradient_accumulation_steps"] == "--grad-accum" and names["results_dir"] == "--results"
-    cli_fields = set(RunSpec.model_fields) - {"latency_warmup"}  # a sweep-file setting only
-    assert {names[f] for f in cli_fields} <= flags, {names[f] for f in cli_fields} - flags
+    assert RUN_FLAGS == {"gradient_accumulation_steps": "--grad-accum", "results_dir": "--results"}
+    assert {flag_of(f) for f, opt in RUN_OPTIONS.items() if opt.cli} <= flags
+    assert {flag_of(f) for f, opt in RUN_OPTIONS.items() if not opt.cli} == {
+        "--set latency_warmup",
+        "--set eval_backend",
+    }
+    assert "--set" in flags
 
 
 @pytest.mark.parametrize(
@@ -95,7 +99,6 @@ def test_every_flag_an_error_can_name_exists_on_the_command_line(capsys):
         ({"seed": True}, r"--seed=True"),
         ({"max_steps": True}, r"--max-steps=True"),
         ({"lr": True}, r"--lr=True: a number"),
-        ({"packing": 1}, r"--packing=1: Input should be a valid boolean"),
         ({"kernel_profile": "no"}, r"--kernel-profile='no'"),
         ({"results_dir": ""}, r"--results=''"),
         ({"results_dir": "   "}, r"--results='   '"),
@@ -104,6 +107,13 @@ def test_every_flag_an_error_can_name_exists_on_the_command_line(capsys):
 def test_booleans_are_not_numbers_and_numbers_are_not_booleans(values, pattern):
     with pytest.raises(HarnessError, match=pattern):
         RunSpec.build(suite="glue", method="lora", **values)
+
+
+def test_a_suite_option_is_checked_by_the_suite_that_declares_it():
+    with pytest.raises(HarnessError, match=r"^--packing=1: Input should be a valid boolean$"):
+        RunSpec.build(suite="gsm8k", method="lora", packing=1)
+    with pytest.raises(HarnessError, match=r"^--packing=True: an option of gsm8k, not of suite 'glue'"):
+        RunSpec.build(suite="glue", method="lora", packing=True)
 
 
 def test_yaml_style_numbers_still_read():
@@ -200,8 +210,8 @@ def _sweep(tmp_path, tiny_model, tiny_glue, results_dir, body: str) -> Path:
         ),
         ("grid:\n  suite: glue\n  task: sst2\n  method: 'lora:dropout=.nan'\n", r"dropout='.nan'"),
         (
-            "grid:\n  suite: glue\n  task: sst2\n  method: lora\n  packing: 1\n",
-            r"grid.packing: Input should be a valid boolean",
+            "grid:\n  suite: glue\n  task: sst2\n  method: lora\n  packing: true\n",
+            r"sweep.yaml:10: grid.packing: an option of gsm8k, not of suite 'glue' \(glue's options: none\)",
         ),
         (
             "grid:\n  suite: glue\n  task: sst2\n  method: lora\nresources:\n  timeout: .inf\n",

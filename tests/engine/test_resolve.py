@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from harness.core.errors import HarnessError
-from harness.data.resolve import MODEL_ALIASES, load_split, locate_split, resolve_model
+from harness.data.models import MODELS
+from harness.data.resolve import load_split, locate_split, resolve_model
 
 
 def test_mirror_root_layout_is_found(tiny_glue):
@@ -86,4 +87,4 @@ def test_default_glue_model_is_roberta_base():
     from harness.suites.base import SUITES
 
     assert SUITES.get("glue").default_model == "roberta-base"
-    assert MODEL_ALIASES["roberta-base"].hub_id == "FacebookAI/roberta-base"
+    assert MODELS.get("roberta-base").hub_id == "FacebookAI/roberta-base"

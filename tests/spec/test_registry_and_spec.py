@@ -6,7 +6,8 @@ import pytest
 
 from harness.core.errors import HarnessError
 from harness.core.registry import Registry
-from harness.methods.base import METHODS, Pipeline
+from harness.methods.base import METHODS
+from harness.methods.pipeline import Pipeline
 from harness.spec.method_spec import MethodStep, parse_pipeline
 
 

@@ -72,7 +72,7 @@ def test_a_batch_loss_is_the_cross_entropy_of_the_answer_tokens_only(suite, tiny
         train_split(suite, tiny_gsm8k),
         tokenizer,
         suite.get_task("gsm8k"),
-        SimpleNamespace(max_length=128, packing=False),
+        SimpleNamespace(max_length=128, suite_options={"packing": False}),
     )
     batch = data.collate([data.dataset[i] for i in range(4)])
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()  # padding is never scored
@@ -90,8 +90,12 @@ def test_packing_gives_the_loss_of_padding(suite, tiny_llama, tiny_gsm8k):
     model, tokenizer = build(suite, tiny_llama)
     rows = train_split(suite, tiny_gsm8k)
     task = suite.get_task("gsm8k")
-    padded = suite.prepare_train(rows, tokenizer, task, SimpleNamespace(max_length=128, packing=False))
-    packed = suite.prepare_train(rows, tokenizer, task, SimpleNamespace(max_length=128, packing=True))
+    padded = suite.prepare_train(
+        rows, tokenizer, task, SimpleNamespace(max_length=128, suite_options={"packing": False})
+    )
+    packed = suite.prepare_train(
+        rows, tokenizer, task, SimpleNamespace(max_length=128, suite_options={"packing": True})
+    )
     examples = [padded.dataset[i] for i in range(5)]
     pad_batch, pack_batch = padded.collate(examples), packed.collate(examples)
     assert pack_batch["input_ids"].shape[0] == 1 and "attention_mask" not in pack_batch
@@ -102,14 +106,15 @@ def test_packing_gives_the_loss_of_padding(suite, tiny_llama, tiny_gsm8k):
 @pytest.mark.parametrize("packing", [False, True])
 def test_accumulating_two_half_batches_is_one_full_batch_step(suite, tiny_llama, tiny_gsm8k, packing):
     from harness.engine.loop import train
-    from harness.methods.base import MethodContext, Pipeline
+    from harness.methods.base import MethodContext
+    from harness.methods.pipeline import Pipeline
 
     base, tokenizer = build(suite, tiny_llama)
     data = suite.prepare_train(
         train_split(suite, tiny_gsm8k),
         tokenizer,
         suite.get_task("gsm8k"),
-        SimpleNamespace(max_length=128, packing=packing),
+        SimpleNamespace(max_length=128, suite_options={"packing": packing}),
     )
     trained = []
     for batch_size, accum in ((4, 1), (2, 2)):
@@ -146,7 +151,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(suite, tiny_llama, tiny
         train_split(suite, tiny_gsm8k),
         tokenizer,
         suite.get_task("gsm8k"),
-        SimpleNamespace(max_length=128, packing=False),
+        SimpleNamespace(max_length=128, suite_options={"packing": False}),
     )
     batch = data.collate([data.dataset[i] for i in range(4)])
     grads = []
@@ -163,14 +168,15 @@ def test_gradient_checkpointing_gives_the_same_gradients(suite, tiny_llama, tiny
 
 def test_a_token_budget_stops_training_once_spent(suite, tiny_llama, tiny_gsm8k):
     from harness.engine.loop import train
-    from harness.methods.base import MethodContext, Pipeline
+    from harness.methods.base import MethodContext
+    from harness.methods.pipeline import Pipeline
 
     model, tokenizer = build(suite, tiny_llama)
     data = suite.prepare_train(
         train_split(suite, tiny_gsm8k),
         tokenizer,
         suite.get_task("gsm8k"),
-        SimpleNamespace(max_length=128, packing=False),
+        SimpleNamespace(max_length=128, suite_options={"packing": False}),
     )
     pipeline, ctx = Pipeline.parse("full"), MethodContext(task_type="causal_lm", total_steps=50, lr=1e-3)
     model = pipeline.apply(model, ctx)
@@ -194,7 +200,8 @@ def test_a_token_budget_stops_training_once_spent(suite, tiny_llama, tiny_gsm8k)
 
 
 def test_compression_leaves_the_lm_head_dense(suite, tiny_llama):
-    from harness.methods.base import MethodContext, Pipeline
+    from harness.methods.base import MethodContext
+    from harness.methods.pipeline import Pipeline
 
     model, _ = build(suite, tiny_llama)
     head, q = model.lm_head.weight.detach().clone(), model.model.layers[0].self_attn.q_proj.weight.detach().clone()
@@ -210,7 +217,8 @@ def test_methods_meet_a_causal_lm_as_it_is(suite, tiny_llama):
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
     from harness.measure.meters import count_parameters
-    from harness.methods.base import MethodContext, Pipeline
+    from harness.methods.base import MethodContext
+    from harness.methods.pipeline import Pipeline
 
     def applied(spec):
         model, _ = build(suite, tiny_llama)
@@ -375,7 +383,7 @@ def test_untouched_model_scores_as_lm_eval_called_directly(tiny_llama, tiny_gsm8
 def test_lora_run_trains_on_another_data_set_and_records_lm_costs(tiny_llama, tiny_gsm8k, tmp_path, results_dir):
     from datasets import Dataset
 
-    from harness.site.report import write_report
+    from harness.site.build import write_report
 
     # A MetaMathQA-shaped training set (query/response) beside GSM8K in the mirror.
     folder = tiny_gsm8k / "acme" / "mathqa" / "default"
@@ -453,7 +461,7 @@ def test_causal_lm_options_are_refused_elsewhere(tiny_model, tiny_glue, results_
     from tests.support import tiny_run_args
 
     assert main(tiny_run_args(tiny_model, tiny_glue, results_dir, "--method", "lora", "--packing")) == 2
-    assert "--packing applies to causal-LM suites (gsm8k)" in _one_line_error(capsys)
+    assert "--packing: an option of gsm8k, not of suite 'glue' (glue's options: none)" in _one_line_error(capsys)
 
 
 def test_training_data_without_question_and_answer_columns_is_refused(tiny_llama, tiny_gsm8k, results_dir, capsys):
@@ -481,7 +489,7 @@ def test_the_peft_preset_fills_what_the_user_left_out(suite):
         4,
         768,
     )
-    assert spec.train_data == "meta-math/MetaMathQA" and spec.lr_scheduler == "cosine"
+    assert spec.suite_options == {"train_data": "meta-math/MetaMathQA"} and spec.lr_scheduler == "cosine"
     with pytest.raises(HarnessError, match="presets: peft-metamathqa"):
         suite.get_preset("peft")
 

@@ -14,16 +14,19 @@ import torch
 from harness.cli import main
 from harness.core.errors import HarnessError
 from harness.data.image_classifiers import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     RANDOM_INIT_MODELS,
     ClassSubsetLogits,
     ImageSpec,
     build_image_classifier,
     image_spec,
 )
-from harness.data.resolve import MODEL_ALIASES, preflight_model, resolve_model
+from harness.data.models import MODELS
+from harness.data.resolve import preflight_model, resolve_model
 from harness.results.store import read_results
 from harness.suites.base import SUITES
-from harness.suites.image import IMAGENET_MEAN, IMAGENET_STD, RandomHorizontalFlip
+from harness.suites.image import RandomHorizontalFlip
 from harness.suites.imagenet_classes import IMAGENET100_WNIDS, IMAGENET_WNIDS, IMAGENETTE, imagenet_index
 
 REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -149,7 +152,7 @@ def test_imagenet_statistics_fallback_is_a_warning_naming_the_model(tiny_vit_1k,
 
 
 def test_random_init_aliases_are_recorded_as_such_and_reproducible():
-    assert {a for a, info in MODEL_ALIASES.items() if info.random_init} == set(RANDOM_INIT_MODELS)
+    assert {a for a, info in MODELS if info.random_init} == set(RANDOM_INIT_MODELS)
     ref = resolve_model("vit-tiny-6")
     assert (ref.source, ref.hub_id, ref.location) == ("random-init", "random-init:vit-tiny-6", "random-init:vit-tiny-6")
     preflight_model(ref)  # nothing to fetch
