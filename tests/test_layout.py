@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import ast
 import graphlib
-import tomllib
 from pathlib import Path
 
 import grimp
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,3 +82,15 @@ def test_no_test_module_imports_another_or_conftest(path):
             imported.update(alias.name for alias in node.names)
     wrong = {m for m in imported if m.split(".")[-1].startswith("test_") or m.split(".")[-1] == "conftest"}
     assert not wrong, f"{path.name} imports {sorted(wrong)}: move shared code to tests/support.py or conftest.py"
+
+
+def test_the_public_api_names_resolve_and_import_harness_stays_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, harness; assert 'torch' not in sys.modules;"
+        " [getattr(harness, n) for n in harness.__all__]; print(sorted(harness.__all__))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "run_job" in out and "EVAL_BACKENDS" in out and "EXECUTORS" in out

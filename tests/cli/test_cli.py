@@ -169,3 +169,11 @@ def test_list_commands(capsys):
     for task in ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"):
         assert task in out
     assert main(["list", "suites"]) == 0 and "glue" in capsys.readouterr().out
+
+
+def test_listings_print_brackets_as_written(capsys):
+    """Listings are plain text: `[vllm]` in an install hint is not taken for console markup."""
+    assert main(["list", "backends"]) == 0
+    out = capsys.readouterr().out
+    assert "pip install 'harness[vllm]'" in out
+    assert {"torch", "lm-eval-hf", "vllm"} <= {line.split()[0] for line in out.splitlines()[1:] if line.strip()}
