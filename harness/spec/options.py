@@ -57,16 +57,15 @@ class SuiteOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-# Each registered suite's Options, by suite name: filled as a suite registers (harness/suites/base.py),
-# and, like every registry, importing the suites' package on first lookup to discover them.
-SUITE_OPTIONS: Registry[type[SuiteOptions]] = Registry(
-    "suite", package="harness.suites", entry_point_group="harness.suites"
-)
+# The registered suites, by name, for their Options: filled as a suite registers (harness/suites/base.py)
+# and, like every registry, importing the suites' package on first lookup to discover them. The
+# Options are read from the suite class when asked, so they are the class's current ones.
+SUITE_OPTIONS: Registry[type] = Registry("suite", package="harness.suites", entry_point_group="harness.suites")
 
 
 def declared_suite_options() -> dict[str, type[SuiteOptions]]:
     """Each registered suite's Options, by suite name."""
-    return dict(SUITE_OPTIONS)
+    return {name: suite.Options for name, suite in SUITE_OPTIONS}
 
 
 def _error(key: str, value: Any, kind: str, message: str) -> dict[str, Any]:

@@ -26,15 +26,15 @@ if TYPE_CHECKING:
 
 
 class _SuiteRegistry(Registry):
-    """The suites' registry: registering a suite also registers its Options under its name, where
-    the run spec checks a run's suite options."""
+    """The suites' registry: registering a suite also registers it where the run spec, below the
+    suites, finds each suite's Options to check a run's suite options."""
 
     def register(self, name: str):
         register_suite = super().register(name)
 
         def decorator(cls):
             register_suite(cls)
-            SUITE_OPTIONS.register(name)(cls.Options)
+            SUITE_OPTIONS.register(name)(cls)
             return cls
 
         return decorator
