@@ -114,3 +114,16 @@ def remove_stale_temporaries(paths: Iterable[Path], now: float | None = None) ->
                 continue  # a read-only store: leave it, readers skip dot-files anyway
             removed.append(path)
     return removed
+
+
+def remove_temporaries_of(folder: str | os.PathLike, pids: set[int]) -> list[Path]:
+    """Delete the temporaries under `folder` written on this host by the processes `pids`, once
+    each is gone: what a writer killed mid-write (a timed-out or interrupted job) left behind."""
+    gone = {pid for pid in pids if not pid_alive(pid)}
+    removed = []
+    for path in Path(folder).rglob(".*.tmp") if gone and Path(folder).is_dir() else ():
+        owner = _OWNER.search(path.name)
+        if owner and owner.group(2) == _host() and int(owner.group(1)) in gone:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

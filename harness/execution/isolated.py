@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from harness.core.atomic import remove_temporaries_of
 from harness.execution import worker
 from harness.execution.claims import HEARTBEAT_SECONDS, Claim, holder_text, try_claim
 from harness.results.store import job_rows
@@ -182,6 +183,8 @@ def _execute_claimed(
         finally:
             with _LIVE_LOCK:
                 _LIVE.discard(proc)
+            if proc.returncode is not None and proc.returncode < 0:  # killed, perhaps in the middle of a write
+                remove_temporaries_of(run.results_dir, {proc.pid})
     seconds = time.perf_counter() - start
     if _INTERRUPTED.is_set() and code != worker.OK:
         return Outcome(run.job_hash, "interrupted", seconds, "the sweep was interrupted")

@@ -273,3 +273,28 @@ def test_the_readmes_duckdb_query_reads_a_real_store(tmp_path, monkeypatch):
             ["duckdb", "-csv", "-c", _readme_query()], capture_output=True, text=True, check=True
         ).stdout
         assert sorted(out.split()[1:]) == ["dora,0.75", "lora,0.5"]
+
+
+def test_a_writer_killed_mid_write_leaves_a_temporary_its_killer_removes(tmp_path):
+    """SIGKILL cannot be caught, so the writer's temporary stays; whoever killed it knows the pid
+    and removes that writer's temporaries at once (a live writer's are never touched)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time; from harness.core.atomic import atomic_write\n"
+        f"with atomic_write({str(tmp_path / 'row.parquet')!r}) as f:\n"
+        "    f.write(b'half'); f.flush(); print('writing', flush=True); time.sleep(60)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    writer.kill()
+    writer.wait()
+    with atomic.atomic_write(tmp_path / "other.parquet") as live:  # this process's own, still open
+        live.write(b"x")
+        left = [p.name for p in tmp_path.glob(".*.tmp")]
+        assert len(left) == 2
+        removed = atomic.remove_temporaries_of(tmp_path, {writer.pid, os.getpid()})
+        assert [p.name for p in removed] == [n for n in left if f".{writer.pid}@" in n]
+        assert len(list(tmp_path.glob(".*.tmp"))) == 1  # the live writer's
+    assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "row.parquet").exists()
