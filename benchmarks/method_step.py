@@ -31,7 +31,9 @@ from harness.core.environment import describe
 from harness.core.errors import HarnessError, first_line
 from harness.data.resolve import resolve_model
 from harness.engine.loop import build_optimizer
-from harness.measure.meters import count_parameters, measure_latency, optimizer_state_bytes
+from harness.measure.memory import optimizer_state_bytes
+from harness.measure.size import count_parameters
+from harness.measure.timing import measure_latency
 from harness.methods.base import METHODS, MethodContext
 from harness.methods.pipeline import Pipeline
 

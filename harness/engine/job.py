@@ -28,7 +28,7 @@ from harness.engine.loop import check_precision, first_batch, sample_batches, to
 from harness.engine.profiling import profile_inference, profile_training, write_kernel_tables
 from harness.engine.resolve import resolve
 from harness.evaluation.base import choose, current
-from harness.measure.meters import (
+from harness.measure.size import (
     count_parameters,
     model_bytes,
     model_memory_bytes,

@@ -15,10 +15,9 @@ from torch.utils.data import DataLoader
 
 from harness.core.errors import HarnessError
 from harness.core.progress import bar
-from harness.measure.meters import (
+from harness.measure.memory import (
     MemoryBreakdown,
     PeakMemory,
-    Stopwatch,
     held_gradient_bytes,
     memory_breakdown,
     optimizer_state_bytes,
@@ -26,6 +25,7 @@ from harness.measure.meters import (
 
 # Re-exported: the measuring passes live below the loop, so meters and profiling need not import it.
 from harness.measure.passes import autocast, loss_backward, to_device, untraced_backward  # noqa: F401
+from harness.measure.timing import Stopwatch
 from harness.measure.train_flops import StepFlops
 from harness.methods.base import MethodContext
 from harness.methods.optim import default_optimizer

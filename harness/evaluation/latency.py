@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from harness.evaluation.torch_forward import forward_latency
-from harness.measure.meters import measure_latency
 from harness.measure.passes import autocast, to_device
+from harness.measure.timing import measure_latency
 
 # Generation is seconds per call on a CPU: fewer repeats than a forward pass, and a fixed
 # number of new tokens (EOS ignored) so that every method generates the same amount.

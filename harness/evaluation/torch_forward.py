@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader
 
 from harness.core.progress import bar
 from harness.evaluation.base import EVAL_BACKENDS, ForwardBackend
-from harness.measure.meters import forward_flops, measure_latency
+from harness.measure.flops import forward_flops
 from harness.measure.passes import autocast, to_device
+from harness.measure.timing import measure_latency
 
 
 @torch.inference_mode()

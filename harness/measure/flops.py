@@ -22,6 +22,8 @@ import math
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from harness.measure.passes import autocast, loss_backward, unchanged, untraced_backward
+
 aten = torch.ops.aten
 
 _FORWARD = (
@@ -86,3 +88,29 @@ def _mapping() -> dict:
 
 def flop_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=_mapping())
+
+
+def train_step_flops(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, precision: str
+) -> int:
+    """Operations of one forward and backward pass on `batch` (the optimizer's update is not
+    counted), by FlopCounterMode with harness/measure/flops.py's formulas. Executed operations: a
+    frozen weight's gradient is not computed, so it is not counted. The model is left
+    exactly as it was (harness/measure/passes.py), so training afterwards is what it would have been."""
+    with untraced_backward(model, device), flop_counter() as counter:
+        loss_backward(model, batch, device, precision)
+    return int(counter.get_total_flops())
+
+
+def forward_flops(model: torch.nn.Module, inputs: dict[str, torch.Tensor], device: torch.device, precision: str) -> int:
+    """Floating-point (or integer) operations of one forward pass on `inputs`, counted by
+    torch's FlopCounterMode from the operators that actually run (matmuls, convolutions,
+    attention; harness/measure/flops.py): a model made smaller (SVD, channel pruning, token merging)
+    counts less; a masked sparse model run by dense kernels counts the same as the dense model.
+    The pass runs in eval mode; the model's modes and buffers are left as they were."""
+    with unchanged(model):
+        model.eval()
+        with flop_counter() as counter, torch.inference_mode():
+            with autocast(device, precision):
+                model(**inputs)
+    return int(counter.get_total_flops())

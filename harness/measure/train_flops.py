@@ -23,7 +23,7 @@ from collections import Counter
 
 import torch
 
-from harness.measure.meters import train_step_flops
+from harness.measure.flops import train_step_flops
 from harness.measure.passes import to_device
 
 

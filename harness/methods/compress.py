@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.core.errors import HarnessError
-from harness.measure.meters import device_of
+from harness.measure.timing import device_of
 from harness.methods.base import Method, MethodContext, freeze_all_but
 
 COMPRESSIBLE = (nn.Linear, nn.Conv2d)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from harness.measure.meters import device_of
+from harness.measure.timing import device_of
 from harness.methods.base import METHODS
 from harness.methods.lora import LoraFamily, LoraParams
 

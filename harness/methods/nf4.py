@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from harness.measure.meters import model_bytes
+from harness.measure.size import model_bytes
 from harness.methods.base import METHODS, Compression, MethodParams
 from harness.methods.compress import CompressionMethod
 from harness.methods.quantization import dense_compression, layers_in, on_grid

@@ -14,7 +14,8 @@ import torch
 
 from harness.core.errors import HarnessError
 from harness.measure.kernels import AdapterScope
-from harness.measure.meters import Stopwatch, count_parameters, device_of, model_bytes
+from harness.measure.size import count_parameters, model_bytes
+from harness.measure.timing import Stopwatch, device_of
 from harness.methods.base import METHODS, Compression, Method, MethodContext
 from harness.spec.method_spec import parse_pipeline
 

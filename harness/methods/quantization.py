@@ -20,7 +20,8 @@ import torch
 from pydantic import Field
 
 from harness.core.errors import HarnessError
-from harness.measure.meters import device_of, model_bytes
+from harness.measure.size import model_bytes
+from harness.measure.timing import device_of
 from harness.methods.base import METHODS, Compression, Method, MethodParams, freeze_all_but
 from harness.methods.compress import CompressionMethod, as_matrix, compressible_layers, dense_bytes_except
 

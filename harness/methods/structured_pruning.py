@@ -48,7 +48,7 @@ from pydantic import Field
 from torch import nn
 
 from harness.core.errors import HarnessError
-from harness.measure.meters import model_bytes
+from harness.measure.size import model_bytes
 from harness.methods.base import METHODS, Compression, MethodParams
 from harness.methods.compress import CompressionMethod, as_matrix, conv_like, in_head, input_feature_norms
 

@@ -57,7 +57,7 @@ def conv_bn():
 
 
 def test_flop_counts_leave_the_whole_state_dict_bit_identical(conv_bn):
-    from harness.measure.meters import forward_flops, train_step_flops
+    from harness.measure.flops import forward_flops, train_step_flops
 
     model, batch = conv_bn
     before = _snapshot(model)
@@ -201,7 +201,7 @@ def _bert(tiny_model, impl: str):
 
 @pytest.mark.parametrize("dropout", [0.1, 0.0])  # with dropout CPU SDPA takes the math path; without, the fused kernel
 def test_sdpa_and_eager_attention_count_the_same_flops(tiny_model, dropout):
-    from harness.measure.meters import forward_flops, train_step_flops
+    from harness.measure.flops import forward_flops, train_step_flops
 
     ids = torch.randint(5, 20, (4, 12))
     mask = torch.ones_like(ids)

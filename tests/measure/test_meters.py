@@ -7,14 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.measure.meters import (
-    PeakMemory,
-    count_parameters,
-    measure_latency,
-    model_bytes,
-    optimizer_state_bytes,
-    trainable_bytes,
-)
+from harness.measure.memory import PeakMemory, optimizer_state_bytes
+from harness.measure.size import count_parameters, model_bytes, trainable_bytes
+from harness.measure.timing import measure_latency
 
 
 def test_counts_and_bytes_of_a_known_model():
@@ -71,7 +66,7 @@ def test_latency_percentiles_over_repeats():
 def test_stored_parameter_count_includes_packed_quantized_weights():
     import warnings
 
-    from harness.measure.meters import stored_parameter_count
+    from harness.measure.size import stored_parameter_count
 
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
     expected = 64 * 32 + 32 + 32 * 8 + 8
@@ -88,7 +83,7 @@ def test_train_step_flops_count_forward_and_weight_gradient_and_leave_no_trace()
 
     import torch
 
-    from harness.measure.meters import train_step_flops
+    from harness.measure.flops import train_step_flops
 
     class Regressor(torch.nn.Module):
         def __init__(self):
@@ -157,7 +152,7 @@ def test_convolutions_run_tf32_in_fp32_under_cudnn_default(monkeypatch):
 def test_memory_breakdown_splits_the_peak():
     import torch
 
-    from harness.measure.meters import held_gradient_bytes, memory_breakdown
+    from harness.measure.memory import held_gradient_bytes, memory_breakdown
 
     model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 2))
     model[0].requires_grad_(False)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.measure.meters import count_parameters, model_bytes, stored_parameter_count, weight_sparsity
+from harness.measure.size import count_parameters, model_bytes, stored_parameter_count, weight_sparsity
 from harness.methods.base import Compression, MethodContext
 from harness.methods.compress import compressible_layers
 from harness.methods.nf4 import BLOCK_SIZE, nf4_bits, quantize_nf4
@@ -120,7 +120,7 @@ class WithScratch(nn.Module):
 
 
 def test_model_bytes_are_the_state_dict_and_memory_bytes_add_non_persistent_buffers():
-    from harness.measure.meters import model_memory_bytes
+    from harness.measure.size import model_memory_bytes
 
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     params = 4 * 3 * 9 + 4 + 4 + 4  # conv weight and bias, batch-norm weight and bias
@@ -134,7 +134,7 @@ def test_model_bytes_are_the_state_dict_and_memory_bytes_add_non_persistent_buff
 
 
 def test_tied_weights_are_stored_once():
-    from harness.measure.meters import model_memory_bytes
+    from harness.measure.size import model_memory_bytes
 
     net = nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 10, bias=False))
     net[1].weight = net[0].weight
@@ -158,7 +158,7 @@ def test_nola_stores_its_coefficients_not_its_regenerable_bases(model):
     coefficient vectors per adapted layer, about what LoRA adds at the same targets."""
     import copy
 
-    from harness.measure.meters import model_memory_bytes
+    from harness.measure.size import model_memory_bytes
     from harness.methods.nola import NolaLinear
 
     ctx = MethodContext(task_type="seq_cls", head_modules=("classifier",), seed=0)

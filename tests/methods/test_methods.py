@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness.engine.loop import train
-from harness.measure.meters import count_parameters
+from harness.measure.size import count_parameters
 from harness.methods.base import METHODS
 from harness.methods.pipeline import Pipeline
 from tests.support import TINY, ctx, loss_before_after

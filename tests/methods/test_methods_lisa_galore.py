@@ -12,7 +12,8 @@ import torch
 
 from harness.core.errors import HarnessError
 from harness.engine.loop import train
-from harness.measure.meters import count_parameters, optimizer_state_bytes
+from harness.measure.memory import optimizer_state_bytes
+from harness.measure.size import count_parameters
 from harness.methods.base import MethodContext
 from harness.methods.optim import default_optimizer
 from harness.methods.pipeline import Pipeline

@@ -13,7 +13,7 @@ import torch
 
 from harness.core.errors import HarnessError
 from harness.engine.loop import train
-from harness.measure.meters import count_parameters
+from harness.measure.size import count_parameters
 from harness.methods.dylora import DyLoraLinear
 from harness.methods.nola import NolaLinear, random_bases
 from harness.methods.pipeline import Pipeline

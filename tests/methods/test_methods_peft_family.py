@@ -10,7 +10,7 @@ import torch
 
 from harness.core.errors import HarnessError
 from harness.engine.loop import sample_batches
-from harness.measure.meters import count_parameters
+from harness.measure.size import count_parameters
 from harness.methods.base import METHODS
 from harness.methods.pipeline import Pipeline
 from tests.support import TINY, ctx, loss_before_after

@@ -19,7 +19,7 @@ from torch import nn
 
 from harness.core.errors import HarnessError
 from harness.data.vision_models import resnet20
-from harness.measure.meters import model_bytes
+from harness.measure.size import model_bytes
 from harness.methods.base import MethodContext
 from harness.methods.pipeline import Pipeline
 from harness.methods.structured_pruning import find_groups

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from harness.core.errors import HarnessError
-from harness.measure.meters import forward_flops
+from harness.measure.flops import forward_flops
 from harness.methods.base import Method, MethodContext
 from harness.methods.pipeline import Pipeline
 from harness.methods.quantization import fake_quantize

@@ -216,7 +216,7 @@ def test_methods_meet_a_causal_lm_as_it_is(suite, tiny_llama):
     BitFit (no biases) and the linear probe (no fresh head) are refused, not run empty."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
-    from harness.measure.meters import count_parameters
+    from harness.measure.size import count_parameters
     from harness.methods.base import MethodContext
     from harness.methods.pipeline import Pipeline
 
