@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
+from harness.spec.run import LEGACY_SUITE_OPTIONS, RUN_OPTIONS, RunSpec
+
 # Settings of a resolved run that do not change what ran: the seed (what a group varies),
 # places the weights and data were read from or results written to, the preset's name (its
 # settings are in the config themselves), the device as asked for (replaced by the row's),
@@ -45,9 +47,25 @@ def settings(row: Mapping[str, Any]) -> dict[str, Any]:
     if config is None:
         values = {k: row.get(k) for k in FALLBACK_COLUMNS}
     else:
-        values = {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
+        values = {k: v for k, v in _current_layout(config).items() if k not in RUN_ONLY_KEYS}
     values["device_type"] = device_type(row.get("device"))
     values["device_name"] = row.get("device_name")
+    return values
+
+
+def _current_layout(config: dict) -> dict:
+    """A config in one layout whichever harness wrote it, so that repeats of one configuration
+    group together across the change: suite options at the top level (older configs held the
+    causal-LM ones there for every suite, at their defaults elsewhere), and an option hashed only
+    when changed (eval_backend) left out at its default, as the job identity leaves it out."""
+    values = dict(config)
+    values.update(values.pop("suite_options", None) or {})
+    values.pop("suite_options_changed", None)  # derived from the suite options
+    for key, default in LEGACY_SUITE_OPTIONS.items():
+        values.setdefault(key, default)
+    for name, opt in RUN_OPTIONS.items():
+        if opt.identity == "changed" and values.get(name, None) == RunSpec.model_fields[name].default:
+            values.pop(name, None)
     return values
 
 
