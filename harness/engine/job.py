@@ -37,6 +37,7 @@ from harness.measure.size import (
     weight_sparsity,
 )
 from harness.methods.base import Compression, MethodContext, head_is_fresh
+from harness.results.predictions import write_predictions
 from harness.results.store import write_row
 from harness.spec.run import ResolvedRun, RunSpec
 from harness.spec.schema import SCHEMA_VERSION
@@ -73,7 +74,10 @@ def run_job(spec: RunSpec, show_progress: bool = True) -> JobResult:
     backend = eval_backend(run, device)  # likewise: the backend resolve chose can run on this device
     row = _identity_row(run, device)
     try:
-        row.update(_execute(run, suite, task, pipeline, sources, device, show_progress, row["run_id"], backend))
+        columns, examples = _execute(run, suite, task, pipeline, sources, device, show_progress, row["run_id"], backend)
+        row.update(columns)
+        # Once the run's row is known and before it is written: a run that fails writes none.
+        write_predictions(run.results_dir, run.job_hash, row["run_id"], examples)
         row["status"] = "ok"
     except (HarnessError, KeyboardInterrupt):
         raise
@@ -157,7 +161,8 @@ def _execute(
     show_progress: bool,
     run_id: str,
     backend=None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The row's result columns, and the per-example prediction records of the evaluation."""
     from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
@@ -251,7 +256,7 @@ def _execute(
             pipeline.adapter_scopes(model),
         )
         write_kernel_tables(run.results_dir, run.job_hash, run_id, profiles)
-    return {
+    columns = {
         "metric": task.primary_metric,
         "score": evaluation.metrics[task.primary_metric],
         "metrics": json.dumps(evaluation.metrics, sort_keys=True),
@@ -307,6 +312,7 @@ def _execute(
         if "train" in profiles
         else (profiles["inference"].top_category if "inference" in profiles else None),
     }
+    return columns, evaluation.examples
 
 
 def mean_tokens(data) -> float:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 from unittest import mock
@@ -70,6 +72,8 @@ class LmEvalResult:
     metrics: dict[str, float]  # "<metric>,<filter>" -> value, as lm-eval names them
     samples: list[dict[str, Any]]  # lm-eval's per-document log: prompt, response, filtered answers
     settings: dict[str, Any]  # what a reader needs to reproduce the call
+    # Per document, filter and metric: doc_id, filter, metric ("<metric>,<filter>"), score, response, target.
+    examples: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _quiet_lm_eval() -> None:
@@ -190,7 +194,35 @@ def score(
         "fewshot_seed": out["config"].get("fewshot_seed"),
         "filters": [f["name"] for f in task_config_used.get("filter_list") or []],
     }
-    return LmEvalResult(metrics, out["samples"][task], recorded)
+    samples = out["samples"][task]
+    return LmEvalResult(metrics, samples, recorded, sample_records(samples, task_config_used))
+
+
+def sample_records(samples: list[dict[str, Any]], config: dict[str, Any]) -> list[dict[str, Any]]:
+    """lm-eval's per-sample log as records: one per document, filter and metric, with the filtered
+    response, the target and the document's value of the metric. The value is a score only where
+    lm-eval aggregates the metric by its mean (exact match), so that the mean of the scores is the
+    task's value; a corpus-level metric's per-document item is no score (null)."""
+    means = {m["metric"] for m in config.get("metric_list") or [] if m.get("aggregation", "mean") == "mean"}
+    records = []
+    for sample in sorted(samples, key=lambda s: (s["filter"], s["doc_id"])):
+        responses = sample["filtered_resps"]
+        response = responses[0] if len(responses) == 1 and isinstance(responses[0], str) else None
+        target = sample["target"]
+        for metric in sample["metrics"]:
+            value = sample[metric]
+            numeric = isinstance(value, numbers.Real)  # numpy's scalars and bools among them
+            records.append(
+                {
+                    "doc_id": int(sample["doc_id"]),
+                    "filter": sample["filter"],
+                    "metric": f"{metric},{sample['filter']}",
+                    "score": float(value) if metric in means and numeric else None,
+                    "response": response if response is not None else json.dumps(responses, default=str),
+                    "target": target if isinstance(target, str) else json.dumps(target, default=str),
+                }
+            )
+    return records
 
 
 def documents(samples: list[dict[str, Any]]) -> int:

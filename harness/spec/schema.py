@@ -293,3 +293,47 @@ def to_table(rows: list[dict[str, Any]]) -> pa.Table:
             raise KeyError(f"result row has columns not in the schema: {sorted(unknown)}")
     columns = {c.name: [row.get(c.name) for row in rows] for c in COLUMNS}
     return pa.Table.from_pydict(columns, schema=SCHEMA)
+
+
+# The predictions table: one row per evaluated example (per lm-eval filter and metric for a
+# generation task), beside the run's row at <results>/_predictions/<job_hash>-<run_id>.parquet,
+# so that two methods can be compared on the same examples (a paired test).
+PREDICTION_COLUMNS: tuple[Column, ...] = (
+    Column("job_hash", pa.string(), "job_hash of the run's row"),
+    Column("run_id", pa.string(), "run_id of the run's row"),
+    Column("split", pa.string(), "evaluation split the example is from, e.g. validation, validation_mismatched, test"),
+    Column(
+        "example_id",
+        pa.int64(),
+        "the example's id, the same for every method and seed: the data set's own id column where it has one "
+        "(GLUE's idx), else its row number in the split as stored (before the fixed evaluation subset, and before "
+        "a class subset's filter); lm-eval's doc_id for a generation task (lm-eval's limit takes the first documents)",
+    ),
+    Column(
+        "metric",
+        pa.string(),
+        "the row metric (a key of the row's metrics) this example's score belongs to: the primary metric with its "
+        "split's suffix (accuracy, accuracy_mismatched), or one per lm-eval filter (exact_match_strict, exact_match_flexible)",
+    ),
+    Column(
+        "score",
+        pa.float64(),
+        "the example's score under `metric`, whose value in the row is the mean of these scores over the split "
+        "(accuracy, exact match: 1 or 0); null where the metric is corpus-level, not a mean over examples "
+        "(Matthews correlation, Pearson): compute it from prediction and reference",
+    ),
+    Column(
+        "prediction",
+        pa.float64(),
+        "forward suites: the predicted class (the logits' argmax) or the regressed value; null for generation",
+    ),
+    Column("reference", pa.float64(), "forward suites: the reference class or value; null for generation"),
+    Column("filter", pa.string(), "generation: the lm-eval filter of the response (strict-match, flexible-extract)"),
+    Column("response", pa.string(), "generation: lm-eval's filtered response (the extracted answer, or [invalid])"),
+    Column("target", pa.string(), "generation: lm-eval's target for the document"),
+)
+
+PREDICTION_SCHEMA = pa.schema(
+    [pa.field(c.name, c.type, nullable=True, metadata={"doc": c.doc}) for c in PREDICTION_COLUMNS],
+    metadata={"harness_schema_version": str(SCHEMA_VERSION)},
+)

@@ -69,6 +69,33 @@ def text_positions(config) -> int | None:
     return positions
 
 
+# Positional example ids of a split that has no id column of its own: the row number in the split
+# as stored, attached on loading, before any subset is drawn, so that every subset keeps them.
+EXAMPLE_ID = "_example_id"
+
+# Row metrics that are a mean of per-example scores (the score of one example under each); any
+# other (Matthews correlation, Pearson, F1) is corpus-level, and an example has no score under it.
+EXAMPLE_SCORES: dict[str, Callable[[float, float], float]] = {
+    "accuracy": lambda prediction, reference: float(prediction == reference),
+}
+
+
+def with_example_ids(dataset, own: str | None):
+    """The split with its examples' ids: its own id column where it has one, else the row numbers
+    (a column of int64 beside the stored table: nothing is copied)."""
+    import numpy as np
+
+    if (own and own in dataset.column_names) or EXAMPLE_ID in dataset.column_names:
+        return dataset
+    return dataset.add_column(EXAMPLE_ID, np.arange(len(dataset), dtype=np.int64))
+
+
+def example_ids(dataset, own: str | None) -> list[int]:
+    """The ids `with_example_ids` attached (or the data's own), in the dataset's order."""
+    column = own if own and own in dataset.column_names else EXAMPLE_ID
+    return [int(i) for i in dataset[column]]
+
+
 def check_files(source: DataSource) -> None:
     """A split's local Parquet files are readable and hold rows, from their footers alone (no
     data read): one line naming the file instead of a reader's traceback mid-run."""
@@ -165,6 +192,8 @@ class Evaluation:
     samples: int  # examples evaluated (first split)
     data: "Prepared"  # model-ready examples of the first split: the latency inputs
     row: dict[str, Any] = field(default_factory=dict)  # suite-specific result columns
+    # One record per evaluated example, every split (harness/spec/schema.py PREDICTION_COLUMNS).
+    examples: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -195,6 +224,8 @@ class Suite:
     # What evaluates the suite's models (harness/evaluation/base.py KINDS): "forward" scores batches,
     # "generate" runs lm-eval generation tasks. The job picks a backend of this kind.
     eval_kind: ClassVar[str] = "forward"
+    # The data's own column of example ids (GLUE's idx); without one, examples are numbered by row.
+    id_column: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -291,6 +322,7 @@ class Suite:
         metrics: dict[str, float] = {}
         seconds = 0.0
         first = None
+        examples: list[dict[str, Any]] = []
         for split, suffix, ds in eval_sets:
             data = self.prepare(ds, processor, task, run.max_length)
             predictions, took = backend.predict(
@@ -307,8 +339,36 @@ class Suite:
             metrics.update(
                 {f"{k}{suffix}": v for k, v in self.compute_metrics(task, predictions, data.references).items()}
             )
+            examples += self.example_records(task, split, suffix, example_ids(ds, self.id_column), predictions, data)
             first = first or data
-        return Evaluation(metrics, seconds, [split for split, _, _ in eval_sets], len(first.dataset), first)
+        splits = [split for split, _, _ in eval_sets]
+        return Evaluation(metrics, seconds, splits, len(first.dataset), first, examples=examples)
+
+    def example_records(self, task: Task, split: str, suffix: str, ids: list[int], predictions, data) -> list[dict]:
+        """One record per example of a split: its id, prediction, reference and score under the task's
+        primary metric (with the split's suffix), null where that metric is corpus-level."""
+        values = self.predicted_values(task, predictions)
+        if not (len(ids) == len(values) == len(data.references)):
+            raise RuntimeError(
+                f"split {split!r}: {len(ids)} ids, {len(values)} predictions, {len(data.references)} references"
+            )
+        score = EXAMPLE_SCORES.get(task.primary_metric)
+        metric = f"{task.primary_metric}{suffix}"
+        return [
+            {
+                "split": split,
+                "example_id": i,
+                "metric": metric,
+                "score": score(p, float(r)) if score else None,
+                "prediction": p,
+                "reference": float(r),
+            }
+            for i, p, r in zip(ids, values, data.references)
+        ]
+
+    def predicted_values(self, task: Task, predictions: list[Any]) -> list[float]:
+        """Each example's prediction as a number: the class, or the regressed value."""
+        return [float(p) for p in predictions]
 
     def inference_costs(
         self,
@@ -333,11 +393,12 @@ class Suite:
         check_files(source)
         name = "/".join(p for p in (source.hub_id, source.config) if p)
         try:
-            return load_split(source)
+            dataset = load_split(source)
         except (HarnessError, MemoryError):
             raise
         except Exception as exc:  # noqa: BLE001 - a file the reader rejects, whichever error it raises
             raise HarnessError(f"could not read split {source.split!r} of {name}: {first_line(exc)}") from None
+        return with_example_ids(dataset, self.id_column)
 
     # Model and examples (suite-specific) -----------------------------------
     def build_model(self, location: str, task: Task, train_dataset) -> tuple[torch.nn.Module, Any]:

@@ -85,6 +85,7 @@ class Glue(Suite):
     }
     task_type = "seq_cls"
     tasks = GLUE_TASKS
+    id_column = "idx"  # every GLUE split numbers its examples
     # Batch size, sequence length, warm-up and weight decay as in the LoRA paper's RoBERTa-base
     # GLUE runs (Hu et al. 2021, Table 9: warm-up ratio 0.06, max length 512 at batch 16);
     # length 128 covers >99% of GLUE sentences and keeps a CPU run affordable. Epochs: the

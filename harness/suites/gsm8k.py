@@ -284,6 +284,19 @@ class Gsm8k(Suite):
                 "num_fewshot": run.suite_options["num_fewshot"],
                 "eval_settings": json.dumps(result.settings, sort_keys=True, default=str),
             },
+            examples=[
+                {
+                    "split": split,
+                    # lm-eval's limit takes the split's first documents: doc_id is the row number.
+                    "example_id": e["doc_id"],
+                    "metric": METRIC_NAMES.get(e["metric"], e["metric"]),
+                    "score": e["score"],
+                    "filter": e["filter"],
+                    "response": e["response"],
+                    "target": e["target"],
+                }
+                for e in result.examples
+            ],
         )
 
     @staticmethod

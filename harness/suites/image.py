@@ -159,6 +159,11 @@ class ImageSuite(Suite):
     def compute_metrics(self, task: ImageTask, predictions, references) -> dict[str, float]:
         return top_k_metrics(predictions, references, task.metrics)
 
+    def predicted_values(self, task: ImageTask, predictions) -> list[float]:
+        """The predicted class of each example: the argmax of its logits, as top-1 accuracy takes it."""
+        scores = np.asarray(predictions, dtype=np.float32).reshape(len(predictions), -1)
+        return [float(c) for c in scores.argmax(-1)]
+
 
 # Predictions and metrics ------------------------------------------------------------------
 
