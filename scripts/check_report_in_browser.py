@@ -13,6 +13,10 @@ fails when
   whatever its level, and an uncaught `throw new Error("x")` as `"Uncaught Error: x"`; so a
   CONSOLE line fails when it says Uncaught, is logged at ERROR level, or names an *Error;
 * it has plot placeholders but none was drawn (no plotly SVG in the DOM after loading).
+* (index.html) at 1400 pixels wide a leaderboard table or the page itself scrolls sideways:
+  measured in a probe page that frames the index 1400 px wide (Chromium lets a file:// page
+  read a framed file:// page only with --allow-file-access-from-files). The probe also prints
+  where the index's first plot ends, to tell whether it shows without scrolling.
 
 Prints one line per page and exits 1 if any page failed (2 when Chromium is missing).
 """
@@ -20,6 +24,8 @@ Prints one line per page and exits 1 if any page failed (2 when Chromium is miss
 from __future__ import annotations
 
 import argparse
+import html
+import json
 import re
 import subprocess
 import sys
@@ -65,6 +71,7 @@ class Result:
     page: Page
     problems: list[str] = field(default_factory=list)
     screenshot: Path | None = None
+    note: str = ""
 
 
 def pages_to_check(site: Path, runs: int) -> list[Page]:
@@ -110,6 +117,51 @@ def open_in_chromium(page: Page, screenshot: Path, timeout: float) -> tuple[int,
     return done.returncode, done.stdout, done.stderr
 
 
+WIDTH = 1400  # the window the index must fit
+PROBE = """<!doctype html><html><body style="margin:0">
+<iframe id="f" src="%s" style="width:%dpx;height:2000px;border:0"></iframe><pre id="out"></pre>
+<script>
+const frame = document.getElementById("f");
+frame.addEventListener("load", () => {
+  const doc = frame.contentDocument, root = doc.documentElement;
+  const wide = [...doc.querySelectorAll("table.leaderboard")]
+    .filter(t => { const box = t.closest("div.scroll") || t; return box.scrollWidth > box.clientWidth + 1; })
+    .map(t => (t.closest("section") || {}).id || "?");
+  const plot = doc.querySelector("div.plot");
+  document.getElementById("out").textContent = "PROBE " + JSON.stringify({
+    wide, page: root.scrollWidth > root.clientWidth + 1, plot_bottom: plot ? Math.round(plot.getBoundingClientRect().bottom) : null});
+});
+</script></body></html>"""
+
+
+def width_problems(page: Page, timeout: float) -> tuple[list[str], str]:
+    """Sideways scrolling of the index at WIDTH px (problems), and where its first plot ends (a note)."""
+    with tempfile.TemporaryDirectory(prefix="report-check-probe-") as folder:
+        probe = Path(folder) / "probe.html"
+        probe.write_text(PROBE % (page.url, WIDTH), encoding="utf-8")
+        command = [
+            CHROMIUM,
+            *(f for f in FLAGS if not f.startswith("--window-size")),
+            f"--window-size={WIDTH + 40},2100",
+            "--allow-file-access-from-files",
+            f"--user-data-dir={folder}/profile",
+            "--dump-dom",
+            probe.as_uri(),
+        ]
+        try:
+            done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return [f"width probe timed out after {timeout:.0f} s"], ""
+    found = re.search(r"PROBE (\{.*?\})</pre>", done.stdout)
+    if not found:
+        return ["width probe read nothing (could Chromium not frame the page?)"], ""
+    seen = json.loads(html.unescape(found.group(1)))
+    problems = [f"leaderboard of {section} is wider than {WIDTH} px" for section in seen["wide"]]
+    problems += [f"the page scrolls sideways at {WIDTH} px"] if seen["page"] else []
+    bottom = seen["plot_bottom"]
+    return problems, "" if bottom is None else f"first plot ends {bottom} px from the top at {WIDTH} px wide"
+
+
 def check_page(page: Page, shots: Path, timeout: float) -> Result:
     result = Result(page, static_problems(page.path))
     name = page.path.stem + (f"--{page.fragment}" if page.fragment else "")
@@ -120,6 +172,9 @@ def check_page(page: Page, shots: Path, timeout: float) -> Result:
         return result
     result.problems += [f"console: {line}" for line in console_errors(stderr)]
     result.problems += drawing_problems(page.path.read_text(encoding="utf-8"), dom)
+    if page.path.name == "index.html" and not page.fragment:
+        problems, result.note = width_problems(page, timeout)
+        result.problems += problems
     return result
 
 
@@ -145,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'FAIL' if r.problems else 'ok  '} {r.page.label}{where}")
             for problem in r.problems:
                 print(f"     {problem}")
+            if r.note:
+                print(f"     ({r.note})")
     failed = sum(bool(r.problems) for r in results)
     print(f"{len(results)} page(s) checked, {failed} failed")
     return 1 if failed else 0

@@ -3,9 +3,11 @@ module renders the pages and writes the site (what they show: harness.site.prepa
 
 Pages, all in the --out folder:
 
-* index.html: per suite and task a leaderboard with one line per (method, model): its best
-  run by score, the mean score with a 95% bootstrap CI over its runs (seeds), and the best
-  run's costs; the failed runs with their error; the tables of benchmarks/.
+* index.html: per suite and task first its Pareto plot on one cost axis (figures.OVERVIEW_AXES),
+  then a leaderboard with one line per configuration: the mean score with a 95% Student t CI
+  over its runs (seeds), the median costs (some columns behind an "all columns" toggle, so
+  that the table fits a 1400-pixel window); the failed runs with their error; the tables of
+  benchmarks/.
 * pareto-<suite>-<task>.html: the task metric against one cost axis at a time, picked with a
   select, and under the plot the Pareto-optimal runs of that axis. Hardware-dependent costs
   (memory, time, latency) are only compared within one device (and one kind of memory
@@ -132,7 +134,9 @@ def _common(source: str) -> dict:
 
 
 def render_index(sections, benchmarks, n_runs: int, n_failed: int, source: str) -> str:
-    figures = {f"bench-fig-{i}": b.figure for i, b in enumerate(benchmarks) if b.figure}
+    # Each task's overview plot is its Pareto page's figure for that axis, the same dict.
+    figures = {f"overview-{i}": s.overview.figure for i, s in enumerate(sections) if s.overview}
+    figures.update({f"bench-fig-{i}": b.figure for i, b in enumerate(benchmarks) if b.figure})
     return (
         _environment()
         .get_template("index.html.j2")

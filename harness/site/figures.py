@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from harness.results.format import number
 from harness.results.pareto import pareto_mask
 from harness.results.values import plain
 from harness.site.columns import CONCURRENT_JOBS, COST_AXES, CostAxis
@@ -50,7 +51,7 @@ def _hover(data: pd.DataFrame, axis: CostAxis, metric: str) -> list[str]:
     # A comprehension over columns: iterrows costs ~50 µs a row, which thousands of runs feel.
     # Plotly renders hover text as HTML: the names in it are escaped.
     return [
-        f"<b>{plotly_text(method)}</b> seed {seed}<br>{plotly_text(metric)} {score:.4f}<br>{plotly_text(axis.title)}: {cost:,.4g}"
+        f"<b>{plotly_text(method)}</b> seed {seed}<br>{plotly_text(metric)} {score:.4f}<br>{plotly_text(axis.title)}: {number(float(cost))}"
         f"<br>model {plotly_text(model)}<br>job {plotly_text(job)} run {plotly_text(run)}"
         + ("<br><i>simulated kernel: the dense float model ran</i>" if hollow and simulated and axis.inference else "")
         + (f"<br><i>timed while {int(jobs)} jobs shared the device: not a clean time</i>" if shared else "")
@@ -113,8 +114,9 @@ def _figure(data: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict
             }
         )
     layout = {
-        "title": {"text": title},
-        "height": 440,  # title: escaped by the caller "margin": {"l": 60, "r": 20, "t": 70, "b": 50},
+        "title": {"text": title},  # escaped by the caller
+        "height": 440,
+        "margin": {"l": 60, "r": 20, "t": 70, "b": 50},
         "xaxis": {
             "title": {"text": axis.title + (" (log)" if axis.log else "")},
             "type": "log" if axis.log else "linear",
@@ -175,6 +177,21 @@ def task_panels(ok: pd.DataFrame, suite: str, task: str, metric: str) -> list[Pa
         hollow, shared = int(data["_hollow"].sum()), int(data["_shared"].sum())
         panels.append(Panel(f"fig-{len(panels)}", axis, title, where, figure, front_table(data, axis), hollow, shared))
     return panels
+
+
+# The axis of the one plot a task shows on the index, the first of these it has. Trainable
+# parameters: what a PEFT method is chosen on, and hardware-independent, so every run of the task
+# (whatever device it ran on) is on one plot with one front; the memory and time axes are split per
+# device and would show one device's runs only. Tasks where nothing trained (compression only):
+# the stored model size, what compression buys, then the forward FLOPs, equally device-free.
+OVERVIEW_AXES = ("trainable_params", "stored_model_bytes", "flops_per_sample")
+
+
+def overview_panel(panels: list[Panel]) -> Panel | None:
+    """The panel of a task's Pareto page that its index section shows (see OVERVIEW_AXES);
+    with none of those axes, the page's first panel (a device's plot of a hardware cost)."""
+    by_axis = {p.axis.column: p for p in panels if not p.where}
+    return next((by_axis[c] for c in OVERVIEW_AXES if c in by_axis), panels[0] if panels else None)
 
 
 def benchmark_figure(df: pd.DataFrame, name: str, timed: list[str]) -> dict:

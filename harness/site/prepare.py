@@ -28,8 +28,8 @@ from harness.site.columns import (
     run_page,
     slug,
 )
-from harness.site.figures import Panel, axis_points, benchmark_figure, kernel_figure, task_panels
-from harness.site.tables import Table, failed_table, leaderboard_table
+from harness.site.figures import Panel, axis_points, benchmark_figure, kernel_figure, overview_panel, task_panels
+from harness.site.tables import Table, failed_table, front_summary, leaderboard_table
 
 KERNEL_TOP = 15  # kernels listed per phase on a run page
 
@@ -54,6 +54,17 @@ class TaskSection:
     @property
     def axes(self) -> list[CostAxis]:
         return list(dict.fromkeys(p.axis for p in self.panels))
+
+    @property
+    def overview(self) -> Panel | None:
+        """The one Pareto panel the index shows for this task (figures.OVERVIEW_AXES)."""
+        return overview_panel(self.panels)
+
+    @property
+    def overview_front(self) -> Table | None:
+        """That panel's Pareto-optimal runs, as listed beside its plot on the index."""
+        panel = self.overview
+        return None if panel is None else front_summary(panel.front)
 
 
 def _time_to_trained(df: pd.DataFrame) -> pd.Series:

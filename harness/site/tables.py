@@ -5,13 +5,13 @@ Pareto plot's optimal runs."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
 from harness.results import grouping
-from harness.results.format import MISSING, fmt, unit
+from harness.results.format import MISSING, fmt, number, unit
 from harness.results.stats import MeanCI, mean_ci
 from harness.results.values import plain
 from harness.site.columns import ADAPTER_SHARE, DOCS, TIME_TO_TRAINED, TIME_TO_TRAINED_DOC, CostAxis
@@ -117,6 +117,13 @@ class Cell:
 class Table:
     headers: tuple[tuple[str, bool, str], ...]  # (label, text aligned, tooltip)
     rows: list[tuple[str, list[Cell]]]  # (row class, cells)
+    # Columns hidden until the reader asks for all of them (a toggle above the table): still in
+    # the page, so sorting and the numbers stay where they were.
+    extra: frozenset[int] = frozenset()
+
+    @property
+    def extra_labels(self) -> list[str]:
+        return [label for i, (label, _, _) in enumerate(self.headers) if i in self.extra]
 
 
 def number_cell(value, column: str) -> Cell:
@@ -146,10 +153,10 @@ def front_table(data: pd.DataFrame, axis: CostAxis) -> Table:
             (
                 "",
                 [
-                    text_cell(r["method"]),
+                    text_cell(r["method"], r["_page"] if r["_paged"] else None),
                     number_cell(r["seed"], "seed"),
                     number_cell(r["score"], "score"),
-                    Cell(f"{r['_cost']:,.4g}", r["_cost"]),
+                    Cell(number(float(r["_cost"])), r["_cost"]),
                     text_cell(r["model"]),
                     text_cell("simulated" if r["_simulated"] else r["compression_kernel"]),
                     text_cell(r["job_hash"], r["_page"] if r["_paged"] else None),
@@ -157,6 +164,16 @@ def front_table(data: pd.DataFrame, axis: CostAxis) -> Table:
             )
         )
     return Table(headers, rows)
+
+
+# Beside the index's plot there is room for a front's method, seed, score and cost (the method
+# links the run's page); its other columns wait behind the table's "all columns" toggle.
+FRONT_EXTRA = ("model", "kernel", "run")
+
+
+def front_summary(front: Table) -> Table:
+    """A Pareto front's table with the FRONT_EXTRA columns hidden until asked for."""
+    return replace(front, extra=frozenset(i for i, (label, _, _) in enumerate(front.headers) if label in FRONT_EXTRA))
 
 
 LEADERBOARD = (  # (key, label, text aligned)
@@ -179,6 +196,11 @@ LEADERBOARD = (  # (key, label, text aligned)
     ("compression_kernel", "kernel", True),
     ("device_name", "device", True),
 )
+# Behind the leaderboard's "all columns" toggle, so that its default columns fit a 1400-pixel
+# window: the best seed (for reference only, see LEADERBOARD_DOCS), and the costs that follow
+# from ones shown (trainable % from trainable parameters) or that few readers rank by (FLOPs per
+# sample, the profiler's adapter share). A run's page lists all of them too.
+LEADERBOARD_EXTRA = ("best_score", "trainable_pct", "gflops", "adapter_overhead_pct")
 RUN_LINKS = 8  # per leaderboard line
 # The costs of a line: the median over its runs, so that the seed with the best score does not
 # lend it its costs, and one slow run (a busy machine) does not move the line much.
@@ -312,7 +334,7 @@ def leaderboard_table(ok: pd.DataFrame, records: list[dict]) -> Table:
     keys = [k for k, _, _ in LEADERBOARD if k in ("method", "mean_score") or any(v[k] is not None for v, _, _ in lines)]
     headers = tuple((label, text, LEADERBOARD_DOCS.get(k, "")) for k, label, text in LEADERBOARD if k in keys)
     rows = [("best" if i == 0 else "", _line_cells(v, best, runs, keys)) for i, (v, best, runs) in enumerate(lines)]
-    return Table(headers, rows)
+    return Table(headers, rows, frozenset(i for i, k in enumerate(keys) if k in LEADERBOARD_EXTRA))
 
 
 def failed_table(records: list[dict]) -> Table:

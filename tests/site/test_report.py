@@ -63,7 +63,7 @@ def test_sections_mark_the_pareto_front_per_cost_axis(tmp_path):
     assert "lora" in hover and "job hb" in hover and "Pareto-optimal" in hover
     # Under each plot, its Pareto-optimal runs, cheapest first.
     front = [[c.text for c in cells] for _, cells in section.panels[0].front.rows]
-    assert [(r[0], r[3]) for r in front] == [("lora", "1e+04"), ("full", "1e+06")]
+    assert [(r[0], r[3]) for r in front] == [("lora", "10,000"), ("full", "1,000,000")]
 
 
 def test_hardware_costs_are_split_by_device(tmp_path):
@@ -589,3 +589,147 @@ def test_a_corrupt_kernel_table_is_skipped_with_a_warning(tmp_path, capsys, cont
         path.write_bytes(content)
     assert kernel_profile(path) == []
     assert f"skipped kernel table {path}" in capsys.readouterr().err
+
+
+def _pareto_figures_by_axis(html: str) -> dict[str, list[dict]]:
+    """A Pareto page's figures per cost axis (the axis-panel section each plot div sits in)."""
+    figures, by_axis = _figures(html), {}
+    for axis, body in re.findall(r'data-axis="([^"]+)" hidden>(.*?)</section>', html, re.DOTALL):
+        by_axis[axis] = [figures[i] for i in re.findall(r'class="plot" id="([^"]+)"', body)]
+    return by_axis
+
+
+def _front(points: list[tuple[float, float]]) -> set[tuple[float, float]]:
+    """Brute force: the points no other point is at most as costly and as good as, and better in one."""
+    return {
+        (c, s)
+        for c, s in points
+        if not any(c2 <= c and s2 >= s and (c2 < c or s2 > s) for c2, s2 in points if (c2, s2) != (c, s))
+    }
+
+
+def _stars(figure: dict) -> set[tuple[float, float]]:
+    return {
+        (x, y)
+        for t in figure["data"]
+        if t["name"] != "Pareto front"
+        for x, y, symbol in zip(t["x"], t["y"], t["marker"]["symbol"])
+        if symbol == "star"
+    }
+
+
+def test_index_shows_each_tasks_pareto_front_on_one_cost_axis(tmp_path):
+    """One figure per task on the index: the Pareto page's figure of that axis, the same points
+    and front. Trainable parameters where runs trained (all devices on one plot), the model size
+    where nothing trained, and a device's plot of the first axis where only hardware costs exist."""
+    results, out = tmp_path / "results", tmp_path / "site"
+    peft = {"full": (0.90, 10**6), "lora": (0.88, 10**4), "bitfit": (0.80, 10**5), "ia3": (0.85, 10**3)}
+    for i, (method, (score, trainable)) in enumerate(peft.items()):
+        for seed in range(3):
+            device = "gpu-y" if seed == 2 else "cpu-x"  # memory and time split per device; parameters are not
+            row = report_row(
+                method, score - 0.01 * seed, trainable, 2**20, 10.0, f"p{i}{seed}", seed=seed, device=device
+            )
+            write_row(row, results)
+    for i, (method, size) in enumerate({"none": 2000, "int8": 1000, "int4": 520}.items()):
+        write_row(
+            report_row(method, 0.82 - 0.01 * i, 0, None, 0.0, f"c{i}", task="mrpc", compressed_model_bytes=size),
+            results,
+        )
+    for i, (method, latency, kernel) in enumerate(
+        (("none", 2.0, None), ("int4", 1.0, "simulated"), ("svd", 1.5, "real"))
+    ):
+        row = report_row(
+            method, 0.8 - 0.1 * i, 0, None, 0.0, f"l{i}", task="rte", model_bytes=None, compressed_model_bytes=None
+        )
+        row.update(latency_bs1_p50_ms=latency, compression_kernel=kernel)
+        write_row(row, results)
+    write_report(results, out)
+    index = (out / "index.html").read_text()
+    figures = _figures(index)
+    assert sorted(figures) == ["overview-0", "overview-1", "overview-2"]  # glue/mrpc, glue/rte, glue/sst2
+    assert index.count('<div class="plot" id="overview-') == 3
+    mrpc, rte, sst2 = (figures[f"overview-{i}"] for i in range(3))
+    for task, figure, axis in (("mrpc", mrpc, "stored_model_bytes"), ("sst2", sst2, "trainable_params")):
+        [same] = _pareto_figures_by_axis((out / f"pareto-glue-{task}.html").read_text())[axis]
+        assert figure == same
+    [rte_latency] = _pareto_figures_by_axis((out / "pareto-glue-rte.html").read_text())["latency_bs1_p50_ms"]
+    assert rte == rte_latency and "on cpu-x" in rte["layout"]["title"]["text"]
+    # Every run of the PEFT task on one plot, whatever its device, and the front by brute force.
+    points = [(float(t), s - 0.01 * seed) for s, t in peft.values() for seed in range(3)]
+    plotted = [(x, y) for t in sst2["data"] if t["name"] != "Pareto front" for x, y in zip(t["x"], t["y"])]
+    assert sorted(plotted) == pytest.approx(sorted(points))
+    assert _stars(sst2) == _front(points) == {(1e3, 0.85), (1e4, 0.88), (1e6, 0.90)}
+    line = next(t for t in sst2["data"] if t["name"] == "Pareto front")
+    assert list(zip(line["x"], line["y"])) == sorted(_front(points))
+    assert _stars(mrpc) == {(size / 2**20, 0.82 - 0.01 * i) for i, size in enumerate((2000, 1000, 520))}
+    # The simulated kernel's latency: hollow and off the front, as on the Pareto page.
+    traces = {t["name"]: t for t in rte["data"]}
+    assert traces["int4"]["marker"]["symbol"] == ["circle-open"] and _stars(rte) == {(2.0, 0.8), (1.5, 0.8 - 0.1 * 2)}
+    assert "Hollow points: a simulated kernel" in index
+    # Beside each plot its front, cheapest first, each method linking its run's page.
+    sst2_section = index[index.index('id="glue-sst2"') :]
+    front = sst2_section[: sst2_section.index("</table>")]
+    assert [link for link in re.findall(r'<a href="(run-[^"]+)">(\w+)</a>', front) if link[1] in peft] == [
+        ("run-hp30-p30.html", "ia3"),
+        ("run-hp10-p10.html", "lora"),
+        ("run-hp00-p00.html", "full"),
+    ]
+    _assert_offline_and_linked(out)
+
+
+def _visible(table) -> list[str]:
+    return [label for i, (label, _, _) in enumerate(table.headers) if i not in table.extra]
+
+
+def test_leaderboard_shows_fewer_columns_and_keeps_the_rest_behind_a_toggle(tmp_path):
+    """The default columns fit a 1400-pixel window; the best seed, trainable %, GFLOPs/sample
+    and adapter overhead are hidden columns of the same table (shown by its toggle), not dropped."""
+    results, out = tmp_path / "results", tmp_path / "site"
+    for i, (method, lr) in enumerate((("lora", 1e-4), ("bitfit", 1e-4), ("lora", 1e-3))):
+        row = report_row(
+            method,
+            0.8 + 0.01 * i,
+            10**4,
+            2**20,
+            1.0,
+            f"a{i}",
+            flops_per_sample=4e9,
+            latency_bs1_p50_ms=1.0,
+            compression_kernel="real",
+            config=json.dumps({"method": method, "lr": lr}),
+        )
+        write_row({**row, "adapter_overhead_share": 0.25}, results)
+    write_report(results, out)
+    [section] = build_sections(prepare(read_results(results)))
+    board = section.leaderboard
+    assert _visible(board) == [
+        "method",
+        "model",
+        "settings",
+        "mean ± 95% CI (n)",
+        "runs (seed)",
+        "trainable",
+        "peak mem MiB",
+        "time to trained model s",
+        "lat bs1 p50 ms",
+        "stored MiB",
+        "kernel",
+        "device",
+    ]
+    assert board.extra_labels == ["best seed", "trainable %", "GFLOPs/sample", "adapter overhead %"]
+    headers = [label for label, _, _ in board.headers]
+    lines = {(cells[0].text, cells[2].text): [c.text for c in cells] for _, cells in board.rows}
+    assert sorted(lines) == [("bitfit", "–"), ("lora", "lr=0.0001"), ("lora", "lr=0.001")]
+    extra = {label: lines[("bitfit", "–")][headers.index(label)] for label in board.extra_labels}
+    assert extra == {"best seed": "0.8100", "trainable %": "1", "GFLOPs/sample": "4", "adapter overhead %": "25"}
+    # In the page: every column's header and cells are there, the extra ones marked to hide.
+    index = (out / "index.html").read_text()
+    table = index[index.index('class="sortable leaderboard"') :]
+    table = table[: table.index("</table>")]
+    heads = re.findall(r'<th class="([^"]*)"[^>]*>([^<]+)</th>', table)
+    assert [label for _, label in heads] == headers
+    assert [label for cls, label in heads if "extra" in cls] == board.extra_labels
+    first_row = re.findall(r'<td class="([^"]*)"', table.split("<tbody>")[1].split("</tr>")[0])
+    assert [i for i, cls in enumerate(first_row) if "extra" in cls] == sorted(board.extra)
+    assert "all columns" in index and "adds best seed, trainable %, GFLOPs/sample, adapter overhead %" in index
