@@ -190,7 +190,8 @@ def crossed_half_width(variance: CrossedVariance, alpha: float) -> float:
     """
     seed_q = t_upper(alpha / 2, variance.n_seeds - 1) if variance.seed_part else 0.0
     example_q = t_upper(alpha / 2, variance.n_examples - 1)
-    return math.sqrt(seed_q**2 * variance.seed_part + example_q**2 * variance.example_part)
+    # hypot: with one degree of freedom the quantile near alpha = 0 squares past the float range.
+    return math.hypot(seed_q * math.sqrt(variance.seed_part), example_q * math.sqrt(variance.example_part))
 
 
 def crossed_p_value(estimate: float, variance: CrossedVariance) -> float:
