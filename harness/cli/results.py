@@ -14,8 +14,10 @@ from harness.core.errors import HarnessError
 
 @app.command()
 def compare(
-    base: str = typer.Argument(..., help="Result store of the reference (e.g. last night's)."),
-    new: str = typer.Argument(..., help="Result store to check against it."),
+    base: str = typer.Argument(
+        ..., help="Result store of the reference (e.g. last night's); with --versus, the store."
+    ),
+    new: Optional[str] = typer.Argument(None, help="Result store to check against it (not with --versus)."),
     metric_tolerance: float = typer.Option(
         0.005, "--metric-tolerance", help="Largest score drop that is not a regression (metric units)."
     ),
@@ -29,8 +31,24 @@ def compare(
         "--metric-k",
         help="Several seeds: a seed-mean score change must also exceed this many standard errors of the seeds' spread.",
     ),
+    versus: Optional[str] = typer.Option(
+        None, "--versus", help="One store: each other method against this baseline method, example by example."
+    ),
+    task: Optional[str] = typer.Option(None, "--task", help="With --versus: only this task."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="With --versus: only this suite."),
+    confidence: float = typer.Option(0.95, "--confidence", help="With --versus: level of the intervals (α = 1 − it)."),
 ) -> None:
-    """Match runs of two stores by job identity; print what changed; exit 1 on a regression."""
+    """Match runs of two stores by job identity; print what changed; exit 1 on a regression.
+
+    With --versus METHOD, one store: each other method's configurations against METHOD's with
+    the paired test (harness/results/versus.py); print the table, exit 0."""
+    if versus is not None:
+        _compare_versus(base, new, versus, task, suite, confidence, (metric_tolerance, time_tolerance, metric_k))
+        return
+    if new is None or task is not None or suite is not None or confidence != 0.95:
+        raise HarnessError(
+            "give two stores, `harness compare BASE NEW`, or one with `--versus METHOD` (and --task, --suite)"
+        )
     from harness.results.compare import compare_stores
 
     _check_tolerances(metric_tolerance, time_tolerance, metric_k)
@@ -67,6 +85,24 @@ def leaderboard(
         print(f"added {add} as {night}")
     path = write_leaderboard(history, out, metric_tolerance, time_tolerance, metric_k)
     print(f"wrote {path}")
+
+
+def _compare_versus(
+    store: str,
+    new: Optional[str],
+    versus: str,
+    task: Optional[str],
+    suite: Optional[str],
+    confidence: float,
+    tolerances: tuple[float, float, float],
+) -> None:
+    from harness.results.versus import versus_store
+
+    if new is not None:
+        raise HarnessError(f"--versus compares methods within one store; got a second store {new!r}")
+    if tolerances != (0.005, 0.10, 3.0):
+        raise HarnessError("--metric-tolerance, --time-tolerance and --metric-k are for two stores, not --versus")
+    print(versus_store(store, versus, task=task, suite=suite, confidence=confidence).table())
 
 
 def _check_tolerances(metric_tolerance: float, time_tolerance: float, metric_k: float) -> None:
