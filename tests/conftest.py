@@ -85,3 +85,15 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("resnet") / "ckpt.pth"
     save_resnet20_checkpoint(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def lm_config(tiny_gsm8k):
+    """The lm-eval task config the gsm8k suite evaluates with, on the tiny gsm8k mirror."""
+    from harness.spec.run import RunSpec
+    from harness.suites.base import SUITES
+
+    suite = SUITES.get("gsm8k")()
+    task = suite.get_task("gsm8k")
+    ((_, _, lm_set),) = suite.load_eval(task, suite.locate(task, tiny_gsm8k), RunSpec(suite="gsm8k", method="none"))
+    return lm_set.config

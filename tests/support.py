@@ -495,3 +495,30 @@ def make_tiny_llama(directory: Path, max_positions: int = 512) -> Path:
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def scripted_gsm8k_lm():
+    """An lm-eval LM that answers the first five gsm8k documents with responses of known scores:
+    strict needs '#### N' (the first match), flexible takes the last number; ',', '$' and a final
+    '.' are ignored."""
+    from lm_eval.api.model import LM
+
+    def respond(doc_id: int, target: int) -> str:
+        return [
+            f"so {target} in all.\n#### {target}",  # strict and flexible
+            f"The answer is {target}.",  # flexible only (a final '.' is ignored)
+            f"#### {target + 1}",  # neither
+            f"It costs ${target}",  # flexible only ('$' is ignored)
+            f"#### {target}\n\nThen 999 more",  # strict only: flexible takes the last number
+        ][doc_id]
+
+    class Scripted(LM):
+        def generate_until(self, requests, disable_tqdm=False):
+            return [respond(r.doc_id, int(r.doc["answer"].split("#### ")[-1])) for r in requests]
+
+        def loglikelihood(self, requests, disable_tqdm=False):
+            raise AssertionError("gsm8k is generative")
+
+        loglikelihood_rolling = loglikelihood
+
+    return Scripted()

@@ -4,44 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support import scripted_gsm8k_lm
+
 pytest.importorskip("lm_eval")
 
 
-@pytest.fixture(scope="module")
-def lm_config(tiny_gsm8k):
-    from harness.spec.run import RunSpec
-    from harness.suites.base import SUITES
-
-    suite = SUITES.get("gsm8k")()
-    task = suite.get_task("gsm8k")
-    ((_, _, lm_set),) = suite.load_eval(task, suite.locate(task, tiny_gsm8k), RunSpec(suite="gsm8k", method="none"))
-    return lm_set.config
-
-
 def test_records_carry_each_filters_response_and_exact_match(lm_config):
-    from lm_eval.api.model import LM
-
     from harness.evaluation.lm_eval import score
 
-    def respond(doc_id: int, target: int) -> str:
-        return [
-            f"so {target} in all.\n#### {target}",  # strict and flexible
-            f"The answer is {target}.",  # flexible only
-            f"#### {target + 1}",  # neither
-            f"It costs ${target}",  # flexible only ('$' is ignored)
-            f"#### {target}\n\nThen 999 more",  # strict only: flexible takes the last number
-        ][doc_id]
-
-    class Scripted(LM):
-        def generate_until(self, requests, disable_tqdm=False):
-            return [respond(r.doc_id, int(r.doc["answer"].split("#### ")[-1])) for r in requests]
-
-        def loglikelihood(self, requests, disable_tqdm=False):
-            raise AssertionError("gsm8k is generative")
-
-        loglikelihood_rolling = loglikelihood
-
-    result = score(Scripted(), lm_config, num_fewshot=0, limit=5, max_new_tokens=16, settings={}, show_progress=False)
+    result = score(
+        scripted_gsm8k_lm(), lm_config, num_fewshot=0, limit=5, max_new_tokens=16, settings={}, show_progress=False
+    )
     by_filter = {}
     for record in result.examples:
         by_filter.setdefault(record["metric"], []).append(record)

@@ -14,6 +14,7 @@ import torch
 
 from harness.cli import main
 from harness.core.errors import HarnessError
+from tests.support import scripted_gsm8k_lm
 
 pytest.importorskip("lm_eval")
 
@@ -23,16 +24,6 @@ def suite():
     from harness.suites.base import SUITES
 
     return SUITES.get("gsm8k")()
-
-
-@pytest.fixture(scope="module")
-def lm_config(suite, tiny_gsm8k):
-    from harness.spec.run import RunSpec
-
-    task = suite.get_task("gsm8k")
-    sources = suite.locate(task, tiny_gsm8k)
-    ((_, _, lm_set),) = suite.load_eval(task, sources, RunSpec(suite="gsm8k", method="none"))
-    return lm_set.config
 
 
 def build(suite, tiny_llama):
@@ -248,29 +239,9 @@ def _responses(samples) -> list:
 def test_answer_extraction_and_exact_match_are_lm_evals(lm_config):
     """Known responses scored through the harness's lm-eval config: strict needs '#### N'
     (first match), flexible takes the last number; ',', '$' and a final '.' are ignored."""
-    from lm_eval.api.model import LM
-
     from harness.evaluation.lm_eval import _evaluate
 
-    def respond(doc_id: int, target: int) -> str:
-        return [
-            f"so {target} in all.\n#### {target}",  # strict and flexible
-            f"The answer is {target}.",  # flexible only (a final '.' is ignored)
-            f"#### {target + 1}",  # neither
-            f"It costs ${target}",  # flexible only ('$' is ignored)
-            f"#### {target}\n\nThen 999 more",  # strict only: flexible takes the last number
-        ][doc_id]
-
-    class Scripted(LM):
-        def generate_until(self, requests, disable_tqdm=False):
-            return [respond(r.doc_id, int(r.doc["answer"].split("#### ")[-1])) for r in requests]
-
-        def loglikelihood(self, requests, disable_tqdm=False):
-            raise AssertionError("gsm8k is generative")
-
-        loglikelihood_rolling = loglikelihood
-
-    out = _evaluate(Scripted(), lm_config, num_fewshot=0, limit=5, gen_kwargs=None)
+    out = _evaluate(scripted_gsm8k_lm(), lm_config, num_fewshot=0, limit=5, gen_kwargs=None)
     result = out["results"]["gsm8k"]
     assert result["exact_match,strict-match"] == pytest.approx(2 / 5)
     assert result["exact_match,flexible-extract"] == pytest.approx(3 / 5)
