@@ -45,7 +45,10 @@ class AdaLoRA(PeftMethod):
     category = "low-rank, adaptive rank"
     paper = "Zhang et al., Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning, ICLR 2023"
     Params = AdaLoraParams
-    default_lr = 2e-3
+    default_lr = 8e-4
+    default_lr_source = (
+        "QingruZhang/AdaLoRA NLU/scripts/run_debertav3_sst2.sh: --learning_rate 8e-4 (DeBERTaV3-base, SST-2)"
+    )
     rank_param = "init_r"
     config_class = "AdaLoraConfig"
     config_fields = peft_args(

@@ -53,6 +53,8 @@ class MethodContext:
     dense_modules: tuple[str, ...] = ()  # pretrained, but left out of compression (a causal LM's lm_head)
     total_steps: int = 0
     lr: float = 0.0
+    # The task head's own rate (None: the method's `lr`), the same for every method a comparison tunes.
+    head_lr: float | None = None
     weight_decay: float = 0.0
     seed: int = 0
     # Training recomputes activations in the backward pass (--gradient-checkpointing).
@@ -155,8 +157,11 @@ class Method:
     trains: ClassVar[bool] = True
     paper: ClassVar[str] = ""  # short citation: authors, title, venue year
     Params: ClassVar[type[BaseModel]] = NoParams
-    # Default learning rate when the user gives none: the paper's value for GLUE-size encoders.
+    # Default learning rate when the user gives none, and where it comes from: the paper,
+    # table or official script (or peft's example for the method). A subclass sets both; a
+    # rate picked from the harness's own scores has no place here.
     default_lr: ClassVar[float] = 5e-4
+    default_lr_source: ClassVar[str] = ""
     # The implementation's version, part of every job's identity. Bump it with any change that
     # alters the method's results (a fix, a new default, another initialisation or update
     # rule), so that rows of the old code stop counting as done. A new parameter whose default

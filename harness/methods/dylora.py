@@ -20,6 +20,7 @@ from torch import nn
 
 from harness.methods.adapters import AdapterMethod, AdapterParams, LowRankLinear, low_rank
 from harness.methods.base import METHODS
+from harness.methods.lora import LORA_LR_SOURCE
 
 
 class DyLoraParams(AdapterParams):
@@ -55,7 +56,9 @@ class DyLoRA(AdapterMethod):
     paper = "Valipour et al., DyLoRA: Parameter-Efficient Tuning of Pre-trained Models using Dynamic Search-Free Low-Rank Adaptation, EACL 2023"
     Params = DyLoraParams
     Layer = DyLoraLinear
-    default_lr = 2e-3  # the harness's LoRA rate (see harness/methods/lora.py)
+    # DyLoRA trains LoRA's factors on a rank prefix: it takes LoRA's rate.
+    default_lr = 5e-4
+    default_lr_source = f"inherits LoRA's rate: {LORA_LR_SOURCE}"
 
     def apply(self, model, ctx):
         self.generator = torch.Generator().manual_seed(ctx.seed)

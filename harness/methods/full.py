@@ -1,4 +1,4 @@
-"""Full fine-tuning: every parameter trains. The baseline every PEFT method is measured against."""
+"""Full fine-tuning: every parameter trains. The baseline every PEFT method is compared with."""
 
 from harness.core.errors import HarnessError
 from harness.methods.base import METHODS, Method
@@ -11,8 +11,9 @@ class FullFineTuning(Method):
     category = "full"
     paper = "Devlin et al., BERT, NAACL 2019 (fine-tuning protocol)"
     trains_base_weights = True
-    # BERT's fine-tuning grid is {2,3,4,5}e-5; 5e-5 converges within the 3-epoch default budget.
+    # The largest rate of BERT's fine-tuning grid.
     default_lr = 5e-5
+    default_lr_source = "Devlin et al. 2019 (BERT), Appendix A.3: fine-tuning learning rates {5e-5, 3e-5, 2e-5}"
 
     def apply(self, model, ctx):
         # Integer weights (bitsandbytes' packed NF4 codes, quantized layers) have no gradient.

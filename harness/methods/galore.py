@@ -90,6 +90,7 @@ class GaLore(Method):
     # The authors' GLUE fine-tuning command: --learning_rate 3e-5, for projected and other
     # parameters alike (an effective 1.2e-4 on the projected weights at scale 4).
     default_lr = 3e-5
+    default_lr_source = "Zhao et al. 2024 (GaLore), official README GLUE fine-tuning command: --learning_rate 3e-5"
     version = 2  # fine-tuning recipe instead of pre-training values
 
     def apply(self, model, ctx):

@@ -27,6 +27,7 @@ class IA3(PeftMethod):
     category = "scaling"
     paper = "Liu et al., Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning, NeurIPS 2022"
     Params = IA3Params
-    default_lr = 3e-3  # T-Few's learning rate
+    default_lr = 3e-3
+    default_lr_source = "Liu et al. 2022 (T-Few), Adafactor at learning rate 3e-3 for (IA)3"
     config_class = "IA3Config"
     config_fields = peft_args("feedforward_modules")

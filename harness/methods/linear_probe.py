@@ -16,7 +16,10 @@ class LinearProbe(Method):
 
     category = "selective"
     paper = "Alain and Bengio, Understanding Intermediate Layers Using Linear Classifier Probes, 2016"
-    default_lr = 1e-3  # Adam on a linear head: the usual probe rate
+    default_lr = 1e-3
+    default_lr_source = (
+        "Kingma and Ba 2015 (Adam), Algorithm 1: default step size 0.001 (the probe has no rate of its own)"
+    )
 
     def apply(self, model, ctx):
         if not ctx.head_modules:

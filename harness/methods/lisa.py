@@ -25,6 +25,7 @@ from pydantic import Field
 
 from harness.core.errors import HarnessError
 from harness.methods.base import METHODS, Method, MethodParams
+from harness.methods.full import FullFineTuning
 from harness.methods.optim import default_optimizer
 
 
@@ -52,9 +53,10 @@ class LISA(Method):
     trains_base_weights = True  # whole layers of the model's own weights
     paper = "Pan et al., LISA: Layerwise Importance Sampling for Memory-Efficient Large Language Model Fine-Tuning, NeurIPS 2024"
     Params = LisaParams
-    # LISA updates whole layers like full fine-tuning and is tuned in the same range; the
-    # harness's full fine-tuning default keeps the two comparable.
-    default_lr = 5e-5
+    # LISA updates whole layers of the model's own weights, as full fine-tuning does: it takes
+    # full fine-tuning's rate, so that the two differ only in which layers train.
+    default_lr = FullFineTuning.default_lr
+    default_lr_source = f"inherits full fine-tuning's rate: {FullFineTuning.default_lr_source}"
     version = 2  # gamma 1, as the authors' script
 
     def apply(self, model, ctx):

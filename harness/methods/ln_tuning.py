@@ -26,7 +26,8 @@ class LNTuning(PeftMethod):
     category = "selective"
     paper = "Qi et al., Parameter-Efficient Tuning on Layer Normalization for Pre-trained Language Models, arXiv 2022"
     Params = TargetedParams
-    default_lr = 1e-2  # the paper's LN-tuning rates are 1e-2 and above
+    default_lr = 1e-2
+    default_lr_source = "Qi et al. 2022 (LN tuning), GLUE hyperparameters: LN-tuning learning rates of 1e-2 and above"
     config_class = "LNTuningConfig"
 
     def target_modules(self, model):

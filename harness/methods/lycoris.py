@@ -24,7 +24,6 @@ class _Lycoris(PeftMethod):
         "Yeh et al., Navigating Text-To-Image Customization: From LyCORIS Fine-Tuning to Model Evaluation, ICLR 2024"
     )
     rank_param = "r"
-    default_lr = 2e-3  # the LoRA budget rate; the family's papers tune per task
     config_fields = peft_args("r", "alpha", "rank_dropout", "module_dropout")
 
 
@@ -33,6 +32,11 @@ class LoHa(_Lycoris):
     """LoHa: update = (B1 A1) * (B2 A2), a Hadamard product of two low-rank products (peft)."""
 
     config_class = "LoHaConfig"
+    default_lr = 1e-4
+    default_lr_source = (
+        "peft method_comparison/MetaMathQA experiments/loha/llama-3.2-3B-rank32: "
+        "the default_training_params.json rate, AdamW lr 1e-4"
+    )
 
 
 @METHODS.register("lokr")
@@ -40,3 +44,7 @@ class LoKr(_Lycoris):
     """LoKr: update = C kron (B A), a Kronecker product with a low-rank factor (peft)."""
 
     config_class = "LoKrConfig"
+    default_lr = 3e-3
+    default_lr_source = (
+        "peft method_comparison/MetaMathQA experiments/lokr/llama-3.2-3B-rank32-factor4-lr0.003: lr 3e-3"
+    )

@@ -72,7 +72,8 @@ class NOLA(AdapterMethod):
     paper = "Koohpayegani et al., NOLA: Compressing LoRA using Linear Combination of Random Basis, ICLR 2024"
     Params = NolaParams
     Layer = NolaLinear
-    default_lr = 5e-3  # the official GPT-2 Medium E2E script
+    default_lr = 5e-3
+    default_lr_source = "Koohpayegani et al. 2024 (NOLA), official GPT-2 Medium E2E script: learning rate 5e-3"
 
     def make_layer(self, base, index, ctx):
         p = self.params

@@ -11,6 +11,7 @@ class NoAdaptation(Method):
     paper = "— (evaluation of the loaded checkpoint)"
     trains = False
     default_lr = 0.0  # never used: with no trainable parameter the training loop returns at once
+    default_lr_source = "none: the method trains nothing"
 
     def apply(self, model, ctx):
         for param in model.parameters():

@@ -19,9 +19,6 @@ from harness.methods.peft_family import MergeableParams, PeftMethod, peft_args
 
 class _Orthogonal(PeftMethod):
     category = "orthogonal"
-    # Orthogonal adapters start at the identity and tolerate larger steps than LoRA; at the
-    # 3-epoch budget default this rate converges on SST-2-size data.
-    default_lr = 2e-3
 
 
 class OFTParams(MergeableParams):
@@ -37,6 +34,11 @@ class OFT(_Orthogonal):
 
     paper = "Qiu et al., Controlling Text-to-Image Diffusion by Orthogonal Finetuning, NeurIPS 2023"
     Params = OFTParams
+    default_lr = 1e-4
+    default_lr_source = (
+        "peft method_comparison/MetaMathQA experiments/oft/llama-3.2-3B-rank32: "
+        "the default_training_params.json rate, AdamW lr 1e-4"
+    )
     config_class = "OFTConfig"
     config_fields = peft_args("coft", "eps", "block_share", oft_block_size="block_size")
 
@@ -56,6 +58,11 @@ class BOFT(_Orthogonal):
 
     paper = "Liu et al., Parameter-Efficient Orthogonal Finetuning via Butterfly Factorization, ICLR 2024"
     Params = BOFTParams
+    default_lr = 1e-4
+    default_lr_source = (
+        "peft method_comparison/MetaMathQA experiments/boft/llama-3.2-3B-default: "
+        "the default_training_params.json rate, AdamW lr 1e-4"
+    )
     config_class = "BOFTConfig"
     config_fields = peft_args(
         boft_block_size="block_size", boft_n_butterfly_factor="n_butterfly_factor", boft_dropout="dropout"
@@ -73,6 +80,8 @@ class HRA(_Orthogonal):
 
     paper = "Yuan et al., Bridging The Gap between Low-rank and Orthogonal Adaptation via Householder Reflection Adaptation, NeurIPS 2024"
     Params = HRAParams
+    default_lr = 5e-3
+    default_lr_source = "peft examples/hra_dreambooth/train_dreambooth.sh: --learning_rate=5e-3"
     rank_param = "r"
     config_class = "HRAConfig"
     config_fields = peft_args("r", apply_GS="apply_gs")
@@ -93,5 +102,10 @@ class RoAd(_Orthogonal):
 
     paper = "Liao et al., 2D Rotary Adaptation: Efficient Fine-tuning, Efficient Batching and Composability, arXiv 2024"
     Params = RoadParams
+    default_lr = 1e-3
+    default_lr_source = (
+        "peft examples/road_finetuning/README.md: --learning_rate 1e-3 "
+        "(and method_comparison/MetaMathQA experiments/road/llama-3.2-3B-lr_0.001)"
+    )
     config_class = "RoadConfig"
     config_fields = peft_args("variant", "group_size")

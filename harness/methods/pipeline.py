@@ -146,10 +146,19 @@ class Pipeline:
         return "+".join(m.name for m in self.methods)
 
     @property
-    def default_lr(self) -> float:
-        # The step being trained is the last adaptation step: its rate.
+    def _trained_step(self) -> Method:
+        # The step being trained is the last adaptation step (the last step when none adapts).
         trained = [m for m in self.methods if not m.compresses] or self.methods
-        return trained[-1].default_lr
+        return trained[-1]
+
+    @property
+    def default_lr(self) -> float:
+        return self._trained_step.default_lr
+
+    @property
+    def default_lr_source(self) -> str:
+        """Where `default_lr` comes from: the source of the step whose rate it is."""
+        return self._trained_step.default_lr_source
 
     def resolved_params(self) -> list[dict[str, Any]]:
         return [{"method": m.name, "params": m.resolved_params()} for m in self.methods]

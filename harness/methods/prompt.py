@@ -99,7 +99,9 @@ class PromptTuning(SoftPrompt):
     """Prompt tuning: trained virtual-token embeddings prepended to the input (peft)."""
 
     paper = "Lester et al., The Power of Scale for Parameter-Efficient Prompt Tuning, EMNLP 2021"
-    default_lr = 3e-2  # the paper uses 0.3 with Adafactor; 3e-2 is the AdamW equivalent in peft's examples
+    # The paper trains with Adafactor at 0.3; peft's AdamW example uses 3e-2.
+    default_lr = 3e-2
+    default_lr_source = "peft examples/causal_language_modeling/peft_prompt_tuning_clm.ipynb: lr = 3e-2 (AdamW)"
     config_class = "PromptTuningConfig"
     config_fields = peft_args("num_virtual_tokens")
 
@@ -118,7 +120,10 @@ class PrefixTuning(SoftPrompt):
 
     paper = "Li and Liang, Prefix-Tuning: Optimizing Continuous Prompts for Generation, ACL 2021"
     Params = PrefixParams
-    default_lr = 1e-2  # peft's sequence-classification example rate for prefixes without projection
+    default_lr = 1e-2
+    default_lr_source = (
+        "peft examples/sequence_classification/prefix_tuning.ipynb: lr = 1e-2 (prefixes without projection)"
+    )
     config_class = "PrefixTuningConfig"
     config_fields = peft_args("num_virtual_tokens", prefix_projection="projection")
 

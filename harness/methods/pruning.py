@@ -96,6 +96,7 @@ class _Pruning(CompressionMethod):
     action = "prune"
     Params = SparsityParams
     default_lr = 0.0  # pruning alone trains nothing; a later adaptation step brings its own rate
+    default_lr_source = "none: pruning trains nothing; a later adaptation step brings its own rate"
 
     def compress(self, model, layers, ctx):
         masks = self.masks_for(model, layers, ctx)

@@ -234,6 +234,8 @@ class Int8Dynamic(Method):
     compresses = True
     quantizes = True
     must_be_last = True  # its quantized modules have no weights a later step could train or compress
+    default_lr = 0.0
+    default_lr_source = "none: quantization trains nothing"
     paper = "Jacob et al., Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference, CVPR 2018"
 
     keep: tuple[str, ...] = ()

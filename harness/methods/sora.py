@@ -135,7 +135,8 @@ class SoRA(AdapterMethod):
     paper = "Ding et al., Sparse Low-rank Adaptation of Pre-trained Language Models, EMNLP 2023"
     Params = SoraParams
     Layer = SoraLinear
-    default_lr = 8e-4  # the official GLUE scripts (DeBERTaV3-base)
+    default_lr = 8e-4
+    default_lr_source = "Ding et al. 2023 (SoRA), official GLUE scripts (DeBERTaV3-base): learning rate 8e-4"
     version = 2  # official L1 term, own gate optimizer, GLUE threshold
 
     def make_layer(self, base, index, ctx):

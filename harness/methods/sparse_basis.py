@@ -32,7 +32,12 @@ class FourierFT(PeftMethod):
     category = "spectral"
     paper = "Gao et al., Parameter-Efficient Fine-Tuning with Discrete Fourier Transform, ICML 2024"
     Params = FourierFTParams
-    default_lr = 2e-2  # the paper's GLUE rates for the coefficients are 5e-2..1e-1; the head shares this one
+    # One rate serves coefficients and head here; the example's is the coefficients' rate.
+    default_lr = 6e-2
+    default_lr_source = (
+        "peft examples/sequence_classification/FourierFT.ipynb (RoBERTa-base, MRPC): fft_lr = 6e-2 "
+        "for the spectral coefficients (its head trains at 6e-3)"
+    )
     config_class = "FourierFTConfig"
     config_fields = peft_args("n_frequency", "scaling", "random_loc_seed")
 
@@ -52,7 +57,8 @@ class RandLoRA(PeftMethod):
     paper = "Albert et al., RandLoRA: Full-rank Parameter-efficient Fine-tuning of Large Models, ICLR 2025"
     Params = RandLoraParams
     rank_param = "r"
-    default_lr = 2e-3
+    default_lr = 3e-4
+    default_lr_source = "peft examples/randlora_finetuning/README.md: --learning_rate 3e-4"
     config_class = "RandLoraConfig"
     config_fields = peft_args("r", "sparse", randlora_alpha="alpha", randlora_dropout="dropout")
 
@@ -76,7 +82,11 @@ class VBLoRA(PeftMethod):
     paper = "Li et al., VB-LoRA: Extreme Parameter Efficient Fine-Tuning with Vector Banks, NeurIPS 2024"
     Params = VBLoraParams
     rank_param = "r"
-    default_lr = 2e-3
+    # One rate serves the bank, the logits and the head here; the example's is the bank's rate.
+    default_lr = 1e-3
+    default_lr_source = (
+        "peft examples/sequence_classification/VBLoRA.ipynb (RoBERTa): vector_bank_lr = 1e-3 (logits 1e-2, head 4e-3)"
+    )
     config_class = "VBLoRAConfig"
     config_fields = peft_args("r", "num_vectors", "vector_length", "topk", vblora_dropout="dropout")
 
@@ -94,6 +104,7 @@ class MiSS(PeftMethod):
     paper = "Kang, MiSS (Bone): Balancing LoRA Performance and Efficiency with Simple Shard Sharing, arXiv 2024"
     Params = MissParams
     rank_param = "r"
-    default_lr = 2e-3
+    default_lr = 2e-5
+    default_lr_source = "peft examples/miss_finetuning/README.md: --learning_rate 2e-5"
     config_class = "MissConfig"
     config_fields = peft_args("r", miss_dropout="dropout")

@@ -295,6 +295,7 @@ class ChannelPruning(CompressionMethod):
     paper = "Li et al., Pruning Filters for Efficient ConvNets, ICLR 2017"
     Params = ChannelParams
     default_lr = 0.0  # pruning alone trains nothing; a later adaptation step brings its own rate
+    default_lr_source = "none: pruning trains nothing; a later adaptation step brings its own rate"
 
     def targets(self, model, ctx) -> list[PrunableGroup]:
         """The prunable groups outside the head; none (or no heads where heads > 0) is bad input."""

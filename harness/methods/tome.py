@@ -208,6 +208,7 @@ class ToMe(CompressionMethod):
     paper = "Bolya et al., Token Merging: Your ViT But Faster, ICLR 2023"
     Params = ToMeParams
     default_lr = 0.0  # merging alone trains nothing; a later adaptation step brings its own rate
+    default_lr_source = "none: token merging trains nothing; a later adaptation step brings its own rate"
     # The layers share one merge state, reset at the first and last layer; recomputing a layer
     # in the backward pass replays it with another state and saves other tensors.
     supports_gradient_checkpointing = False

@@ -24,7 +24,10 @@ class VeRA(PeftMethod):
     category = "low-rank, shared random"
     paper = "Kopiczko et al., VeRA: Vector-based Random Matrix Adaptation, ICLR 2024"
     Params = VeraParams
-    default_lr = 4e-3  # the paper's RoBERTa-base SST-2 rate for the scaling vectors (Table 8)
+    default_lr = 4e-3
+    default_lr_source = (
+        "Kopiczko et al. 2024 (VeRA), Table 8: RoBERTa-base SST-2 learning rate 4e-3 for the scaling vectors"
+    )
     config_class = "VeraConfig"
     config_fields = peft_args("r", "d_initial", vera_dropout="dropout")
 

@@ -33,7 +33,7 @@ def test_run_writes_one_ok_row_with_metrics_and_costs(tiny_model, tiny_glue, res
     assert row["latency_batch_size"] == 48  # eval split has 48 examples, default eval batch 64
     assert row["torch_version"] and row["device"] == "cpu"
     config = json.loads(row["config"])
-    assert config["lr"] == 2e-3 and config["epochs"] == 3 and config["max_steps"] == 4
+    assert config["lr"] == 5e-4 and config["epochs"] == 3 and config["max_steps"] == 4
     assert "wrote" in capsys.readouterr().out
 
 
