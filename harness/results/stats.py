@@ -164,7 +164,13 @@ def crossed_variance(matrix: np.ndarray) -> CrossedVariance:
     ms_example = seeds * float(((example_means - grand) ** 2).sum()) / (examples - 1)
     ms_residual = float(((matrix - seed_means - example_means + grand) ** 2).sum()) / ((seeds - 1) * (examples - 1))
     cells = seeds * examples
-    seed_part = ms_seed / cells
+    # Seed means that agree exactly (discrete scores: every seed nets the same few flips) measure no
+    # noise, though the residual shows plenty: then the seed part is the residual's σe²/(S·I), its
+    # value with σb² at zero, not zero. (Flooring it so always would make the test conservative:
+    # MS_seed < MS_residual about half the time under no difference.)
+    # (Residuals of float rounding alone, a constant difference, are no noise: relative to the scores.)
+    noise = ms_residual > 1e-12 * float((matrix**2).mean())
+    seed_part = (ms_residual if ms_seed <= ms_residual * 1e-12 and noise else ms_seed) / cells
     example_part = max(ms_example - ms_residual, 0.0) / cells
     return CrossedVariance(seed_part + example_part, seed_part, example_part, seeds, examples)
 

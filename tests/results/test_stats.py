@@ -234,3 +234,23 @@ def test_two_seeds_that_disagree_give_a_finite_p_value():
     b[0, :12] = 1 - b[0, :12]  # the methods disagree on one seed's examples
     result = paired_difference(a, b)
     assert 0.0 <= result.p_value <= 1.0 and math.isfinite(result.low) and math.isfinite(result.high)
+
+
+def test_equal_seed_means_do_not_make_a_few_flipped_examples_certain():
+    """Two methods that differ on three examples per seed, different ones in each seed, with the
+    same net -1 in every seed: the seed means agree exactly and the example means nearly cancel, yet
+    nine flips out of 831 predictions are no evidence at all (one seed's paired test gives p
+    0.57). The seed part cannot be below the noise the residual measures (a seed variance
+    component truncated at zero, like the example one), so the interval keeps a width."""
+    from harness.results.paired import paired_difference
+
+    a = np.ones((3, 277))
+    b = np.ones((3, 277))
+    for seed in range(3):
+        a[seed, 3 * seed : 3 * seed + 2] = 0.0  # two examples lost
+        b[seed, 3 * seed + 2] = 0.0  # one won
+    result = paired_difference(a, b)
+    assert result.difference == pytest.approx(-1 / 277)
+    assert result.p_value > 0.2 and result.low < 0 < result.high
+    one_seed = paired_difference(a[:1], b[:1])
+    assert one_seed.p_value == pytest.approx(sps.ttest_1samp(a[0] - b[0], 0).pvalue, rel=1e-6)
