@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+import yaml
 
 from harness.cli import main
 from harness.data.vision_models import resnet20
@@ -20,6 +21,8 @@ from harness.methods.base import MethodContext
 from harness.results.store import write_row
 from harness.spec.run import ResolvedRun
 from harness.spec.schema import COLUMNS, SCHEMA_VERSION
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def report_row(method, score, trainable, memory, seconds, run_id, status="ok", device="cpu-x", **inference):
@@ -150,6 +153,22 @@ def store(path, *rows):
     path.mkdir(parents=True, exist_ok=True)
     for row in rows:
         write_row(row, path)
+    return path
+
+
+def cpu_nightly(tmp_path: Path, model: Path, mirror: Path, methods=("none", "bitfit"), seeds=(0,), **defaults) -> Path:
+    """configs/nightly-cpu.yaml with the tiny fixtures in place of its model and data, and its grid
+    cut to a few quick jobs (the tiny mirror has SST-2 only, and each job is a process of its own):
+    `methods` x `seeds` on SST-2; `defaults` override the cut-down settings below."""
+    config = yaml.safe_load((CONFIGS / "nightly-cpu.yaml").read_text())
+    [glue] = [g for g in config["grid"] if g["suite"] == "glue"]
+    config["grid"] = [{**glue, "model": str(model), "task": "sst2", "method": list(methods), "seed": list(seeds)}]
+    config.pop("runs", None)
+    config["defaults"].update(max_steps=2, max_train_samples=32, max_eval_samples=16, latency_repeats=1)
+    config["defaults"].update(defaults)
+    config["data_dir"] = str(mirror)
+    path = tmp_path / "nightly-cpu.yaml"
+    path.write_text(yaml.safe_dump(config))
     return path
 
 

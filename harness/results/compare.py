@@ -10,13 +10,20 @@ identity key.
 Rules, per matched pair (quality is higher-is-better, costs lower-is-better):
 - score, several seeds: the pairs of one configuration (every setting but the seed, see
   harness/results/grouping.py) are compared by their seed means. A change counts when it exceeds
-  both `metric_tolerance` and `metric_k` standard errors of the difference of the two
-  means, the SE coming from the seeds' own spread on each side (Welch:
-  sqrt(s_base^2/n_base + s_new^2/n_new)). Both stores score one fixed evaluation set, so
-  its sampling noise is common to the two and not part of the SE; what varies between
-  runs of one configuration is the seed and non-deterministic kernels, which the spread
-  measures. With 3 seeds per side a true-null difference passes k=3 about 96% of the time
-  (Student t, about 4 degrees of freedom).
+  both `metric_tolerance` and `metric_k` standard errors of the mean change, the SE coming
+  from the seeds' own changes: a pair holds one seed on both nights (the identity includes
+  it), so SE = sd(new_i - base_i) / sqrt(m) over the m matched seeds (a paired comparison).
+  It holds whether or not a seed repeats its score from night to night: when it does
+  (`deterministic: true`, the nightly's setting), an unchanged night has per-seed changes of
+  about 0 and a broken one shifts every seed alike, so the SE is about 0 and the absolute
+  tolerance decides; the spread between seeds (an unpaired SE) would there hide a drop
+  of up to 2.45 x the seeds' sd behind it (3 SE of two means of 3 seeds). When the seeds do not repeat (no
+  determinism, or a change that reshuffles every run), the SE measures that noise instead,
+  with m - 1 degrees of freedom: at 3 seeds a true-null mean passes k=3 (one side) at least
+  95% of the time (Student t, 2 degrees of freedom; the tolerance raises it further), at
+  2 seeds about 90% (1 degree of freedom). Seeds run on one night only are left out of the
+  mean (a seed of BASE missing in NEW is a regression of its own, below). Both stores score
+  one fixed evaluation set, so its sampling noise is common to the two and not part of the SE.
 - score, one seed: a drop of more than `metric_tolerance` (absolute, in the metric's units)
   is a regression, a rise of more than it an improvement. One seed gives no measure of its
   own noise, so this gate is only as steady as the run is deterministic. Scores of
@@ -74,6 +81,9 @@ EXACT_COSTS = ("trainable_params", "model_bytes", "compressed_model_bytes", "flo
 DEVICE_TYPE_COSTS = ("model_bytes", "compressed_model_bytes", "flops_per_sample")
 # Standard errors a seed-mean score change must exceed (see the module docstring).
 METRIC_K = 3.0
+# A change equal to a band is inside it: 0.70 - 0.69 is 0.010000000000000009 in floating point,
+# and a drop of exactly the tolerance must pass. Far below one example of any evaluation set.
+SLACK = 1e-9
 
 REGRESSION, IMPROVEMENT, INFO = "regression", "improvement", "info"
 _ORDER = {REGRESSION: 0, IMPROVEMENT: 1, INFO: 2}
@@ -225,9 +235,9 @@ def _score_changes(pairs: list[tuple[dict, dict]], metric_tolerance: float, metr
 
 
 def _single_seed_change(b: dict, n: dict, metric_tolerance: float) -> list[Change]:
-    if b["score"] - n["score"] > metric_tolerance:
+    if b["score"] - n["score"] > metric_tolerance + SLACK:
         return [_change(_label(n), "score", b, n, REGRESSION, f"{n['metric']} down more than {metric_tolerance:g}")]
-    if n["score"] - b["score"] > metric_tolerance:
+    if n["score"] - b["score"] > metric_tolerance + SLACK:
         return [_change(_label(n), "score", b, n, IMPROVEMENT, f"{n['metric']} up more than {metric_tolerance:g}")]
     return []
 
@@ -235,10 +245,13 @@ def _single_seed_change(b: dict, n: dict, metric_tolerance: float) -> list[Chang
 def _seed_mean_change(members: list[tuple[dict, dict]], metric_tolerance: float, metric_k: float) -> list[Change]:
     base = np.array([b["score"] for b, _ in members], dtype=float)
     new = np.array([n["score"] for _, n in members], dtype=float)
-    se = math.sqrt(base.var(ddof=1) / len(base) + new.var(ddof=1) / len(new))
+    # Paired by seed: the SE of the mean of the per-seed changes (see the module docstring).
+    changes = new - base
+    se = float(changes.std(ddof=1)) / math.sqrt(len(changes))
+    se = 0.0 if se < SLACK else se  # equal changes on every seed, up to rounding
     band = max(metric_tolerance, metric_k * se)
     difference = float(new.mean() - base.mean())
-    if abs(difference) <= band:
+    if abs(difference) <= band + SLACK:
         return []
     n0 = members[0][1]
     seeds = ",".join(str(n["seed"]) for _, n in sorted(members, key=lambda m: str(m[1]["seed"])))

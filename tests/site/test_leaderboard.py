@@ -9,7 +9,6 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-import yaml
 
 from harness.core.errors import HarnessError
 from harness.results.compare import compare_stores
@@ -21,7 +20,7 @@ from tests.support import MODEL, run_row, store
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 NIGHT_1, NIGHT_2 = "2026-01-02", "2026-01-03"
-CPU_TIME_TOLERANCE = 1000  # x the base value: see test_cpu_nightly_end_to_end
+CPU_TIME_TOLERANCE = 1000  # x the base value: see tests/results/test_nightly_gate.py
 
 
 def night_rows(day: str, scores: dict[tuple[str, int], float], **columns) -> list[dict]:
@@ -209,45 +208,6 @@ def test_nightly_sweep_files_are_valid_and_cover_the_planned_grid():
     cpu = load_sweep(CONFIGS / "nightly-cpu.yaml")
     assert {(j.values["suite"], j.values.get("task")) for j in cpu.jobs} <= {(s, t) for s, t, *_ in jobs}
     assert all(j.values["max_steps"] <= 10 for j in cpu.jobs)
-
-
-def cpu_nightly(tmp_path: Path, model: Path, mirror: Path) -> Path:
-    """configs/nightly-cpu.yaml with the tiny fixtures in place of its model and data, and its grid
-    cut to two quick jobs (the tiny mirror has SST-2 only, and each job is a process of its own)."""
-    config = yaml.safe_load((CONFIGS / "nightly-cpu.yaml").read_text())
-    [glue] = [g for g in config["grid"] if g["suite"] == "glue"]
-    config["grid"] = [{**glue, "model": str(model), "task": "sst2", "method": ["none", "bitfit"], "seed": [0]}]
-    config.pop("runs", None)
-    config["defaults"].update(max_steps=2, max_train_samples=32, max_eval_samples=16, latency_repeats=1)
-    config["data_dir"] = str(mirror)
-    path = tmp_path / "nightly-cpu.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def test_cpu_nightly_end_to_end(tiny_model, tiny_glue, tmp_path, capsys):
-    from harness.cli import main
-
-    sweep = cpu_nightly(tmp_path, tiny_model, tiny_glue)
-    first, second = tmp_path / "results-1", tmp_path / "results-2"
-    for results in (first, second):
-        assert main(["sweep", str(sweep), "--results", str(results), "--quiet"]) == 0
-    capsys.readouterr()
-    # Same code, same seeds: equal scores and exact costs, every run present. Timings are out of
-    # this check: on a shared CPU one forward pass measured 0.7 ms in one run and 60 ms in the
-    # next (its threads waiting for cores), so their tolerance is wide open.
-    assert main(["compare", str(first), str(second), "--time-tolerance", str(CPU_TIME_TOLERANCE)]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "0 regressions, 0 improvements, 2 runs compared"
-    history = tmp_path / "history"
-    append_night(first, history, NIGHT_1)
-    append_night(second, history, NIGHT_2)
-    frame = trend(history)
-    assert sorted(frame["method"].unique()) == ["bitfit", "none"] and len(frame) == 4
-    by_night = frame.pivot(index="method", columns="night", values="score")
-    assert list(by_night[date(2026, 1, 2)]) == list(by_night[date(2026, 1, 3)])
-    page = write_leaderboard(history, tmp_path / "site", time_tolerance=CPU_TIME_TOLERANCE).read_text()
-    assert "0 regressions, 0 improvements, 2 runs compared" in page
-    assert '<a href="#glue-sst2">glue/sst2</a>' in page
 
 
 @pytest.mark.parametrize("bad", [b"", b"PAR1 truncated", b"not parquet at all"])
