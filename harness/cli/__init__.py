@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 
 # Each command module registers its commands on the app when imported, in the order `--help` lists them.
 # isort: off
-from harness.cli import run, sweep, results, listing  # noqa: E402, F401
+from harness.cli import run, sweep, tune, results, listing  # noqa: E402, F401
 
 # isort: on
 from harness.cli.app import app, err  # noqa: E402

@@ -41,14 +41,12 @@ def sweep(
     from harness.execution.plan import plan, summary
     from harness.spec.sweep_file import load_sweep
 
-    for flag, value in (("--max-parallel", max_parallel), ("--timeout", timeout)):
-        if value is not None and not (0 < value < math.inf):  # nan fails both comparisons
-            raise HarnessError(f"{flag} must be a positive, finite number (got {value})")
-    if retries is not None and retries < 0:
-        raise HarnessError(f"--retries must be 0 or more (got {retries})")
+    check_run_options(max_parallel, timeout, retries)
     # The options only some executors take; None: not given.
     chosen = make_executor(executor, {"devices": devices, "max_parallel": max_parallel, "slurm_folder": slurm_folder})
     loaded = load_sweep(file)
+    if loaded.config.tune is not None:
+        raise HarnessError(f"{file} has a `tune:` block: run it with `harness tune {file}`")
     overrides = {k: v for k, v in (("timeout", timeout), ("retries", retries)) if v is not None}
     resources = loaded.config.resources.model_copy(update=overrides)
     the_plan = plan(loaded, results, overrides)
@@ -62,6 +60,15 @@ def sweep(
     print(f"sweep {file}: {summary(outcomes)}", file=sys.stderr if to_stderr else sys.stdout)
     if not all(o.succeeded for o in outcomes):  # elsewhere (another sweep has it) is no failure
         raise typer.Exit(1)
+
+
+def check_run_options(max_parallel, timeout, retries) -> None:
+    """The executor options every sweep command takes, checked before anything is planned."""
+    for flag, value in (("--max-parallel", max_parallel), ("--timeout", timeout)):
+        if value is not None and not (0 < value < math.inf):  # nan fails both comparisons
+            raise HarnessError(f"{flag} must be a positive, finite number (got {value})")
+    if retries is not None and retries < 0:
+        raise HarnessError(f"--retries must be 0 or more (got {retries})")
 
 
 def _print_plan(the_plan, todo, verbose: bool, stderr: bool = False) -> None:

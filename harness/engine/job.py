@@ -13,6 +13,7 @@ import os
 import traceback
 import uuid
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,7 +42,6 @@ from harness.results.predictions import write_predictions
 from harness.results.store import write_row
 from harness.spec.run import ResolvedRun, RunSpec
 from harness.spec.schema import SCHEMA_VERSION
-from harness.spec.subsets import fixed_subset
 from harness.suites.base import SUITES
 
 
@@ -74,7 +74,10 @@ def run_job(spec: RunSpec, show_progress: bool = True) -> JobResult:
     backend = eval_backend(run, device)  # likewise: the backend resolve chose can run on this device
     row = _identity_row(run, device)
     try:
-        columns, examples = _execute(run, suite, task, pipeline, sources, device, show_progress, row["run_id"], backend)
+        with deterministic_algorithms(run.deterministic):
+            columns, examples = _execute(
+                run, suite, task, pipeline, sources, device, show_progress, row["run_id"], backend
+            )
         row.update(columns)
         # Once the run's row is known and before it is written: a run that fails writes none.
         write_predictions(run.results_dir, run.job_hash, row["run_id"], examples)
@@ -85,6 +88,24 @@ def run_job(spec: RunSpec, show_progress: bool = True) -> JobResult:
         row.update(status="failed", error=_describe_error(exc), traceback=traceback.format_exc())
     row["created_at"] = datetime.now(timezone.utc)
     return JobResult(row, write_row(row, run.results_dir))
+
+
+@contextmanager
+def deterministic_algorithms(on: bool):
+    """torch's deterministic algorithms for the job, where torch has them (warn_only: an operation
+    without one warns rather than fails), as they were before afterwards. cuBLAS is deterministic
+    only with a fixed workspace (CUBLAS_WORKSPACE_CONFIG, torch's reproducibility notes), which it
+    reads when it starts: set before the job's first CUDA call."""
+    if not on:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def record_failure(run: ResolvedRun, error: str, detail: str = "", env: dict[str, Any] | None = None) -> Path:
@@ -177,8 +198,12 @@ def _execute(
         datasets.disable_progress_bars()
         hf_logging.disable_progress_bar()
 
-    train_ds = fixed_subset(suite.load(sources[task.train_split]), run.max_train_samples)
-    eval_sets = suite.load_eval(task, sources, run)
+    train_ds, selection_ds = suite.split_training(task, suite.load(sources[task.train_split]), run)
+    if run.evaluate_on == "selection":  # a tuning trial: scored on held-out training data only
+        suite.check_split(task, "selection", selection_ds)
+        eval_sets = [("selection", "", selection_ds)]
+    else:
+        eval_sets = suite.load_eval(task, sources, run)
 
     set_seed(run.seed)
     try:
@@ -206,6 +231,7 @@ def _execute(
         dense_modules=suite.dense_modules(model),
         total_steps=steps,
         lr=run.lr,
+        head_lr=run.head_lr,
         weight_decay=run.weight_decay,
         seed=run.seed,
         gradient_checkpointing=run.gradient_checkpointing,
@@ -261,6 +287,10 @@ def _execute(
         "score": evaluation.metrics[task.primary_metric],
         "metrics": json.dumps(evaluation.metrics, sort_keys=True),
         "eval_split": ",".join(evaluation.splits),
+        "selection_split": suite.selection_split(task, run),
+        "tuning_group": run.tuning_group,
+        "tuning_role": tuning_role(run),
+        "tuned": json.dumps(run.tuned, sort_keys=True) if run.tuned is not None else None,
         "eval_samples": evaluation.samples,
         "eval_seconds": evaluation.seconds,
         "model_origin": gguf_origin(run.model_location),
@@ -313,6 +343,13 @@ def _execute(
         else (profiles["inference"].top_category if "inference" in profiles else None),
     }
     return columns, evaluation.examples
+
+
+def tuning_role(run: ResolvedRun) -> str | None:
+    """A tuning group's trial (scored on the selection split) or final (on the reported split)."""
+    if run.tuning_group is None:
+        return None
+    return "trial" if run.evaluate_on == "selection" else "final"
 
 
 def mean_tokens(data) -> float:

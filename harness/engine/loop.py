@@ -28,7 +28,7 @@ from harness.measure.passes import autocast, loss_backward, to_device, untraced_
 from harness.measure.timing import Stopwatch
 from harness.measure.train_flops import StepFlops
 from harness.methods.base import MethodContext
-from harness.methods.optim import default_optimizer
+from harness.methods.optim import default_optimizer, give_head_its_rate
 from harness.methods.pipeline import Pipeline
 from harness.suites.base import Prepared
 
@@ -131,7 +131,11 @@ def sample_batches(data: Prepared, batch_size: int, n: int, seed: int):
 def build_optimizer(model: torch.nn.Module, pipeline: Pipeline, ctx: MethodContext) -> torch.optim.Optimizer:
     """The method's own optimizer (GaLore, LISA) if it brings one, else AdamW over what trains."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return pipeline.optimizer([p for _, p in named], ctx) or default_optimizer(named, ctx.lr, ctx.weight_decay)
+    optimizer = pipeline.optimizer([p for _, p in named], ctx) or default_optimizer(named, ctx.lr, ctx.weight_decay)
+    if ctx.head_lr is not None and ctx.head_modules:
+        # A method's optimizer may also hold parameters frozen now (LISA's layers): every one counts.
+        give_head_its_rate(optimizer, list(model.named_parameters()), ctx.head_modules, ctx.head_lr)
+    return optimizer
 
 
 def train(

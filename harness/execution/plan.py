@@ -18,7 +18,7 @@ from harness.engine.resolve import resolve
 from harness.execution.isolated import Outcome
 from harness.results.store import job_status
 from harness.spec.run import ResolvedRun, RunSpec
-from harness.spec.sweep_file import LoadedSweep, Resources
+from harness.spec.sweep_file import LoadedSweep, Resources, SweepJobSpec
 
 
 @dataclass
@@ -53,28 +53,36 @@ def resolve_jobs(loaded: LoadedSweep, results: str | None = None) -> list[SweepJ
     """Every job of the file, validated and resolved; the first problem names its line."""
     jobs: dict[str, SweepJob] = {}
     for job in loaded.jobs:
-        values = dict(job.values)
-        values.setdefault("results_dir", results or loaded.config.results or "results")
-        if loaded.config.data_dir and "data_dir" not in values:
-            values["data_dir"] = loaded.config.data_dir
-        try:
-            spec = RunSpec(**values)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            key = str(err["loc"][0]) if err["loc"] else ""
-            message = (
-                "unknown setting" if err["type"] == "extra_forbidden" else f"{err['msg']} (got {err.get('input')!r})"
-            )
-            raise loaded.error(job.origin.get(key, ()), message) from None
-        try:
-            run = resolve(spec)[0]
-        except HarnessError as exc:
-            text = str(exc)
-            key = next((f for prefix, f in _FIELD_OF_ERROR if text.startswith(prefix) and f in job.origin), None)
-            path = job.origin[key] if key else next(iter(job.origin.values()), ())
-            raise loaded.error(path, text) from None
-        jobs.setdefault(run.job_hash, SweepJob(spec, run, job.resources))  # the same job twice in a file runs once
+        resolved = resolve_job(loaded, job, results)[0]
+        jobs.setdefault(resolved.job_hash, resolved)  # the same job twice in a file runs once
     return list(jobs.values())
+
+
+def resolve_job(loaded: LoadedSweep, job: SweepJobSpec, results: str | None = None):
+    """One job of the file, validated and resolved: (SweepJob, suite, task, pipeline, sources); a
+    problem names the file's line of the key it is about."""
+    values = dict(job.values)
+    values.setdefault("results_dir", results or loaded.config.results or "results")
+    if loaded.config.data_dir and "data_dir" not in values:
+        values["data_dir"] = loaded.config.data_dir
+    try:
+        spec = RunSpec(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else ""
+        message = "unknown setting" if err["type"] == "extra_forbidden" else f"{err['msg']} (got {err.get('input')!r})"
+        raise loaded.error(job.origin.get(key, ()), message) from None
+    try:
+        run, suite, task, pipeline, sources = resolve(spec)
+    except HarnessError as exc:
+        raise loaded.error(error_path(job, str(exc)), str(exc)) from None
+    return SweepJob(spec, run, job.resources), suite, task, pipeline, sources
+
+
+def error_path(job: SweepJobSpec, text: str):
+    """The path of the file's node an error of this job is about, from the words it starts with."""
+    key = next((f for prefix, f in _FIELD_OF_ERROR if text.startswith(prefix) and f in job.origin), None)
+    return job.origin[key] if key else next(iter(job.origin.values()), ())
 
 
 def pin_auto_device(job: SweepJob, device_type: str) -> SweepJob:

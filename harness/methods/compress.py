@@ -16,14 +16,9 @@ from torch import nn
 from harness.core.errors import HarnessError
 from harness.measure.timing import device_of
 from harness.methods.base import Method, MethodContext, freeze_all_but
+from harness.methods.optim import in_head
 
 COMPRESSIBLE = (nn.Linear, nn.Conv2d)
-
-
-def in_head(name: str, head_modules: tuple[str, ...]) -> bool:
-    """Whether module `name` is, or lies inside, one of the task head's modules (matched as whole
-    dotted name components, so a head `classifier` also matches `model.classifier.dense`)."""
-    return any(name == h or name.startswith(h + ".") or f".{h}." in f".{name}." for h in head_modules)
 
 
 def compressible_layers(model: nn.Module, head_modules: tuple[str, ...] = ()) -> list[tuple[str, nn.Module]]:
@@ -37,6 +32,9 @@ class CompressionMethod(Method):
     the pipeline applies steps left to right."""
 
     compresses = True
+    # Compression alone trains nothing; a later adaptation step brings its own rate.
+    default_lr = 0.0
+    default_lr_source = "none: compression trains nothing; a later adaptation step brings its own rate"
     action: ClassVar[str] = "compress"  # the verb of the refusal: "... no linear or convolution layer to prune"
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:

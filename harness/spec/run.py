@@ -88,6 +88,26 @@ class RunSpec(BaseModel):
             resolved=OptInt,
         ),
     ] = None
+    # The selection split: what tuning scores its trials on. Hashed only when set, so runs without it
+    # keep their hashes; with it, the training subset is drawn from the rest of the training split.
+    selection_samples: Annotated[
+        Count | None,
+        Opt(
+            "Hold out this many training examples as the selection split (the same for every method "
+            "and seed, never trained on); a suite with its own (vtab: val200) uses that.",
+            resolved=OptInt,
+            identity="changed",
+        ),
+    ] = None
+    evaluate_on: Annotated[
+        Literal["reported", "selection"],
+        Opt(
+            "reported: the task's evaluation split(s); selection: the held-out selection split "
+            "(what tuning trials are scored on).",
+            resolved=str,
+            identity="changed",
+        ),
+    ] = "reported"
     epochs: Annotated[
         Number | None,
         Field(gt=0, le=MAX_EPOCHS),
@@ -98,6 +118,16 @@ class RunSpec(BaseModel):
         Number | None,
         Field(gt=0),
         Opt("Peak learning rate (method default if omitted).", fill=Fill.METHOD, resolved=float),
+    ] = None
+    head_lr: Annotated[
+        Number | None,
+        Field(gt=0),
+        Opt(
+            "Learning rate of the freshly initialised task head (default: the method's rate); "
+            "`harness tune` gives every method the same one.",
+            resolved=float | None,
+            identity="changed",
+        ),
     ] = None
     batch_size: Annotated[Count | None, Opt("Training batch size.", fill=Fill.SUITE, resolved=int)] = None
     eval_batch_size: Annotated[
@@ -136,6 +166,15 @@ class RunSpec(BaseModel):
     ] = None
     gradient_checkpointing: Annotated[
         StrictBool, Opt("Recompute activations in backward: less memory, more time.", resolved=bool)
+    ] = False
+    deterministic: Annotated[
+        StrictBool,
+        Opt(
+            "Deterministic algorithms where torch has them (torch.use_deterministic_algorithms, warn "
+            "only); slower; for gates that compare nights.",
+            resolved=bool,
+            identity="changed",
+        ),
     ] = False
     max_train_tokens: Annotated[
         Count | None,
@@ -177,6 +216,25 @@ class RunSpec(BaseModel):
             fill=Fill.RESOLVER,
             resolved=OptStr,
             identity="changed",
+        ),
+    ] = None
+    # Set by `harness tune` on its trials and finals: the tuning protocol a run belongs to
+    # (harness/execution/tune.py). Hashed when set: a final is not the plain run at the same values.
+    tuning_group: Annotated[
+        str | None,
+        Opt(
+            "The tuning group a run belongs to (set by `harness tune`).", cli=False, resolved=OptStr, identity="changed"
+        ),
+    ] = None
+    # Recorded on finals by `harness tune`: the hyperparameters it searched, at the values it picked.
+    # Not hashed: the values themselves are (lr, the method's parameters), and the group is.
+    tuned: Annotated[
+        dict[str, Any] | None,
+        Opt(
+            "What tuning searched, at the values it picked (set by `harness tune`).",
+            cli=False,
+            resolved=dict[str, Any] | None,
+            identity="never",
         ),
     ] = None
     data_dir: Annotated[

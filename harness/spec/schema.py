@@ -275,6 +275,26 @@ COLUMNS: tuple[Column, ...] = (
         "eval_backend",
         pa.string(),
         "evaluation backend that produced the scores (harness/evaluation): torch (forward passes), lm-eval-hf (lm-eval on the transformers model in memory), vllm (lm-eval on a vLLM engine; LoRA unmerged); it enters job_hash only when not the suite's own (torch, lm-eval-hf); inference costs are measured on the model in memory; null: written before backends were recorded",
+    ),  # the fair-comparison protocol (harness tune)
+    Column(
+        "selection_split",
+        pa.string(),
+        "the held-out split hyperparameters are selected on, disjoint from the training subset: carved from the training split with a fixed seed (--selection-samples) or the suite's own (vtab: val200); eval_split 'selection' when the row's score is on it; null: the run held none out",
+    ),
+    Column(
+        "tuning_group",
+        pa.string(),
+        "the `harness tune` group the run belongs to (one method, task and budget; its record is <results>/_tuning/<group>.json); null: a run not from tuning",
+    ),
+    Column(
+        "tuning_role",
+        pa.string(),
+        "trial: a tuning trial, scored on the selection split (never on the reported one); final: a seed of the configuration the group picked, scored on the reported split; null: a run not from tuning",
+    ),
+    Column(
+        "tuned",
+        pa.string(),
+        'finals: JSON of the hyperparameters the group searched, at the values it picked on the selection split (e.g. {"lr": 0.001}); null otherwise',
     ),
 )
 

@@ -10,6 +10,7 @@
     runs:                            # single jobs besides the grid (merged over defaults)
       - {suite: gsm8k, method: lora, model: smollm2-135m, resources: {timeout: 7200}}
     resources: {timeout: 3600, retries: 1, jobs_per_device: 1, memory_limit_gb: 16}
+    tune: {trials: 5, seeds: [0, 1, 2]}  # optional: tune every job instead (`harness tune FILE`)
 
 A run in `runs` may override timeout, retries and memory_limit_gb for itself.
 
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from harness.core.errors import HarnessError
 from harness.spec.numbers import Number
+from harness.spec.tuning import TuneBlock
 
 Path_ = tuple[Any, ...]  # keys and indices from the document's root to a node
 
@@ -52,6 +54,8 @@ class SweepFile(BaseModel):
     grid: dict[str, Any] | list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     resources: Resources = Resources()
+    # The fair-comparison protocol (harness/spec/tuning.py): run with `harness tune FILE`.
+    tune: TuneBlock | None = None
 
 
 @dataclass

@@ -19,7 +19,7 @@ from harness.core.registry import Registry, summary_of
 from harness.data.models import MODELS, ModelAlias
 from harness.data.resolve import DataSource, load_split, locate_split
 from harness.spec.options import SUITE_OPTIONS, SuiteOptions
-from harness.spec.subsets import fixed_subset
+from harness.spec.subsets import DATA_SEED, fixed_subset, training_and_selection
 
 if TYPE_CHECKING:
     from harness.spec.run import ResolvedRun, RunSpec
@@ -94,6 +94,17 @@ def example_ids(dataset, own: str | None) -> list[int]:
     """The ids `with_example_ids` attached (or the data's own), in the dataset's order."""
     column = own if own and own in dataset.column_names else EXAMPLE_ID
     return [int(i) for i in dataset[column]]
+
+
+def row_count(source: DataSource) -> int | None:
+    """Rows of a located split from its Parquet footers (nothing decoded); None for a split that
+    comes from the hub (its size is known once loaded). An unreadable file is one line (check_files)."""
+    import pyarrow.parquet as pq
+
+    if not source.files:
+        return None
+    check_files(source)
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in source.files)
 
 
 def check_files(source: DataSource) -> None:
@@ -266,6 +277,54 @@ class Suite:
         training set by hub id) is the suite option of the suites that declare one."""
         splits = [task.train_split] + [split for split, _ in task.eval_splits]
         return {split: locate_split(task.dataset, task.config, split, data_dir) for split in splits}
+
+    # The selection split -----------------------------------------------------
+    # A suite whose benchmark defines the split it selects hyperparameters on says what it is here
+    # and gives it in `load_selection` (VTAB-1k: val200); the others carve it from the training split.
+    own_selection: ClassVar[str | None] = None
+    # Where evaluating on a selection split is not possible yet, why (one line).
+    no_selection: ClassVar[str | None] = None
+
+    def check_selection(self, run: "ResolvedRun") -> None:
+        """A selection split the run asks for that the suite cannot give, refused before any work."""
+        if self.no_selection and (run.selection_samples is not None or run.evaluate_on == "selection"):
+            raise HarnessError(f"suite {self.name!r} has no selection split: {self.no_selection}")
+        if self.own_selection and run.selection_samples is not None:
+            raise HarnessError(
+                f"suite {self.name!r} has its own selection split ({self.own_selection}); "
+                "leave --selection-samples unset"
+            )
+        if not self.own_selection and run.evaluate_on == "selection" and run.selection_samples is None:
+            raise HarnessError(
+                "--evaluate-on selection needs --selection-samples N: the examples held out of the training "
+                "split to score on (`harness tune` sets it)"
+            )
+
+    def split_training(self, task: Task, pool, run: "ResolvedRun"):
+        """The training subset of the training split `pool`, and the selection split when the run
+        holds one out (else None): disjoint, the same examples for every method and seed."""
+        self.check_selection(run)
+        if self.own_selection:
+            selection = self.load_selection(task, run.data_dir) if run.evaluate_on == "selection" else None
+            return fixed_subset(pool, run.max_train_samples), selection
+        if run.selection_samples is None:
+            return fixed_subset(pool, run.max_train_samples), None
+        return training_and_selection(pool, run.max_train_samples, run.selection_samples)
+
+    def selection_split(self, task: Task, run: "ResolvedRun") -> str | None:
+        """What the run's selection split is, for its row (None: it holds none out)."""
+        if self.own_selection:
+            return self.own_selection
+        if run.selection_samples is None:
+            return None
+        return (
+            f"{task.train_split}: {run.selection_samples} examples held out (the last of its shuffle with seed "
+            f"{DATA_SEED}; the training subset is drawn from the rest)"
+        )
+
+    def load_selection(self, task: Task, data_dir):
+        """The suite's own selection split (see `own_selection`)."""
+        raise NotImplementedError
 
     def load_eval(self, task: Task, sources: dict[str, DataSource], run: "ResolvedRun") -> list[tuple[str, str, Any]]:
         """(split, suffix, data set) of every evaluation split, loaded before any training."""

@@ -91,6 +91,10 @@ class Gsm8k(Suite):
     eval_kind = "generate"
     tasks = {"gsm8k": GSM8K}
     Options = Gsm8kOptions
+    no_selection = (
+        "its evaluation is lm-eval's gsm8k task on the test split, which cannot yet score held-out "
+        "training problems; tune it on a suite with a selection split, or pass --lr"
+    )
     model_aliases = {
         "smollm2-135m": ModelAlias(
             "HuggingFaceTB/SmolLM2-135M-Instruct",

@@ -45,7 +45,7 @@ from harness.core.errors import HarnessError
 from harness.data.image_classifiers import DEFAULT_IMAGE_SIZE, ImageSpec, build_image_classifier, head_modules
 from harness.data.models import ModelAlias
 from harness.data.resolve import DataSource, locate_split
-from harness.suites.base import SUITES, Prepared, Preset, TrainDefaults, check_files
+from harness.suites.base import SUITES, Prepared, Preset, TrainDefaults, row_count
 from harness.suites.image import (
     DecodedImages,
     FixedSize,
@@ -124,15 +124,6 @@ class PoolRows(DataSource):
     rows: tuple[int, int] = (0, 0)
 
 
-def _row_count(source: DataSource) -> int:
-    """Rows of a located split, from its Parquet footers (nothing decoded); an unreadable file is
-    one line naming it (check_files)."""
-    import pyarrow.parquet as pq
-
-    check_files(source)
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in source.files)
-
-
 @SUITES.register("vtab")
 class Vtab(ImageSuite):
     """VTAB-1k, 19 tasks: trains on the 800, holds out the 200, reports test-split top-1."""
@@ -196,7 +187,7 @@ class Vtab(ImageSuite):
                 f"<root>/{MIRROR_ID}/{task.config}/{POOL_SPLIT}-*.parquet and test-*.parquet"
             )
         pool = locate_split(MIRROR_ID, task.config, POOL_SPLIT, data_dir)
-        n = _row_count(pool)
+        n = row_count(pool)
         if n != FINAL_ROWS[1]:
             raise HarnessError(
                 f"split {POOL_SPLIT!r} of {MIRROR_ID}/{task.config} holds {n} examples; VTAB-1k's holds "
@@ -208,6 +199,8 @@ class Vtab(ImageSuite):
         """The 800 training examples and the test split; the 200 are not among them."""
         train = self._pool(task, data_dir, TRAIN_ROWS)
         return {task.train_split: train, "test": locate_split(MIRROR_ID, task.config, "test", data_dir)}
+
+    own_selection = f"val200: rows {SELECTION_ROWS[0]}..{SELECTION_ROWS[1] - 1} of {POOL_SPLIT}, VTAB-1k's own"
 
     def locate_selection(self, task: VtabTask, data_dir) -> PoolRows:
         """The 200 held-out examples (val200), for hyperparameter selection; no job reports on them."""

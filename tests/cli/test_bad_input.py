@@ -89,6 +89,8 @@ def test_every_flag_an_error_can_name_exists_on_the_command_line(capsys):
     assert {flag_of(f) for f, opt in RUN_OPTIONS.items() if not opt.cli} == {
         "--set latency_warmup",
         "--set eval_backend",
+        "--set tuning_group",
+        "--set tuned",
     }
     assert "--set" in flags
 
