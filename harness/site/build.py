@@ -252,21 +252,21 @@ def write_report(
     except OSError as exc:
         raise HarnessError(f"--out {out}: cannot create the folder ({exc.strerror}); give a writable folder") from None
     source = str(results_dir)
-    sections = build_sections(df)
+    sections = build_sections(df, results_dir)
     kernel_tables = kernel_files(results_dir)
     previous = _manifest(out)
     planned = {
         "index.html",
         "plotly.min.js",
         *(s.page for s in sections),
-        *(r["_page"] for s in sections for r in s.rows + s.failed if r["_paged"]),
+        *(r["_page"] for s in sections for r in s.rows + s.trials + s.failed if r["_paged"]),
     }
     # Listed before they are written: a report killed half-way leaves no page it cannot clean up.
     _write_manifest(out, previous | planned)
     written = {_write_plotly_js(out)}
     for section in sections:
         written.add(_write(out / section.page, render_pareto(section, source)))
-        for record in (r for r in section.rows + section.failed if r["_paged"]):
+        for record in (r for r in section.rows + section.trials + section.failed if r["_paged"]):
             kernels = kernel_profile(kernel_tables.get(record["job_hash"]))
             written.add(_write(out / record["_page"], render_run(record, section, kernels, source)))
     n_failed = int((df["status"] != "ok").sum()) if len(df) else 0

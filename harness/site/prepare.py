@@ -1,5 +1,5 @@
 """From a result store to what the report's pages show: per suite and task a TaskSection (its
-runs, leaderboard, failed runs and Pareto panels), which runs get a page of their own, the
+runs, leaderboard, tuning groups, failed runs and Pareto panels), which runs get a page of their own, the
 tables benchmarks/ wrote under <results>/_benchmarks/ and the kernel tables of
 <results>/_kernels/."""
 
@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from harness.core.errors import first_line
-from harness.results import grouping
+from harness.results import grouping, versus
 from harness.results.store import latest_per_job, read_results
 from harness.results.values import plain
 from harness.site.columns import (
@@ -29,7 +29,7 @@ from harness.site.columns import (
     slug,
 )
 from harness.site.figures import Panel, axis_points, benchmark_figure, kernel_figure, overview_panel, task_panels
-from harness.site.tables import Table, failed_table, front_summary, leaderboard_table
+from harness.site.tables import Table, failed_table, front_summary, leaderboard_table, tuning_table
 
 KERNEL_TOP = 15  # kernels listed per phase on a run page
 
@@ -41,11 +41,15 @@ class TaskSection:
     metric: str
     anchor: str
     page: str
-    rows: list[dict]  # ok runs, best score first
+    rows: list[dict]  # ok runs scored on the reported split, best score first
     failed: list[dict]
     leaderboard: Table | None = None
     failed_table: Table | None = None
     panels: list[Panel] = field(default_factory=list)
+    # Tuning trials (`harness tune`): scored on the selection split, so in the tuning table only,
+    # never in the leaderboard, the fronts or the plots of the reported split.
+    trials: list[dict] = field(default_factory=list)
+    tuning: Table | None = None
 
     @property
     def figures(self) -> list[dict]:
@@ -83,6 +87,10 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     pages = [run_page(j, r) for j, r in zip(df["job_hash"], df["run_id"])]
     columns = [c for c in ("config", *GROUP_COLUMNS) if c in df]
     groups = [grouping.group_key({k: plain(v) for k, v in r.items()}) for r in df[columns].to_dict("records")]
+    role_columns = [c for c in ("config", "eval_split", "tuning_role") if c in df]
+    selection = [
+        versus.scored_on_selection({k: plain(v) for k, v in r.items()}) for r in df[role_columns].to_dict("records")
+    ]
     return df.assign(
         stored_model_bytes=df["compressed_model_bytes"].fillna(df["model_bytes"]),
         ms_per_generated_token=1e3 / df["generation_batch_tokens_per_s"],
@@ -90,6 +98,7 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
         _page=pages,
         _paged=True,
         _group=groups,
+        _selection=selection,
     )
 
 
@@ -98,10 +107,11 @@ def _paged_jobs(group: pd.DataFrame, limit: int) -> list[str]:
     Pareto-optimal run (what the index and the plots single out), then the best by score up
     to `limit` (more where those alone exceed it); failed runs, for their traceback, up to `limit`."""
     ok = group[group["status"] == "ok"].sort_values("score", ascending=False, kind="mergesort")
+    trials, ok = ok[ok["_selection"]], ok[~ok["_selection"]]
     chosen = dict.fromkeys(ok.drop_duplicates("_group")["job_hash"])
     for _, _, points in axis_points(ok):
         chosen.update(dict.fromkeys(points.loc[points["_front"], "job_hash"]))
-    for job in ok["job_hash"]:
+    for job in [*ok["job_hash"], *trials["job_hash"]]:  # trials after the reported runs
         if len(chosen) >= limit:
             break
         chosen[job] = None
@@ -122,18 +132,18 @@ def records(df: pd.DataFrame) -> list[dict]:
     return pa.Table.from_pandas(df, preserve_index=False).to_pylist()
 
 
-def build_sections(df: pd.DataFrame) -> list[TaskSection]:
+def build_sections(df: pd.DataFrame, results_dir: str | os.PathLike | None = None) -> list[TaskSection]:
+    """Per task its section; with the store's folder, leaderboard lines are tested against the best
+    line on their per-example predictions (`versus.against_best`)."""
     if "_page" not in df:
         df = prepare(df)
     sections = []
     for (suite, task), group in df.groupby(["suite", "task"], sort=True):
-        ok = (
-            group[group["status"] == "ok"]
-            .sort_values("score", ascending=False, kind="mergesort")
-            .reset_index(drop=True)
-        )
+        ranked = group[group["status"] == "ok"].sort_values("score", ascending=False, kind="mergesort")
+        ok = ranked[~ranked["_selection"]].reset_index(drop=True)
+        trials = records(ranked[ranked["_selection"]])
         failed = group[group["status"] != "ok"].reset_index(drop=True)
-        metric = ok["metric"].iloc[0] if len(ok) else ""
+        metric = ok["metric"].iloc[0] if len(ok) else (trials[0]["metric"] if trials else "")
         rows, failed_rows = records(ok), records(failed)
         sections.append(
             TaskSection(
@@ -144,9 +154,11 @@ def build_sections(df: pd.DataFrame) -> list[TaskSection]:
                 pareto_page(suite, task),
                 rows,
                 failed_rows,
-                leaderboard_table(ok, rows) if len(ok) else None,
+                leaderboard_table(ok, rows, results_dir, trials) if len(ok) else None,
                 failed_table(failed_rows) if failed_rows else None,
                 task_panels(ok, suite, task, metric) if len(ok) else [],
+                trials,
+                tuning_table(trials, rows),
             )
         )
     return sections

@@ -1,16 +1,19 @@
 """The report's tables as view models (a Table of Cells, rendered by templates/_table.html.j2):
-the run page's groups of costs, a task's leaderboard of configurations, its failed runs, and a
-Pareto plot's optimal runs."""
+the run page's groups of costs, a task's leaderboard of configurations, its tuning groups, its
+failed runs, and a Pareto plot's optimal runs."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from harness.results import grouping
+from harness.results import grouping, versus
 from harness.results.format import MISSING, fmt, number, unit
 from harness.results.stats import MeanCI, mean_ci
 from harness.results.values import plain
@@ -111,6 +114,8 @@ class Cell:
     title: str = ""
     wrap: bool = False  # long text (an error message) wraps instead of widening the table
     more: int = 0  # items left out of `links`, shown as "+N"
+    short: bool = False  # a short word ("tuned", "n.s."): no minimum width in the leaderboard
+    separator: str = ""  # between links; a space when empty
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,11 @@ class Table:
     # Columns hidden until the reader asks for all of them (a toggle above the table): still in
     # the page, so sorting and the numbers stay where they were.
     extra: frozenset[int] = frozenset()
+    note: str = ""  # a line under the table (why a column is absent)
+
+    @property
+    def labels(self) -> list[str]:
+        return [label for label, _, _ in self.headers]
 
     @property
     def extra_labels(self) -> list[str]:
@@ -180,7 +190,10 @@ LEADERBOARD = (  # (key, label, text aligned)
     ("method", "method", True),
     ("model", "model", True),
     ("settings", "settings", True),
+    ("protocol", "protocol", True),
+    ("picked", "picked", True),
     ("mean_score", "mean ± 95% CI (n)", False),
+    ("vs_best", "vs best", True),
     ("best_score", "best seed", False),
     ("n_runs", "runs (seed)", False),
     ("trainable_params", "trainable", False),
@@ -218,6 +231,13 @@ MEDIAN_COSTS = (
 )
 LEADERBOARD_DOCS = {
     "settings": "the settings in which lines of this method and model differ (all other settings are the same)",
+    "protocol": "tuned: finals of `harness tune`, whose hyperparameters were picked on a selection split held out "
+    "from the training data; defaults: hyperparameters not selected on held-out data (the method's defaults or "
+    "as given)",
+    "picked": "what tuning searched, at the values it picked on the selection split (empty for untuned lines)",
+    "vs_best": "best: the top mean; n.s.: not significantly different from it (paired test on the same examples "
+    "and seeds, Holm-adjusted over the lines tested); blank: significantly different, or not tested (hover for "
+    "the p-value or the reason)",
     "mean_score": "mean score over the line's seeds with a 95% Student t confidence interval (n seeds); lines are "
     "ranked by it. Seed noise only: the evaluation set's own sampling noise is not in it",
     "best_score": "the best seed's score, for reference only: a maximum over seeds on the evaluation split "
@@ -254,6 +274,9 @@ def _line_values(runs: list[dict], ci: MeanCI | None, settings: str) -> dict:
         "model": runs[0]["model"],
         "device_name": runs[0]["device_name"],
         "settings": settings,
+        "protocol": None,
+        "picked": None,
+        "vs_best": None,
         "compression_kernel": "/".join(kernels) or None,
         **{
             k: costs[k]
@@ -301,6 +324,8 @@ def _line_cells(values: dict, best: dict, runs: list[dict], keys: list[str]) -> 
                 if r["_paged"]
             )[:RUN_LINKS]
             cells.append(Cell(str(value), value, False, links, f"{value} run(s)", more=value - len(links)))
+        elif key in ("protocol", "picked", "vs_best"):
+            cells.append(value if value is not None else Cell("", "", True, short=True))
         elif key == "compression_kernel" and value == "simulated":
             cells.append(Cell("simulated", value, True, title="simulated kernel: the dense float model ran"))
         elif key in ("model", "settings", "compression_kernel", "device_name"):
@@ -310,14 +335,133 @@ def _line_cells(values: dict, best: dict, runs: list[dict], keys: list[str]) -> 
     return cells
 
 
+# Shown by the protocol and picked columns (and the tuning table), so kept out of the settings text.
+TUNING_SETTINGS = frozenset({"tuning_group", "tuned"})
+
+
 def _differing_settings(groups: list[list[dict]]) -> list[str | None]:
-    return grouping.differing([grouping.settings(runs[0]) for runs in groups])
+    return grouping.differing(
+        [{k: v for k, v in grouping.settings(runs[0]).items() if k not in TUNING_SETTINGS} for runs in groups]
+    )
 
 
-def leaderboard_table(ok: pd.DataFrame, records: list[dict]) -> Table:
+def _config(row: dict) -> dict:
+    try:
+        config = json.loads(row.get("config") or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _method_params(config: dict) -> dict[str, Any]:
+    """A config's method parameters by name ('r'), by step and name ('lora.r') where a pipeline's
+    steps share a name."""
+    steps = [s for s in config.get("method_params") or [] if isinstance(s, dict)]
+    names = [n for s in steps for n in (s.get("params") or {})]
+    return {
+        (name if names.count(name) == 1 else f"{step.get('method')}.{name}"): value
+        for step in steps
+        for name, value in (step.get("params") or {}).items()
+    }
+
+
+def _searched(config: dict) -> dict[str, Any]:
+    return {"lr": config.get("lr"), **_method_params(config)}
+
+
+def searched_names(trials: list[dict]) -> list[str]:
+    """What a tuning group searched: the learning rate, and any method parameter that differs between its trials."""
+    values = [_searched(_config(t)) for t in trials]
+    names = {k for v in values for k in v} - {"lr"}
+    varying = sorted(k for k in names if len({grouping.setting_text(v.get(k)) for v in values}) > 1)
+    return ["lr", *varying]
+
+
+def values_text(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={grouping.setting_text(v)}" for k, v in values.items())
+
+
+def tuned_values(final: dict, trials: list[dict]) -> dict[str, Any] | None:
+    """A final's tuned hyperparameters: its `tuned` column, else its config's, else (rows written
+    before either) its config's values of what its group's trials searched; None: not known."""
+    text = plain(final.get("tuned"))
+    if isinstance(text, str):
+        try:
+            tuned = json.loads(text)
+        except ValueError:
+            tuned = None
+        if isinstance(tuned, dict):
+            return tuned
+    config = _config(final)
+    if isinstance(config.get("tuned"), dict):
+        return config["tuned"]
+    if not trials:
+        return None
+    mine = _searched(config)
+    return {k: mine.get(k) for k in searched_names(trials)}
+
+
+def _same_configuration(trial: dict, final: dict) -> bool:
+    """Whether a final ran the trial's hyperparameters: the same learning rate and method parameters."""
+    a, b = _config(trial), _config(final)
+    lr_a, lr_b = a.get("lr"), b.get("lr")
+    same_lr = lr_a == lr_b or (
+        isinstance(lr_a, (int, float)) and isinstance(lr_b, (int, float)) and math.isclose(lr_a, lr_b, rel_tol=1e-9)
+    )
+    return same_lr and json.dumps(a.get("method_params"), sort_keys=True) == json.dumps(
+        b.get("method_params"), sort_keys=True
+    )
+
+
+def _by_group(rows: list[dict]) -> dict[str | None, list[dict]]:
+    groups: dict[str | None, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(versus.tuning_group(row), []).append(row)
+    return groups
+
+
+def _protocol_cells(runs: list[dict], trials: list[dict]) -> tuple[Cell, Cell]:
+    final = runs[0]
+    if versus.tuning_role(final) != "final":
+        doc = "defaults: hyperparameters not selected on held-out data (the method's defaults or as given)"
+        return Cell("defaults", "defaults", True, title=doc, short=True), Cell("", "", True, short=True)
+    group = versus.tuning_group(final)
+    split = plain(final.get("selection_split")) or "the selection split"
+    title = f"tuning group {group}: picked on {split}, then run on {len(runs)} seed(s) scored on the reported split"
+    tuned = tuned_values(final, trials)
+    if tuned is None:
+        why = f"the rows of group {group} record no tuned values and none of its trials is in the store"
+        picked = Cell(MISSING, "", True, title=why, short=True)
+    else:
+        text = values_text(tuned)
+        picked = Cell(text, text, True, title=f"picked on {split}", short=True)
+    return Cell("tuned", "tuned", True, title=title, short=True), picked
+
+
+def _significance(lines: list, labels: list[str], results_dir, confidence: float = 0.95) -> tuple[list, str]:
+    """Each line's mark against the first (the top mean), and a note when no line could be tested."""
+    if results_dir is None or len(lines) < 2 or lines[0][0]["mean_score"] is None:
+        return [None] * len(lines), ""
+    configs = [versus.configuration(runs[0]["_group"], runs, label) for (_, _, runs), label in zip(lines, labels)]
+    marks = versus.against_best(results_dir, configs, confidence)
+    if all(m.p_value is None for m in marks[1:]):
+        # Nothing was tested: one note instead of a column of blanks, with the reason.
+        return [None] * len(lines), f"No line was tested against the best line ({marks[1].title})."
+    cells = [
+        Cell(m.text, -1.0 if i == 0 else ("" if m.holm_p is None else m.holm_p), True, title=m.title, short=True)
+        for i, m in enumerate(marks)
+    ]
+    return cells, ""
+
+
+def leaderboard_table(
+    ok: pd.DataFrame, records: list[dict], results_dir: str | os.PathLike | None = None, trials: list[dict] = ()
+) -> Table:
     """One line per configuration (every setting the same but the seed, on one device), ranked
     by its seed mean: the best seed is shown, but a maximum over seeds on the evaluation split
-    would reward the line with the most draws."""
+    would reward the line with the most draws. Lines of `harness tune` finals say so and what
+    was picked (`trials`: the task's trials, for rows that do not record it); with the store's
+    folder, each line is marked against the best line by the paired test (`versus.against_best`)."""
     groups, bests = [], []
     for idx in ok.groupby("_group", sort=False).indices.values():
         runs = sorted((records[i] for i in idx), key=lambda r: (r["seed"] is None, r["seed"]))
@@ -330,11 +474,88 @@ def leaderboard_table(ok: pd.DataFrame, records: list[dict]) -> Table:
     lines.sort(
         key=lambda line: -math.inf if line[0]["mean_score"] is None else line[0]["mean_score"].mean, reverse=True
     )
+    if any(versus.tuning_role(runs[0]) == "final" for _, _, runs in lines):
+        trials_of = _by_group(list(trials))
+        for values, _, runs in lines:
+            values["protocol"], values["picked"] = _protocol_cells(
+                runs, trials_of.get(versus.tuning_group(runs[0]), [])
+            )
+            if values["picked"].text == "":
+                values["picked"] = None
+    labels = [v["method"] + (f" {v['settings']}" if v["settings"] else "") for v, _, _ in lines]
+    marks, note = _significance(lines, labels, results_dir)
+    for (values, _, _), mark in zip(lines, marks):
+        values["vs_best"] = mark
     # A column no line has a value in (latency before anything measured it, TTFT on GLUE) is left out.
     keys = [k for k, _, _ in LEADERBOARD if k in ("method", "mean_score") or any(v[k] is not None for v, _, _ in lines)]
     headers = tuple((label, text, LEADERBOARD_DOCS.get(k, "")) for k, label, text in LEADERBOARD if k in keys)
     rows = [("best" if i == 0 else "", _line_cells(v, best, runs, keys)) for i, (v, best, runs) in enumerate(lines)]
-    return Table(headers, rows, frozenset(i for i, k in enumerate(keys) if k in LEADERBOARD_EXTRA))
+    return Table(headers, rows, frozenset(i for i, k in enumerate(keys) if k in LEADERBOARD_EXTRA), note)
+
+
+TUNING_DOCS = {
+    "method": "the method tuned",
+    "group": "the tuning group: one method's trials and finals (harness tune)",
+    "trials": "each trial's searched values and its score on the selection split (held out from the training "
+    "data, never the reported split); the picked one is marked",
+    "picked": "the trial the group picked, whose configuration the finals ran on the reported split",
+    "finals": "seeds of the picked configuration scored on the reported split (they are the leaderboard's line)",
+    "selection split": "the held-out split the trials are scored on",
+}
+
+
+def tuning_table(trials: list[dict], finals: list[dict]) -> Table | None:
+    """Per tuning group of a task: its trials' searched values and selection scores, the picked
+    one marked (the trial whose learning rate and method parameters its finals ran)."""
+    if not trials:
+        return None
+    finals_of = _by_group([r for r in finals if versus.tuning_role(r) == "final"])
+    headers = tuple((label, label != "finals", TUNING_DOCS[label]) for label in TUNING_DOCS)
+    rows = []
+    for group, members in sorted(_by_group(trials).items(), key=lambda item: str(item[0])):
+        names = searched_names(members)
+        mine = finals_of.get(group, [])
+        picked = [t for t in members if mine and _same_configuration(t, mine[0])]
+        members = sorted(members, key=lambda t: (_config(t).get("lr") or 0.0, values_text(_searched(_config(t)))))
+        links = []
+        for trial in members:
+            values = _searched(_config(trial))
+            label = f"{values_text({k: values.get(k) for k in names})}: {fmt(trial['score'], 'score')}"
+            label += " (picked)" if trial in picked else ""
+            tip = f"{trial['method']} seed {trial['seed']}, selection score {fmt(trial['score'], 'score')}"
+            links.append((label, trial["_page"] if trial["_paged"] else "", tip))
+        scores = [t["score"] for t in members if t["score"] is not None]
+        if picked:
+            values = _searched(_config(picked[0]))
+            picked_cell = text_cell(values_text({k: values.get(k) for k in names}))
+        else:
+            why = "no final of this group is in the store yet" if not mine else "no trial ran the finals' values"
+            picked_cell = Cell(MISSING, "", True, title=why)
+        method = (mine or members)[0]["method"]
+        split = plain(members[0].get("selection_split"))
+        if split is None and _config(members[0]).get("selection_samples") is not None:
+            split = f"train: {_config(members[0])['selection_samples']} held out"
+        rows.append(
+            (
+                "",
+                [
+                    text_cell(method),
+                    text_cell(MISSING if group is None else group),
+                    Cell(
+                        links[0][0] if links else "",
+                        max(scores) if scores else "",
+                        True,
+                        tuple(links),
+                        wrap=True,
+                        separator=" · ",
+                    ),
+                    picked_cell,
+                    Cell(str(len(mine)), len(mine), title=", ".join(f"seed {r['seed']}" for r in mine)),
+                    Cell(MISSING if split is None else str(split), str(split or ""), True, wrap=True),
+                ],
+            )
+        )
+    return Table(headers, rows)
 
 
 def failed_table(records: list[dict]) -> Table:
