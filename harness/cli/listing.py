@@ -36,10 +36,10 @@ def list_(
 
     table = Table(box=None, pad_edge=False)
     if what is ListWhat.methods:
-        for col in ("method", "category", "summary", "paper"):
+        for col in ("method", "category", "summary", "paper", "default lr (source)"):
             table.add_column(col, overflow="fold")
         for name, cls in METHODS:
-            table.add_row(name, cls.category, cls.summary(), cls.paper)
+            table.add_row(name, cls.category, cls.summary(), cls.paper, f"{cls.default_lr:g} ({cls.default_lr_source})")
     elif what is ListWhat.suites:
         for col in ("suite", "tasks", "default model", "summary"):
             table.add_column(col, overflow="fold")

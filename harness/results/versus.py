@@ -339,7 +339,7 @@ def _run_name(row: dict[str, Any]) -> str:
     return f"{row['job_hash']}-{row['run_id']} ({row['method']}, seed {row['seed']})"
 
 
-def _scores(root: Path, row: dict[str, Any]) -> pd.Series:
+def scores_of(root: Path, row: dict[str, Any]) -> pd.Series:
     """A run's per-example scores of its row's primary metric, indexed by (split, example_id), sorted."""
     table = read_predictions(root, row["job_hash"], row["run_id"])
     metric = row["metric"]
@@ -372,7 +372,7 @@ class LoadedPair:
 def load_pair(root: Path, other: Configuration, base: Configuration, scores=None) -> LoadedPair:
     """Both configurations' per-example scores on the seeds they share; HarnessError (one line) when
     they cannot be paired: another metric, a run without predictions, different examples."""
-    scores = scores or _scores
+    scores = scores or scores_of
     seeds = tuple(sorted(set(other.runs) & set(base.runs)))
     where = other.where
     metric_a, metric_b = other.runs[seeds[0]]["metric"], base.runs[seeds[0]]["metric"]
@@ -463,7 +463,7 @@ def against_best(root: str | os.PathLike, configs: list[Configuration], confiden
         key = (str(row["job_hash"]), str(row["run_id"]))
         if key not in memo:
             try:
-                memo[key] = _scores(folder, row)
+                memo[key] = scores_of(folder, row)
             except HarnessError as exc:
                 memo[key] = exc
         if isinstance(memo[key], HarnessError):
@@ -503,3 +503,18 @@ def against_best(root: str | os.PathLike, configs: list[Configuration], confiden
                 h,
             )
     return [m for m in marks if m is not None]
+
+
+def crossed_interval(root: str | os.PathLike, runs: list[dict[str, Any]], confidence: float = 0.95):
+    """One configuration's mean over its seeds and the evaluation examples with an interval that
+    counts both the seeds' spread and the evaluation set's own sampling (stats.crossed_mean_ci),
+    from its runs' predictions; (None, why) when they are missing or scored different examples."""
+    from harness.results.stats import crossed_mean_ci
+
+    try:
+        series = [scores_of(Path(root), row) for row in runs]
+    except HarnessError as exc:
+        return None, str(exc)
+    if any(not s.index.equals(series[0].index) for s in series[1:]):
+        return None, "its seeds scored different examples"
+    return crossed_mean_ci(np.vstack([s.to_numpy() for s in series]), confidence), ""

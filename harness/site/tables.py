@@ -194,6 +194,7 @@ LEADERBOARD = (  # (key, label, text aligned)
     ("picked", "picked", True),
     ("mean_score", "mean ± 95% CI (n)", False),
     ("vs_best", "vs best", True),
+    ("crossed", "± seeds & examples", False),
     ("best_score", "best seed", False),
     ("n_runs", "runs (seed)", False),
     ("trainable_params", "trainable", False),
@@ -213,7 +214,7 @@ LEADERBOARD = (  # (key, label, text aligned)
 # window: the best seed (for reference only, see LEADERBOARD_DOCS), and the costs that follow
 # from ones shown (trainable % from trainable parameters) or that few readers rank by (FLOPs per
 # sample, the profiler's adapter share). A run's page lists all of them too.
-LEADERBOARD_EXTRA = ("best_score", "trainable_pct", "gflops", "adapter_overhead_pct")
+LEADERBOARD_EXTRA = ("crossed", "best_score", "trainable_pct", "gflops", "adapter_overhead_pct")
 RUN_LINKS = 8  # per leaderboard line
 # The costs of a line: the median over its runs, so that the seed with the best score does not
 # lend it its costs, and one slow run (a busy machine) does not move the line much.
@@ -239,7 +240,9 @@ LEADERBOARD_DOCS = {
     "and seeds, Holm-adjusted over the lines tested); blank: significantly different, or not tested (hover for "
     "the p-value or the reason)",
     "mean_score": "mean score over the line's seeds with a 95% Student t confidence interval (n seeds); lines are "
-    "ranked by it. Seed noise only: the evaluation set's own sampling noise is not in it",
+    "ranked by it. Seed noise only: the evaluation set's own sampling noise is in '± seeds & examples'",
+    "crossed": "half-width of the 95% interval of the line's mean that counts the evaluation set's own sampling "
+    "beside the seeds' spread (seeds crossed with examples, from the per-example predictions)",
     "best_score": "the best seed's score, for reference only: a maximum over seeds on the evaluation split "
     "is not an estimate of the configuration's score",
     "n_runs": "runs of this configuration: one per seed (every other setting and the device are the same)",
@@ -277,6 +280,7 @@ def _line_values(runs: list[dict], ci: MeanCI | None, settings: str) -> dict:
         "protocol": None,
         "picked": None,
         "vs_best": None,
+        "crossed": None,
         "compression_kernel": "/".join(kernels) or None,
         **{
             k: costs[k]
@@ -326,6 +330,8 @@ def _line_cells(values: dict, best: dict, runs: list[dict], keys: list[str]) -> 
             cells.append(Cell(str(value), value, False, links, f"{value} run(s)", more=value - len(links)))
         elif key in ("protocol", "picked", "vs_best"):
             cells.append(value if value is not None else Cell("", "", True, short=True))
+        elif key == "crossed":
+            cells.append(value if value is not None else Cell(MISSING, "", False, title="no per-example scores"))
         elif key == "compression_kernel" and value == "simulated":
             cells.append(Cell("simulated", value, True, title="simulated kernel: the dense float model ran"))
         elif key in ("model", "settings", "compression_kernel", "device_name"):
@@ -454,6 +460,19 @@ def _significance(lines: list, labels: list[str], results_dir, confidence: float
     return cells, ""
 
 
+def _crossed_cell(results_dir, runs: list[dict]) -> Cell | None:
+    """The half-width of the line's interval counting the evaluation set's sampling beside the seeds'
+    spread (None when its runs have no per-example scores to count it from)."""
+    interval, _ = versus.crossed_interval(results_dir, [r for r in runs if r["score"] is not None])
+    if interval is None:
+        return None
+    title = (
+        f"{interval.confidence:.0%} interval [{interval.low:.4f}, {interval.high:.4f}] over "
+        f"{interval.variance.n_seeds} seed(s) x {interval.variance.n_examples} examples"
+    )
+    return Cell(f"± {interval.half_width:.4f}", interval.half_width, False, title=title)
+
+
 def leaderboard_table(
     ok: pd.DataFrame, records: list[dict], results_dir: str | os.PathLike | None = None, trials: list[dict] = ()
 ) -> Table:
@@ -482,6 +501,8 @@ def leaderboard_table(
             )
             if values["picked"].text == "":
                 values["picked"] = None
+    for values, _, runs in lines:
+        values["crossed"] = _crossed_cell(results_dir, runs) if results_dir is not None else None
     labels = [v["method"] + (f" {v['settings']}" if v["settings"] else "") for v, _, _ in lines]
     marks, note = _significance(lines, labels, results_dir)
     for (values, _, _), mark in zip(lines, marks):

@@ -164,6 +164,7 @@ def test_list_commands(capsys):
     out = capsys.readouterr().out
     for name in ("full", "bitfit", "lora", "dora", "adalora", "vera", "ia3"):
         assert name in out
+    assert "0.0005 (Hu et al. 2022 (LoRA), Table 9" in " ".join(out.split())  # each default with its source
     assert main(["list", "tasks"]) == 0
     out = capsys.readouterr().out
     for task in ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"):

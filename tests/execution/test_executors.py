@@ -134,7 +134,7 @@ def test_a_command_line_names_every_setting_quoted_in_field_order():
     )
     assert command(spec) == (
         "harness run --suite glue --method lora:r=4,alpha=8 --task sst2 --model '/models/my bert' --seed 3 "
-        "--epochs 2.5 --lr 0.0001 --grad-accum 2 --gradient-checkpointing --no-kernel-profile --device auto "
+        "--evaluate-on reported --epochs 2.5 --lr 0.0001 --grad-accum 2 --gradient-checkpointing --no-kernel-profile --device auto "
         "--set latency_warmup=5 --latency-repeats 20 --results out"
     )
 

@@ -235,3 +235,17 @@ def test_versus_pairs_the_finals_of_two_groups_and_never_a_trial(tuned_store, ca
         assert (got.difference, got.p_value) == (want.difference, want.p_value)
         assert lines[method].seeds == (0, 1, 2) and lines[method].n_examples == N
     assert lines["bitfit"].holm_p == holm([lines["bitfit"].comparison.p_value, lines["full"].comparison.p_value])[0]
+
+
+def test_each_line_states_the_evaluation_sets_sampling_uncertainty_beside_the_seeds(tuned_store):
+    from harness.results.stats import crossed_mean_ci
+
+    root, arrays, _ = tuned_store
+    [section] = build_sections(read_results(root), root)
+    board = _board(section)
+    for method in ("lora", "bitfit", "full"):
+        cell = board[(method, "tuned")]["± seeds & examples"]
+        expected = crossed_mean_ci(arrays[method])
+        assert cell.sort == pytest.approx(expected.half_width) and cell.text == f"± {expected.half_width:.4f}"
+        assert f"[{expected.low:.4f}, {expected.high:.4f}] over 3 seed(s) x {N} examples" in cell.title
+    assert board[("dora", "tuned")]["± seeds & examples"].title == "no per-example scores"

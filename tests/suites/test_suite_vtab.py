@@ -182,3 +182,33 @@ def test_list_tasks_shows_the_nineteen(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     listed = [cols[1] for cols in rows if cols and cols[0] == "vtab"]
     assert listed == NATURAL + SPECIALIZED + STRUCTURED
+
+
+def test_a_trial_is_scored_on_val200_the_rows_training_never_sees(mirror, tmp_path, monkeypatch):
+    """`--evaluate-on selection` on VTAB-1k: train on the 800, score the 200 (its own selection
+    split, no size to give), recorded as such in the row."""
+    prepared = []
+    prepare = Vtab.prepare
+
+    def spy_prepare(self, dataset, *args):
+        prepared.append(list(dataset["id"]))
+        return prepare(self, dataset, *args)
+
+    monkeypatch.setattr(Vtab, "prepare", spy_prepare)
+    code = main(
+        ["run", "--suite", "vtab", "--task", "eurosat", "--method", "bitfit", "--model", "vit-tiny-6"]
+        + ["--data-dir", str(mirror), "--results", str(tmp_path / "r"), "--max-steps", "1", "--batch-size", "2"]
+        + ["--evaluate-on", "selection", "--eval-batch-size", "50", "--latency-repeats", "1"]
+        + ["--set", "latency_warmup=0", "--no-kernel-profile", "--quiet"]
+    )
+    assert code == 0
+    row = read_results(tmp_path / "r").iloc[0]
+    assert row["eval_split"] == "selection" and row["eval_samples"] == 200 and row["train_samples"] == 800
+    assert row["selection_split"].startswith("val200: rows 800..999 of train800val200")
+    assert prepared[0] == POOL_IDS["eurosat"][:800].tolist()
+    assert prepared[1] == POOL_IDS["eurosat"][800:].tolist()
+    code = main(
+        ["run", "--suite", "vtab", "--task", "eurosat", "--method", "bitfit", "--model", "vit-tiny-6"]
+        + ["--data-dir", str(mirror), "--results", str(tmp_path / "r"), "--selection-samples", "100", "--quiet"]
+    )
+    assert code == 2
