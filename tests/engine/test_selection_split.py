@@ -157,3 +157,26 @@ def test_deterministic_algorithms_are_on_for_the_job_only():
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled()
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.parametrize("method", ["lora", "galore", "bitfit"])
+def test_the_training_loops_optimizer_gives_the_head_its_rate(tiny_model, method):
+    """Through the loop's own optimizer (AdamW, or GaLore's), with peft wrapping the head
+    (modules_to_save), every trainable head parameter trains at head_lr and nothing else does."""
+    from transformers import AutoModelForSequenceClassification
+
+    from harness.engine.loop import build_optimizer
+    from harness.methods.base import MethodContext
+    from harness.methods.optim import in_head
+    from harness.methods.pipeline import Pipeline
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model), num_labels=2)
+    pipeline = Pipeline.parse(method)
+    ctx = MethodContext(task_type="seq_cls", head_modules=("classifier",), lr=5e-4, head_lr=4e-3, total_steps=4)
+    model = pipeline.apply(model, ctx)
+    optimizer = build_optimizer(model, pipeline, ctx)
+    rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [n for n, p in trained if in_head(n, ("classifier",))]
+    assert head and all(rate[id(p)] == 4e-3 for n, p in trained if n in head)
+    assert all(rate[id(p)] == 5e-4 for n, p in trained if n not in head)
