@@ -10,7 +10,8 @@ import pytest
 from harness.methods.base import METHODS
 from harness.methods.pipeline import Pipeline
 
-NAMES = sorted(METHODS.names())
+# The project's own methods: other test modules register stand-ins (test_cli's test-explodes).
+NAMES = sorted(name for name, cls in METHODS if cls.__module__.startswith("harness."))
 
 # Words that would make a source a measurement of the harness's own runs.
 HARNESS_MEASUREMENT = re.compile(r"measured|harness|we found|tuned|converge", re.IGNORECASE)

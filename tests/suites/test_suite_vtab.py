@@ -184,31 +184,19 @@ def test_list_tasks_shows_the_nineteen(capsys):
     assert listed == NATURAL + SPECIALIZED + STRUCTURED
 
 
-def test_a_trial_is_scored_on_val200_the_rows_training_never_sees(mirror, tmp_path, monkeypatch):
-    """`--evaluate-on selection` on VTAB-1k: train on the 800, score the 200 (its own selection
-    split, no size to give), recorded as such in the row."""
-    prepared = []
-    prepare = Vtab.prepare
+def test_a_trial_is_scored_on_val200_the_rows_training_never_sees(suite, mirror):
+    """`--evaluate-on selection` on VTAB-1k: the job trains on the 800 and scores the 200 (its own
+    selection split, no size to give), recorded as such; a size given is refused."""
+    from harness.engine.resolve import resolve
+    from harness.spec.run import RunSpec
 
-    def spy_prepare(self, dataset, *args):
-        prepared.append(list(dataset["id"]))
-        return prepare(self, dataset, *args)
-
-    monkeypatch.setattr(Vtab, "prepare", spy_prepare)
-    code = main(
-        ["run", "--suite", "vtab", "--task", "eurosat", "--method", "bitfit", "--model", "vit-tiny-6"]
-        + ["--data-dir", str(mirror), "--results", str(tmp_path / "r"), "--max-steps", "1", "--batch-size", "2"]
-        + ["--evaluate-on", "selection", "--eval-batch-size", "50", "--latency-repeats", "1"]
-        + ["--set", "latency_warmup=0", "--no-kernel-profile", "--quiet"]
-    )
-    assert code == 0
-    row = read_results(tmp_path / "r").iloc[0]
-    assert row["eval_split"] == "selection" and row["eval_samples"] == 200 and row["train_samples"] == 800
-    assert row["selection_split"].startswith("val200: rows 800..999 of train800val200")
-    assert prepared[0] == POOL_IDS["eurosat"][:800].tolist()
-    assert prepared[1] == POOL_IDS["eurosat"][800:].tolist()
-    code = main(
-        ["run", "--suite", "vtab", "--task", "eurosat", "--method", "bitfit", "--model", "vit-tiny-6"]
-        + ["--data-dir", str(mirror), "--results", str(tmp_path / "r"), "--selection-samples", "100", "--quiet"]
-    )
-    assert code == 2
+    values = dict(suite="vtab", task="eurosat", method="bitfit", model="vit-tiny-6", data_dir=str(mirror))
+    run, _, task, _, sources = resolve(RunSpec(**values, evaluate_on="selection"))
+    train, selection = suite.split_training(task, suite.load(sources[task.train_split]), run)
+    assert list(train["id"]) == POOL_IDS["eurosat"][:800].tolist()
+    assert list(selection["id"]) == POOL_IDS["eurosat"][800:].tolist()
+    assert suite.selection_split(task, run).startswith("val200: rows 800..999 of train800val200")
+    reported = resolve(RunSpec(**values))[0]
+    assert suite.split_training(task, suite.load(sources[task.train_split]), reported)[1] is None
+    with pytest.raises(HarnessError, match="has its own selection split"):
+        suite.split_training(task, train, resolve(RunSpec(**values, selection_samples=100))[0])
