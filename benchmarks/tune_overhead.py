@@ -16,18 +16,10 @@ to benchmarks/results/tune_overhead.parquet.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from datetime import datetime, timezone
 
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from scheduler_overhead import median_seconds  # run from benchmarks/'s own folder on sys.path
 
 
 def main() -> None:

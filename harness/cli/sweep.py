@@ -4,37 +4,51 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
 from harness.cli.app import app
 from harness.core.errors import HarnessError
 
+# The options `harness sweep` and `harness tune` share: where and how the jobs run, declared once.
+ExecutorOpt = Annotated[
+    str, typer.Option("--executor", help="Where the jobs run: local, ray, slurm, ... (see `harness list executors`).")
+]
+DevicesOpt = Annotated[
+    Optional[str],
+    typer.Option("--devices", help="local: GPU indices for the slots, e.g. 0,1,2,3 (default: one CPU slot)."),
+]
+MaxParallelOpt = Annotated[Optional[int], typer.Option("--max-parallel", help="local: most jobs at once.")]
+TimeoutOpt = Annotated[
+    Optional[float],
+    typer.Option("--timeout", help="Seconds before a job's process tree is killed (overrides the file)."),
+]
+RetriesOpt = Annotated[
+    Optional[int], typer.Option("--retries", help="New attempts for a failed job (overrides the file).")
+]
+RerunFailedOpt = Annotated[bool, typer.Option("--rerun-failed", help="Also run the jobs whose latest row failed.")]
+ResultsOpt = Annotated[Optional[str], typer.Option("--results", help="Result store (overrides the file's `results`).")]
+SlurmFolderOpt = Annotated[
+    Optional[str],
+    typer.Option("--slurm-folder", help="slurm: submitit's folder for job files and logs (default: slurm_logs)."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No live display.")]
+
 
 @app.command()
 def sweep(
     file: str = typer.Argument(..., help="Sweep file (YAML): grid, runs, defaults, resources."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the job table and what is already done; run nothing."),
-    executor: str = typer.Option(
-        "local", "--executor", help="Where the jobs run: local, ray, slurm, ... (see `harness list executors`)."
-    ),
-    devices: Optional[str] = typer.Option(
-        None, "--devices", help="local: GPU indices for the slots, e.g. 0,1,2,3 (default: one CPU slot)."
-    ),
-    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", help="local: most jobs at once."),
-    timeout: Optional[float] = typer.Option(
-        None, "--timeout", help="Seconds before a job's process tree is killed (overrides the file)."
-    ),
-    retries: Optional[int] = typer.Option(
-        None, "--retries", help="New attempts for a failed job (overrides the file)."
-    ),
-    rerun_failed: bool = typer.Option(False, "--rerun-failed", help="Also run the jobs whose latest row failed."),
-    results: Optional[str] = typer.Option(None, "--results", help="Result store (overrides the file's `results`)."),
-    slurm_folder: Optional[str] = typer.Option(
-        None, "--slurm-folder", help="slurm: submitit's folder for job files and logs (default: slurm_logs)."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
+    executor: ExecutorOpt = "local",
+    devices: DevicesOpt = None,
+    max_parallel: MaxParallelOpt = None,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
+    rerun_failed: RerunFailedOpt = False,
+    results: ResultsOpt = None,
+    slurm_folder: SlurmFolderOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run every job of a sweep file that is not done yet, each in its own process; resumable."""
     from harness.execution.base import make_executor

@@ -3,37 +3,37 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
 from harness.cli.app import app
-from harness.cli.sweep import check_run_options
+from harness.cli.sweep import (
+    DevicesOpt,
+    ExecutorOpt,
+    MaxParallelOpt,
+    QuietOpt,
+    RerunFailedOpt,
+    ResultsOpt,
+    RetriesOpt,
+    SlurmFolderOpt,
+    TimeoutOpt,
+    check_run_options,
+)
 
 
 @app.command()
 def tune(
     file: str = typer.Argument(..., help="Sweep file (YAML) with a `tune:` block: trials, seeds, space, head_lr."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Plan the groups and trials, check them all; run nothing."),
-    executor: str = typer.Option(
-        "local", "--executor", help="Where the jobs run: local, ray, slurm, ... (see `harness list executors`)."
-    ),
-    devices: Optional[str] = typer.Option(
-        None, "--devices", help="local: GPU indices for the slots, e.g. 0,1,2,3 (default: one CPU slot)."
-    ),
-    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", help="local: most jobs at once."),
-    timeout: Optional[float] = typer.Option(
-        None, "--timeout", help="Seconds before a job's process tree is killed (overrides the file)."
-    ),
-    retries: Optional[int] = typer.Option(
-        None, "--retries", help="New attempts for a failed job (overrides the file)."
-    ),
-    rerun_failed: bool = typer.Option(False, "--rerun-failed", help="Also run the jobs whose latest row failed."),
-    results: Optional[str] = typer.Option(None, "--results", help="Result store (overrides the file's `results`)."),
-    slurm_folder: Optional[str] = typer.Option(
-        None, "--slurm-folder", help="slurm: submitit's folder for job files and logs (default: slurm_logs)."
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live display."),
+    executor: ExecutorOpt = "local",
+    devices: DevicesOpt = None,
+    max_parallel: MaxParallelOpt = None,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
+    rerun_failed: RerunFailedOpt = False,
+    results: ResultsOpt = None,
+    slurm_folder: SlurmFolderOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Tune every job of the file with the same number of trials, picked on a held-out selection
     split, then run the pick on each final seed, scored on the reported split; resumable."""

@@ -118,10 +118,15 @@ def plan(loaded: LoadedSweep, results: str | None = None, overrides: dict | None
     if overrides:
         for job in jobs:
             job.resources = job.resources.model_copy(update=overrides)
+    return plan_of(jobs)
+
+
+def plan_of(jobs: list[SweepJob]) -> SweepPlan:
+    """Resolved jobs (each once) and their state in the stores they write to."""
     status: dict[str, str] = {}
     for results_dir in sorted({j.run.results_dir for j in jobs}):
         status.update(job_status(results_dir))
-    return SweepPlan(jobs, status)
+    return SweepPlan(list({j.job_hash: j for j in jobs}.values()), status)
 
 
 _SUMMARY_WORDS = {"elsewhere": "run by another sweep", "planned": "planned, not run here"}
