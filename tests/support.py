@@ -3,6 +3,7 @@ use them are in conftest.py; no test module imports another."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import random
@@ -174,6 +175,7 @@ def cpu_nightly(tmp_path: Path, model: Path, mirror: Path, methods=("none", "bit
 
 def full_row(**overrides):
     values = {
+        pa.bool_(): True,
         pa.int32(): 1,
         pa.int64(): 7,
         pa.float64(): 0.25,
@@ -541,3 +543,23 @@ def scripted_gsm8k_lm():
         loglikelihood_rolling = loglikelihood
 
     return Scripted()
+
+
+@functools.lru_cache(maxsize=1)
+def lm_eval_index():
+    """lm-eval's own task index, built here once (not the harness's cached one)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager().task_index
+
+
+def reference_config(task: str, root: Path, splits: dict[str, str], folder: str, **overrides) -> dict:
+    """lm-eval's stock YAML of `task` with its data read from Parquet files under root/folder, written
+    out by hand (not through the harness): `splits` maps lm-eval split names to file stems."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    entry = lm_eval_index()[task]
+    config = load_yaml(entry.yaml_path)
+    files = {split: sorted(str(p) for p in (root / folder).glob(f"{stem}-*.parquet")) for split, stem in splits.items()}
+    config.update(dataset_path="parquet", dataset_name=None, dataset_kwargs={"data_files": files}, **overrides)
+    return config

@@ -29,8 +29,9 @@ from typing import Any
 
 from harness.core.atomic import atomic_write
 from harness.core.errors import HarnessError
-from harness.execution.plan import SweepJob, SweepPlan, error_path, resolve_job
+from harness.execution.plan import SweepJob, error_path, plan_of, resolve_job
 from harness.results.store import latest_per_job, read_results
+from harness.results.values import missing, score_direction
 from harness.spec.method_spec import MethodStep, parse_pipeline
 from harness.spec.run import RUN_OPTIONS
 from harness.spec.subsets import check_selection_fits, selection_rule
@@ -192,18 +193,15 @@ def trial_scores(groups: list[TuningGroup]) -> tuple[dict[str, float | None], di
         for row in latest_per_job(rows).to_dict("records"):
             states[row["job_hash"]] = row["status"]
             if row["status"] == "ok":
-                scores[row["job_hash"]] = None if _missing(row["score"]) else float(row["score"])
+                scores[row["job_hash"]] = None if missing(row["score"]) else float(row["score"])
                 metrics[row["job_hash"]] = row["metric"]
     return scores, metrics, states
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def pick(group: TuningGroup, scores: dict[str, float | None]) -> dict[str, Any] | None:
-    """The best trial's point by selection score (the score column is higher-is-better), ties
-    broken by nearness to the default rate, then the lower rate; None until every trial has a row."""
+def pick(group: TuningGroup, scores: dict[str, float | None], higher_is_better: bool = True) -> dict[str, Any] | None:
+    """The best trial's point by selection score (the highest, or the lowest where the metric is
+    lower-is-better, a perplexity), ties broken by nearness to the default rate, then the lower
+    rate; None until every trial has a row."""
     done = [(t, scores.get(t.job.job_hash)) for t in group.trials]
     if any(t.job.job_hash not in scores for t in group.trials):
         return None
@@ -211,8 +209,29 @@ def pick(group: TuningGroup, scores: dict[str, float | None]) -> dict[str, Any] 
     if not scored:
         return None
     default = math.log(group.default_lr)
-    best = min(scored, key=lambda ts: (-ts[1], abs(math.log(ts[0].point["lr"]) - default), ts[0].point["lr"]))
+    sign = -1.0 if higher_is_better else 1.0  # min over sign * score is the best score
+    best = min(scored, key=lambda ts: (sign * ts[1], abs(math.log(ts[0].point["lr"]) - default), ts[0].point["lr"]))
     return dict(best[0].point)
+
+
+def trial_directions(groups: list[TuningGroup]) -> dict[str, bool]:
+    """Per group, whether a higher selection score is better, from its trials' successful rows
+    (a row without the column, or a group with none yet: higher)."""
+    directions: dict[str, bool] = {}
+    for results_dir in sorted({g.results_dir for g in groups}):
+        if not Path(results_dir).is_dir():
+            continue
+        rows = read_results(results_dir, columns=["job_hash", "status", "higher_is_better", "created_at", "run_id"])
+        if rows.empty:
+            continue
+        latest = latest_per_job(rows)
+        ok = latest[latest["status"] == "ok"]
+        by_job = dict(zip(ok["job_hash"], ok["higher_is_better"]))
+        for group in groups:
+            if group.results_dir == results_dir:
+                values = [by_job[t.job.job_hash] for t in group.trials if t.job.job_hash in by_job]
+                directions[group.id] = score_direction(values, group.label)
+    return directions
 
 
 def plan_finals(loaded: LoadedSweep, group: TuningGroup, block: TuneBlock, results: str | None) -> list[SweepJob]:
@@ -273,7 +292,7 @@ def run_tuning(
     groups = plan_groups(loaded, results)
     trial_jobs = [t.job for g in groups for t in g.trials]
     result = TuneRun(groups)
-    plan = _state(trial_jobs)
+    plan = plan_of(trial_jobs)
     todo = plan.todo(rerun_failed)
     report(
         f"{len(groups)} tuning groups x {block.trials} trials = {len(trial_jobs)} trials: "
@@ -288,9 +307,10 @@ def run_tuning(
         result.job_seconds += time.perf_counter() - started
     clock = time.perf_counter()
     scores, metrics, states = trial_scores(groups)
+    directions = trial_directions(groups)
     final_jobs = []
     for group in groups:
-        group.picked = pick(group, scores)
+        group.picked = pick(group, scores, directions.get(group.id, True))
         if group.picked is None:
             missing = sum(1 for t in group.trials if states.get(t.job.job_hash) != "ok")
             result.waiting.append(f"{group.label}: {missing} of {len(group.trials)} trials have no successful row yet")
@@ -300,7 +320,7 @@ def run_tuning(
         metric = next((metrics[t.job.job_hash] for t in group.trials if t.job.job_hash in metrics), None)
         write_record(group, scores, metric)
         report(f"{group.label}: picked {_point_text(group.picked)} on the selection split")
-    plan = _state(final_jobs)
+    plan = plan_of(final_jobs)
     todo = plan.todo(rerun_failed)
     report(f"{len(final_jobs)} final runs: {len(final_jobs) - len(todo)} done, {len(todo)} to run")
     result.protocol_seconds += time.perf_counter() - clock
@@ -308,25 +328,9 @@ def run_tuning(
         started = time.perf_counter()
         result.outcomes += executor.run(todo, resources, quiet=quiet)
         result.job_seconds += time.perf_counter() - started
-    clock = time.perf_counter()
-    scores, metrics, _ = trial_scores(groups)
-    for group in groups:
-        if group.picked is not None:
-            write_record(
-                group, scores, next((metrics[t.job.job_hash] for t in group.trials if t.job.job_hash in metrics), None)
-            )
-    result.protocol_seconds += time.perf_counter() - clock
+    # The records were written with the picks: the trials' scores and the finals' hashes are all
+    # they hold, and running the finals changes neither.
     return result
-
-
-def _state(jobs: list[SweepJob]) -> SweepPlan:
-    from harness.results.store import job_status
-
-    status: dict[str, str] = {}
-    for results_dir in sorted({j.run.results_dir for j in jobs}):
-        status.update(job_status(results_dir))
-    unique = list({j.job_hash: j for j in jobs}.values())
-    return SweepPlan(unique, status)
 
 
 def _point_text(point: dict[str, Any]) -> str:

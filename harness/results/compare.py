@@ -7,7 +7,8 @@ row of an older schema is keyed as `harness store upgrade` would re-key it. Each
 first reduced to one row per job (`latest_per_job`), then to its latest successful row per
 identity key.
 
-Rules, per matched pair (quality is higher-is-better, costs lower-is-better):
+Rules, per matched pair (costs are lower-is-better; quality is higher-is-better unless the rows
+say otherwise, `higher_is_better` False for a perplexity: there a rise is the regression):
 - score, several seeds: the pairs of one configuration (every setting but the seed, see
   harness/results/grouping.py) are compared by their seed means. A change counts when it exceeds
   both `metric_tolerance` and `metric_k` standard errors of the mean change, the SE coming
@@ -25,9 +26,10 @@ Rules, per matched pair (quality is higher-is-better, costs lower-is-better):
   mean (a seed of BASE missing in NEW is a regression of its own, below). Both stores score
   one fixed evaluation set, so its sampling noise is common to the two and not part of the SE.
 - score, one seed: a drop of more than `metric_tolerance` (absolute, in the metric's units)
-  is a regression, a rise of more than it an improvement. One seed gives no measure of its
-  own noise, so this gate is only as steady as the run is deterministic. Scores of
-  different metrics are not compared.
+  is a regression, a rise of more than it an improvement (the other way round where lower is
+  better). One seed gives no measure of its own noise, so this gate is only as steady as the run
+  is deterministic. Scores of different metrics, or of rows that disagree on the direction, are
+  not compared.
 - measured costs (time, memory, latency): a rise of more than `time_tolerance` x BASE is a
   regression, a fall of as much an improvement. For a latency median the band also holds the
   spread the run itself measured, (p90 - p50) of BASE plus that of NEW, so that a noisy
@@ -60,9 +62,11 @@ from harness.results.format import number, percent
 from harness.results.grouping import device_type, group_key
 from harness.results.store import latest_per_job, read_results
 from harness.results.upgrade import current_job_hash
+from harness.results.values import higher_is_better as _higher
 from harness.results.values import missing as _missing
 from harness.results.values import plain as _plain
 from harness.results.values import relative as _relative
+from harness.results.values import score_direction
 
 # Measured on the hardware: compared within a relative tolerance, and only on the same device.
 # Each maps to the column of its own 90th percentile, whose gap to the median is the noise band.
@@ -223,26 +227,44 @@ def _score_changes(pairs: list[tuple[dict, dict]], metric_tolerance: float, metr
             changes.append(
                 _change(_label(n), "score", b, n, INFO, f"not comparable (metric {b['metric']} vs {n['metric']})")
             )
+        elif _higher(b.get("higher_is_better")) != _higher(n.get("higher_is_better")):
+            changes.append(
+                _change(_label(n), "score", b, n, INFO, "not comparable (higher_is_better differs between the stores)")
+            )
         else:
             groups.setdefault((group_key(b), group_key(n)), []).append((b, n))
     for members in groups.values():
+        higher = score_direction([n.get("higher_is_better") for _, n in members], _label(members[0][1]))
         if len(members) == 1:
             [(b, n)] = members
-            changes.extend(_single_seed_change(b, n, metric_tolerance))
+            changes.extend(_single_seed_change(b, n, metric_tolerance, higher))
         else:
-            changes.extend(_seed_mean_change(members, metric_tolerance, metric_k))
+            changes.extend(_seed_mean_change(members, metric_tolerance, metric_k, higher))
     return changes
 
 
-def _single_seed_change(b: dict, n: dict, metric_tolerance: float) -> list[Change]:
-    if b["score"] - n["score"] > metric_tolerance + SLACK:
-        return [_change(_label(n), "score", b, n, REGRESSION, f"{n['metric']} down more than {metric_tolerance:g}")]
-    if n["score"] - b["score"] > metric_tolerance + SLACK:
-        return [_change(_label(n), "score", b, n, IMPROVEMENT, f"{n['metric']} up more than {metric_tolerance:g}")]
-    return []
+def _moved(difference: float, higher_is_better: bool) -> tuple[str, str]:
+    """(direction word, kind) of a score change new - base that is beyond its band."""
+    worse = difference < 0 if higher_is_better else difference > 0
+    return "down" if difference < 0 else "up", REGRESSION if worse else IMPROVEMENT
 
 
-def _seed_mean_change(members: list[tuple[dict, dict]], metric_tolerance: float, metric_k: float) -> list[Change]:
+def _direction_note(higher_is_better: bool) -> str:
+    return "" if higher_is_better else " (lower is better)"
+
+
+def _single_seed_change(b: dict, n: dict, metric_tolerance: float, higher_is_better: bool = True) -> list[Change]:
+    difference = n["score"] - b["score"]
+    if abs(difference) <= metric_tolerance + SLACK:
+        return []
+    word, kind = _moved(difference, higher_is_better)
+    note = f"{n['metric']} {word} more than {metric_tolerance:g}{_direction_note(higher_is_better)}"
+    return [_change(_label(n), "score", b, n, kind, note)]
+
+
+def _seed_mean_change(
+    members: list[tuple[dict, dict]], metric_tolerance: float, metric_k: float, higher_is_better: bool = True
+) -> list[Change]:
     base = np.array([b["score"] for b, _ in members], dtype=float)
     new = np.array([n["score"] for _, n in members], dtype=float)
     # Paired by seed: the SE of the mean of the per-seed changes (see the module docstring).
@@ -256,10 +278,10 @@ def _seed_mean_change(members: list[tuple[dict, dict]], metric_tolerance: float,
     n0 = members[0][1]
     seeds = ",".join(str(n["seed"]) for _, n in sorted(members, key=lambda m: str(m[1]["seed"])))
     label = f"{n0['suite']}/{n0['task']} {n0['method']} {n0['model']} seeds {seeds}"
-    direction, kind = ("down", REGRESSION) if difference < 0 else ("up", IMPROVEMENT)
+    direction, kind = _moved(difference, higher_is_better)
     note = (
         f"{n0['metric']} mean of {len(members)} seeds {direction} {abs(difference):.4g}: more than "
-        f"{metric_tolerance:g} and {metric_k:g} SE ({metric_k * se:.4g})"
+        f"{metric_tolerance:g} and {metric_k:g} SE ({metric_k * se:.4g}){_direction_note(higher_is_better)}"
     )
     return [
         Change(

@@ -29,6 +29,7 @@ from harness.core.errors import HarnessError
 from harness.results import grouping
 from harness.results.compare import METRIC_K, Comparison, compare_stores
 from harness.results.store import latest_per_job, read_results, read_store, result_files
+from harness.results.values import score_direction
 
 NIGHT_FORMAT = "%Y-%m-%d"
 # One trend row per night and per these: the seeds of one configuration are averaged.
@@ -53,7 +54,17 @@ COSTS = (
     # The size a deployment stores: the compressed format's bytes where a method reports them.
     Cost("stored_model_bytes", "model size (MiB)", 2**20),
 )
-TREND_COLUMNS = ["night", *TREND_KEYS, "metric", "score", "seeds", "failed", *(c.column for c in COSTS), "device_name"]
+TREND_COLUMNS = [
+    "night",
+    *TREND_KEYS,
+    "metric",
+    "score",
+    "higher_is_better",
+    "seeds",
+    "failed",
+    *(c.column for c in COSTS),
+    "device_name",
+]
 
 
 def append_night(
@@ -172,9 +183,10 @@ def nights(history_dir: str | os.PathLike) -> list[tuple[Date, Path]]:
 
 def trend(history_dir: str | os.PathLike) -> pd.DataFrame:
     """One row per night and (suite, task, method, model): the mean score over the seeds that
-    succeeded, how many did (`seeds`) and failed (`failed`), and the mean of each cost in
-    COSTS. Each night is first reduced to one row per job (`latest_per_job`), so retries and
-    re-runs within a night count once."""
+    succeeded and which way it is better (`higher_is_better`; null where none succeeded), how
+    many did (`seeds`) and failed (`failed`), and the mean of each cost in COSTS. Each night is
+    first reduced to one row per job (`latest_per_job`), so retries and re-runs within a night
+    count once."""
     frames = [_night_summary(day, path) for day, path in nights(history_dir)]
     frames = [f for f in frames if not f.empty]
     if not frames:
@@ -195,6 +207,7 @@ def _night_summary(day: Date, path: Path) -> pd.DataFrame:
     stats = ok.groupby(keys, dropna=False).agg(
         metric=("metric", "first"),
         score=("score", "mean"),
+        higher_is_better=("higher_is_better", score_direction),
         seeds=("run_id", "size"),
         **{c.column: (c.column, "mean") for c in COSTS},
         device_name=("device_name", _distinct),

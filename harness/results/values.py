@@ -26,3 +26,35 @@ def relative(base: Any, new: Any) -> float | None:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (base, new)) or base == 0:
         return None
     return (new - base) / abs(base)
+
+
+def higher_is_better(value: Any) -> bool:
+    """A row's `higher_is_better`: missing (a row written before the column existed) is True,
+    since every primary metric was an accuracy-like score until perplexities came."""
+    value = plain(value)
+    return True if value is None else bool(value)
+
+
+def score_direction(values, where: str = "") -> bool:
+    """The one direction of the scores of rows ranked or compared together (one task and metric):
+    True when a higher score is better. Rows that disagree cannot be ranked on one scale."""
+    directions = {higher_is_better(v) for v in values}
+    if len(directions) > 1:
+        from harness.core.errors import HarnessError
+
+        place = f"{where}: " if where else ""
+        raise HarnessError(
+            f"{place}some rows say a higher score is better and others a lower one (higher_is_better); "
+            "keep one metric per task in the store"
+        )
+    return directions != {False}
+
+
+def frame_direction(frame: pd.DataFrame, where: str = "") -> bool:
+    """`score_direction` of a frame's rows; a frame without the column (an older store) is higher-is-better."""
+    return score_direction(frame["higher_is_better"], where) if "higher_is_better" in frame else True
+
+
+def direction_text(higher: bool) -> str:
+    """What a page adds to a score's label so that a reader knows which way is better."""
+    return "higher is better" if higher else "lower is better"

@@ -447,10 +447,13 @@ def _difference_text(line: VersusLine) -> str:
     )
 
 
-def against_best(root: str | os.PathLike, configs: list[Configuration], confidence: float = 0.95) -> list[BestMark]:
-    """Each configuration against the first (the task's best line by its mean): the same pairing,
-    loading and paired test as `versus_store`, Holm-adjusted over the lines that could be paired
-    with the best. A line that cannot be paired gets no mark and the reason, never a guess."""
+def against_best(
+    root: str | os.PathLike, configs: list[Configuration], confidence: float = 0.95, higher_is_better: bool = True
+) -> list[BestMark]:
+    """Each configuration against the first (the task's best line by its mean: the highest, or the
+    lowest where the score is lower-is-better): the same pairing, loading and paired test as
+    `versus_store`, Holm-adjusted over the lines that could be paired with the best. A line that
+    cannot be paired gets no mark and the reason, never a guess."""
     check_confidence(confidence)
     if not configs:
         return []
@@ -473,7 +476,7 @@ def against_best(root: str | os.PathLike, configs: list[Configuration], confiden
     marks: list[BestMark | None] = [None] * len(configs)
     marks[0] = BestMark(
         "best",
-        "the top mean of the task; every other line is tested against it with the paired test on the same "
+        "the best mean of the task; every other line is tested against it with the paired test on the same "
         "examples and seeds, Holm-adjusted over the lines tested",
     )
     loaded: list[tuple[int, LoadedPair]] = []
@@ -487,18 +490,21 @@ def against_best(root: str | os.PathLike, configs: list[Configuration], confiden
         if problem is not None:
             marks[i] = BestMark("", f"not tested against the best line: {problem}")
     lines = compare([pair for _, pair in loaded], confidence) if loaded else []
+    # The difference is line - best: below the best line is worse unless a lower score is better.
+    worse, better = ("below", "above") if higher_is_better else ("above", "below")
+    why = "" if higher_is_better else " (lower is better)"
     for (i, _), line in zip(loaded, lines):
         detail = _difference_text(line)
         p, h = line.comparison.p_value, line.holm_p
         if not line.significant:
             marks[i] = BestMark("n.s.", f"not significantly different from the best line: {detail}", p, h)
-        elif line.comparison.difference < 0:
-            marks[i] = BestMark("", f"significantly below the best line: {detail}", p, h)
+        elif (line.comparison.difference < 0) == higher_is_better:
+            marks[i] = BestMark("", f"significantly {worse} the best line{why}: {detail}", p, h)
         else:  # possible when the line shares only some of the best line's seeds
             marks[i] = BestMark(
                 "",
-                f"significantly above the best line on the seeds both ran, below it by its mean over all its "
-                f"seeds: {detail}",
+                f"significantly {better} the best line on the seeds both ran{why}, {worse} it by its "
+                f"mean over all its seeds: {detail}",
                 p,
                 h,
             )

@@ -12,7 +12,7 @@ import pandas as pd
 
 from harness.results.format import number
 from harness.results.pareto import pareto_mask
-from harness.results.values import plain
+from harness.results.values import direction_text, frame_direction, plain
 from harness.site.columns import CONCURRENT_JOBS, COST_AXES, CostAxis
 from harness.site.page_text import plotly_text
 from harness.site.tables import Table, front_table
@@ -32,7 +32,18 @@ class Panel:
     shared: int = 0  # of those, timed while other jobs shared the device
 
 
-def _points(rows: pd.DataFrame, axis: CostAxis) -> pd.DataFrame:
+def task_direction(rows: pd.DataFrame) -> bool:
+    """Whether a higher score is better for one task's rows (they share one metric)."""
+    where = f"{rows['suite'].iloc[0]}/{rows['task'].iloc[0]}" if len(rows) and {"suite", "task"} <= set(rows) else ""
+    return frame_direction(rows, where)
+
+
+def score_title(metric: str, higher_is_better: bool) -> str:
+    """A score axis's title: the metric, and which way is better where that is down (a perplexity)."""
+    return metric if higher_is_better else f"{metric} ({direction_text(False)})"
+
+
+def _points(rows: pd.DataFrame, axis: CostAxis, higher_is_better: bool = True) -> pd.DataFrame:
     """The rows that have this cost, with display cost, hollow (simulated kernel on an inference
     axis, or timed on a shared device on a time axis) and front flags."""
     costs = rows[axis.column].to_numpy(float) / axis.scale
@@ -43,7 +54,7 @@ def _points(rows: pd.DataFrame, axis: CostAxis) -> pd.DataFrame:
     shared = (data[CONCURRENT_JOBS].to_numpy(float) > 1) if axis.timed else np.zeros(len(data), bool)
     hollow = (simulated if axis.inference else np.zeros(len(data), bool)) | shared
     front = np.zeros(len(data), bool)
-    front[~hollow] = pareto_mask(costs[~hollow], data["score"].to_numpy(float)[~hollow])
+    front[~hollow] = pareto_mask(costs[~hollow], data["score"].to_numpy(float)[~hollow], higher_is_better)
     return data.assign(_cost=costs, _hollow=hollow, _front=front, _simulated=simulated, _shared=shared)
 
 
@@ -73,7 +84,7 @@ def _hover(data: pd.DataFrame, axis: CostAxis, metric: str) -> list[str]:
     ]
 
 
-def _figure(data: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict:
+def _figure(data: pd.DataFrame, axis: CostAxis, metric: str, title: str, higher_is_better: bool = True) -> dict:
     hover = np.array(_hover(data, axis, metric), dtype=object)
     # Columns as arrays once: indexing a DataFrame column per method and plot adds up to seconds.
     cost, score = data["_cost"].to_numpy(float), data["score"].to_numpy(float)
@@ -122,7 +133,7 @@ def _figure(data: pd.DataFrame, axis: CostAxis, metric: str, title: str) -> dict
             "type": "log" if axis.log else "linear",
         },
         # Scores near zero (a small LM on GSM8K) sit on the axis, not mid-plot.
-        "yaxis": {"title": {"text": metric}, "rangemode": "tozero"},
+        "yaxis": {"title": {"text": plotly_text(score_title(metric, higher_is_better))}, "rangemode": "tozero"},
         "legend": {"title": {"text": "method"}},
     }
     return {"data": traces, "layout": layout}
@@ -156,26 +167,31 @@ PLOT_COLUMNS = [
 ]
 
 
-def axis_points(ok: pd.DataFrame):
-    """(axis, where, points) for every plot of one task's successful runs."""
+def axis_points(ok: pd.DataFrame, higher_is_better: bool | None = None):
+    """(axis, where, points) for every plot of one task's successful runs; their fronts go the way
+    the task's score is better (`higher_is_better`, read from the rows when None)."""
+    if higher_is_better is None:
+        higher_is_better = task_direction(ok)
     ok = ok[PLOT_COLUMNS]
     for axis in COST_AXES:
         # An axis on which no run has a positive cost says nothing (e.g. training time when
         # nothing trained); a log axis cannot show zeros at all.
         for where, part in _panel_groups(ok, axis):
             if (part[axis.column] > 0).any():  # not e.g. the runs that trained nothing, on a training axis
-                yield axis, where, _points(part.reset_index(drop=True), axis)
+                yield axis, where, _points(part.reset_index(drop=True), axis, higher_is_better)
 
 
 def task_panels(ok: pd.DataFrame, suite: str, task: str, metric: str) -> list[Panel]:
+    higher = task_direction(ok)
     panels = []
-    for axis, where, data in axis_points(ok):
+    for axis, where, data in axis_points(ok, higher):
         title = plotly_text(f"{suite}/{task}: {metric} vs {axis.title}") + (
             f"<br><sup>on {plotly_text(where)}</sup>" if where else ""
         )
-        figure = _figure(data, axis, metric, title)
+        figure = _figure(data, axis, metric, title, higher)
         hollow, shared = int(data["_hollow"].sum()), int(data["_shared"].sum())
-        panels.append(Panel(f"fig-{len(panels)}", axis, title, where, figure, front_table(data, axis), hollow, shared))
+        front = front_table(data, axis, higher)
+        panels.append(Panel(f"fig-{len(panels)}", axis, title, where, figure, front, hollow, shared))
     return panels
 
 

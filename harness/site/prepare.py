@@ -28,7 +28,15 @@ from harness.site.columns import (
     run_page,
     slug,
 )
-from harness.site.figures import Panel, axis_points, benchmark_figure, kernel_figure, overview_panel, task_panels
+from harness.site.figures import (
+    Panel,
+    axis_points,
+    benchmark_figure,
+    kernel_figure,
+    overview_panel,
+    task_direction,
+    task_panels,
+)
 from harness.site.tables import Table, failed_table, front_summary, leaderboard_table, tuning_table
 
 KERNEL_TOP = 15  # kernels listed per phase on a run page
@@ -50,6 +58,7 @@ class TaskSection:
     # never in the leaderboard, the fronts or the plots of the reported split.
     trials: list[dict] = field(default_factory=list)
     tuning: Table | None = None
+    higher_is_better: bool = True  # of the task's score; False for a perplexity
 
     @property
     def figures(self) -> list[dict]:
@@ -84,6 +93,8 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     for column in (ADAPTER_SHARE, CONCURRENT_JOBS):  # stores written before these columns existed
         if column not in df:
             df = df.assign(**{column: np.nan})
+    if "higher_is_better" not in df:
+        df = df.assign(higher_is_better=None)  # missing means higher is better
     pages = [run_page(j, r) for j, r in zip(df["job_hash"], df["run_id"])]
     columns = [c for c in ("config", *GROUP_COLUMNS) if c in df]
     groups = [grouping.group_key({k: plain(v) for k, v in r.items()}) for r in df[columns].to_dict("records")]
@@ -102,14 +113,20 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _best_first(ok: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """One task's ok runs, best score first (the lowest first where lower is better), and that direction."""
+    higher = task_direction(ok)
+    return ok.sort_values("score", ascending=not higher, na_position="last", kind="mergesort"), higher
+
+
 def _paged_jobs(group: pd.DataFrame, limit: int) -> list[str]:
     """The runs of one task that get a page: each leaderboard line's best run (its method links it) and every
     Pareto-optimal run (what the index and the plots single out), then the best by score up
     to `limit` (more where those alone exceed it); failed runs, for their traceback, up to `limit`."""
-    ok = group[group["status"] == "ok"].sort_values("score", ascending=False, kind="mergesort")
+    ok, higher = _best_first(group[group["status"] == "ok"])
     trials, ok = ok[ok["_selection"]], ok[~ok["_selection"]]
     chosen = dict.fromkeys(ok.drop_duplicates("_group")["job_hash"])
-    for _, _, points in axis_points(ok):
+    for _, _, points in axis_points(ok, higher):
         chosen.update(dict.fromkeys(points.loc[points["_front"], "job_hash"]))
     for job in [*ok["job_hash"], *trials["job_hash"]]:  # trials after the reported runs
         if len(chosen) >= limit:
@@ -139,7 +156,7 @@ def build_sections(df: pd.DataFrame, results_dir: str | os.PathLike | None = Non
         df = prepare(df)
     sections = []
     for (suite, task), group in df.groupby(["suite", "task"], sort=True):
-        ranked = group[group["status"] == "ok"].sort_values("score", ascending=False, kind="mergesort")
+        ranked, higher = _best_first(group[group["status"] == "ok"])
         ok = ranked[~ranked["_selection"]].reset_index(drop=True)
         trials = records(ranked[ranked["_selection"]])
         failed = group[group["status"] != "ok"].reset_index(drop=True)
@@ -159,6 +176,7 @@ def build_sections(df: pd.DataFrame, results_dir: str | os.PathLike | None = Non
                 task_panels(ok, suite, task, metric) if len(ok) else [],
                 trials,
                 tuning_table(trials, rows),
+                higher,
             )
         )
     return sections

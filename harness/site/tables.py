@@ -16,7 +16,7 @@ import pandas as pd
 from harness.results import grouping, versus
 from harness.results.format import MISSING, fmt, number, unit
 from harness.results.stats import MeanCI, mean_ci
-from harness.results.values import plain
+from harness.results.values import direction_text, plain, score_direction
 from harness.site.columns import ADAPTER_SHARE, DOCS, TIME_TO_TRAINED, TIME_TO_TRAINED_DOC, CostAxis
 from harness.spec.schema import COLUMNS
 
@@ -147,11 +147,16 @@ def text_cell(value, href: str | None = None) -> Cell:
     return Cell(text, text, True, ((text, href, ""),) if href else ())
 
 
-def front_table(data: pd.DataFrame, axis: CostAxis) -> Table:
+def score_label(label: str, higher_is_better: bool) -> str:
+    """A score column's label: as it is where higher is better, as every reader assumes; else it says so."""
+    return label if higher_is_better else f"{label} ({direction_text(False)})"
+
+
+def front_table(data: pd.DataFrame, axis: CostAxis, higher_is_better: bool = True) -> Table:
     headers = (
         ("method", True, ""),
         ("seed", False, ""),
-        ("score", False, ""),
+        (score_label("score", higher_is_better), False, ""),
         (axis.title, False, ""),
         ("model", True, ""),
         ("kernel", True, DOCS["compression_kernel"]),
@@ -236,14 +241,14 @@ LEADERBOARD_DOCS = {
     "from the training data; defaults: hyperparameters not selected on held-out data (the method's defaults or "
     "as given)",
     "picked": "what tuning searched, at the values it picked on the selection split (empty for untuned lines)",
-    "vs_best": "best: the top mean; n.s.: not significantly different from it (paired test on the same examples "
+    "vs_best": "best: the best mean (the lowest where lower is better); n.s.: not significantly different from it (paired test on the same examples "
     "and seeds, Holm-adjusted over the lines tested); blank: significantly different, or not tested (hover for "
     "the p-value or the reason)",
     "mean_score": "mean score over the line's seeds with a 95% Student t confidence interval (n seeds); lines are "
-    "ranked by it. Seed noise only: the evaluation set's own sampling noise is in '± seeds & examples'",
+    "ranked by it, best first. Seed noise only: the evaluation set's own sampling noise is in '± seeds & examples'",
     "crossed": "half-width of the 95% interval of the line's mean that counts the evaluation set's own sampling "
     "beside the seeds' spread (seeds crossed with examples, from the per-example predictions)",
-    "best_score": "the best seed's score, for reference only: a maximum over seeds on the evaluation split "
+    "best_score": "the best seed's score, for reference only: a best over seeds on the evaluation split "
     "is not an estimate of the configuration's score",
     "n_runs": "runs of this configuration: one per seed (every other setting and the device are the same)",
     "trainable_params": DOCS["trainable_params"] + " (median over the line's runs)",
@@ -264,9 +269,9 @@ def _median(runs: list[dict], column: str) -> float | None:
     return float(np.median(values)) if values else None
 
 
-def _line_values(runs: list[dict], ci: MeanCI | None, settings: str) -> dict:
-    """The leaderboard's values for one configuration: the seed mean, the best seed, and the
-    median of each cost over its runs."""
+def _line_values(runs: list[dict], ci: MeanCI | None, settings: str, higher_is_better: bool = True) -> dict:
+    """The leaderboard's values for one configuration: the seed mean, the best seed (the highest
+    score, or the lowest where lower is better), and the median of each cost over its runs."""
     costs = {c: _median(runs, c) for c in MEDIAN_COSTS}
     mib = lambda column: None if costs[column] is None else costs[column] / 2**20  # noqa: E731
     total, trainable, share = costs["total_params"], costs["trainable_params"], costs[ADAPTER_SHARE]
@@ -292,7 +297,7 @@ def _line_values(runs: list[dict], ci: MeanCI | None, settings: str) -> dict:
                 "ms_per_generated_token",
             )
         },
-        "best_score": max(scores) if scores else None,
+        "best_score": (max if higher_is_better else min)(scores) if scores else None,
         "mean_score": ci,
         "n_runs": len(runs),
         "trainable_pct": 100.0 * trainable / total if trainable is not None and total else None,
@@ -444,12 +449,14 @@ def _protocol_cells(runs: list[dict], trials: list[dict]) -> tuple[Cell, Cell]:
     return Cell("tuned", "tuned", True, title=title, short=True), picked
 
 
-def _significance(lines: list, labels: list[str], results_dir, confidence: float = 0.95) -> tuple[list, str]:
-    """Each line's mark against the first (the top mean), and a note when no line could be tested."""
+def _significance(
+    lines: list, labels: list[str], results_dir, confidence: float = 0.95, higher_is_better: bool = True
+) -> tuple[list, str]:
+    """Each line's mark against the first (the best mean), and a note when no line could be tested."""
     if results_dir is None or len(lines) < 2 or lines[0][0]["mean_score"] is None:
         return [None] * len(lines), ""
     configs = [versus.configuration(runs[0]["_group"], runs, label) for (_, _, runs), label in zip(lines, labels)]
-    marks = versus.against_best(results_dir, configs, confidence)
+    marks = versus.against_best(results_dir, configs, confidence, higher_is_better)
     if all(m.p_value is None for m in marks[1:]):
         # Nothing was tested: one note instead of a column of blanks, with the reason.
         return [None] * len(lines), f"No line was tested against the best line ({marks[1].title})."
@@ -477,21 +484,25 @@ def leaderboard_table(
     ok: pd.DataFrame, records: list[dict], results_dir: str | os.PathLike | None = None, trials: list[dict] = ()
 ) -> Table:
     """One line per configuration (every setting the same but the seed, on one device), ranked
-    by its seed mean: the best seed is shown, but a maximum over seeds on the evaluation split
-    would reward the line with the most draws. Lines of `harness tune` finals say so and what
-    was picked (`trials`: the task's trials, for rows that do not record it); with the store's
-    folder, each line is marked against the best line by the paired test (`versus.against_best`)."""
+    by its seed mean (best first: highest, or lowest where the task's score is lower-is-better): the
+    best seed is shown, but a best over seeds on the evaluation split would reward the line with the
+    most draws. Lines of `harness tune` finals say so and what was picked (`trials`: the task's
+    trials, for rows that do not record it); with the store's folder, each line is marked against
+    the best line by the paired test (`versus.against_best`)."""
+    higher = score_direction([r.get("higher_is_better") for r in records], _where(records))
+    sign = 1.0 if higher else -1.0  # goodness = sign * score
     groups, bests = [], []
     for idx in ok.groupby("_group", sort=False).indices.values():
         runs = sorted((records[i] for i in idx), key=lambda r: (r["seed"] is None, r["seed"]))
         groups.append(runs)
-        bests.append(max(runs, key=lambda r: r["score"] if r["score"] is not None else -math.inf))
+        bests.append(max(runs, key=lambda r: sign * r["score"] if r["score"] is not None else -math.inf))
     lines = []
     for runs, best, settings in zip(groups, bests, _differing_settings(groups)):
         scores = [r["score"] for r in runs if r["score"] is not None]
-        lines.append((_line_values(runs, mean_ci(scores) if scores else None, settings), best, runs))
+        lines.append((_line_values(runs, mean_ci(scores) if scores else None, settings, higher), best, runs))
     lines.sort(
-        key=lambda line: -math.inf if line[0]["mean_score"] is None else line[0]["mean_score"].mean, reverse=True
+        key=lambda line: -math.inf if line[0]["mean_score"] is None else sign * line[0]["mean_score"].mean,
+        reverse=True,
     )
     if any(versus.tuning_role(runs[0]) == "final" for _, _, runs in lines):
         trials_of = _by_group(list(trials))
@@ -504,12 +515,16 @@ def leaderboard_table(
     for values, _, runs in lines:
         values["crossed"] = _crossed_cell(results_dir, runs) if results_dir is not None else None
     labels = [v["method"] + (f" {v['settings']}" if v["settings"] else "") for v, _, _ in lines]
-    marks, note = _significance(lines, labels, results_dir)
+    marks, note = _significance(lines, labels, results_dir, higher_is_better=higher)
     for (values, _, _), mark in zip(lines, marks):
         values["vs_best"] = mark
     # A column no line has a value in (latency before anything measured it, TTFT on GLUE) is left out.
     keys = [k for k, _, _ in LEADERBOARD if k in ("method", "mean_score") or any(v[k] is not None for v, _, _ in lines)]
-    headers = tuple((label, text, LEADERBOARD_DOCS.get(k, "")) for k, label, text in LEADERBOARD if k in keys)
+    headers = tuple(
+        (score_label(label, higher) if k == "mean_score" else label, text, LEADERBOARD_DOCS.get(k, ""))
+        for k, label, text in LEADERBOARD
+        if k in keys
+    )
     rows = [("best" if i == 0 else "", _line_cells(v, best, runs, keys)) for i, (v, best, runs) in enumerate(lines)]
     return Table(headers, rows, frozenset(i for i, k in enumerate(keys) if k in LEADERBOARD_EXTRA), note)
 
@@ -525,11 +540,17 @@ TUNING_DOCS = {
 }
 
 
+def _where(rows: list[dict]) -> str:
+    return f"{rows[0].get('suite')}/{rows[0].get('task')}" if rows else ""
+
+
 def tuning_table(trials: list[dict], finals: list[dict]) -> Table | None:
     """Per tuning group of a task: its trials' searched values and selection scores, the picked
-    one marked (the trial whose learning rate and method parameters its finals ran)."""
+    one marked (the trial whose learning rate and method parameters its finals ran); a group's
+    trials cell sorts by its best selection score."""
     if not trials:
         return None
+    best = max if score_direction([t.get("higher_is_better") for t in trials], _where(trials)) else min
     finals_of = _by_group([r for r in finals if versus.tuning_role(r) == "final"])
     headers = tuple((label, label != "finals", TUNING_DOCS[label]) for label in TUNING_DOCS)
     rows = []
@@ -564,7 +585,7 @@ def tuning_table(trials: list[dict], finals: list[dict]) -> Table | None:
                     text_cell(MISSING if group is None else group),
                     Cell(
                         links[0][0] if links else "",
-                        max(scores) if scores else "",
+                        best(scores) if scores else "",
                         True,
                         tuple(links),
                         wrap=True,

@@ -25,7 +25,7 @@ from harness.results import grouping
 from harness.results.compare import IMPROVEMENT, METRIC_K, REGRESSION
 from harness.results.format import number, percent, signed
 from harness.results.history import COSTS, TREND_KEYS, LatestChange, latest_change, nights, trend
-from harness.results.values import plain, relative
+from harness.results.values import direction_text, plain, relative, score_direction
 from harness.site.page_text import plotly_text, script_json
 
 
@@ -57,7 +57,8 @@ class Section:
     metric: str
     anchor: str
     figures: list[dict]
-    rows: list[dict]  # the latest night's, with the change since the night before
+    rows: list[dict]  # the latest night's, best first, with the change since the night before
+    higher_is_better: bool = True  # of the task's score; False for a perplexity
 
 
 def build_sections(frame: pd.DataFrame) -> list[Section]:
@@ -69,7 +70,9 @@ def build_sections(frame: pd.DataFrame) -> list[Section]:
         part = part.assign(series=_series_names(part))
         colors = _colors(sorted(part["series"].unique()))
         metric = next((m for m in part["metric"] if isinstance(m, str)), "score")
-        figures = [_line_figure(part, "score", f"{suite}/{task}: {metric} over nights", metric, 1.0, colors, tick)]
+        higher = _direction(part, f"{suite}/{task}")
+        y_title = metric if higher else f"{metric} ({direction_text(False)})"
+        figures = [_line_figure(part, "score", f"{suite}/{task}: {metric} over nights", y_title, 1.0, colors, tick)]
         for cost in COSTS:
             if part[cost.column].notna().any():  # e.g. no training time for `none`-only tasks
                 figures.append(
@@ -77,8 +80,18 @@ def build_sections(frame: pd.DataFrame) -> list[Section]:
                         part, cost.column, f"{suite}/{task}: {cost.title}", cost.title, cost.scale, colors, tick
                     )
                 )
-        sections.append(Section(suite, task, metric, f"{suite}-{task}", figures, _latest_rows(part, latest, previous)))
+        rows = _latest_rows(part, latest, previous, higher)
+        sections.append(Section(suite, task, metric, f"{suite}-{task}", figures, rows, higher))
     return sections
+
+
+def _direction(part: pd.DataFrame, where: str) -> bool:
+    """Whether a higher score is better for a task's trend rows; rows of nights where every seed
+    failed have no score, and no say (a trend of an older history has no column: higher)."""
+    if "higher_is_better" not in part:
+        return True
+    scored = part["seeds"] > 0 if "seeds" in part else part["score"].notna()
+    return score_direction(part.loc[scored, "higher_is_better"], where)
 
 
 def _series_names(part: pd.DataFrame) -> list[str]:
@@ -146,10 +159,11 @@ def _line_figure(
     return json.loads(fig.to_json())
 
 
-def _latest_rows(part: pd.DataFrame, latest: Date, previous: Date | None) -> list[dict]:
-    """The latest night's rows of a task, best first, each with its change since the night before
-    (absolute for the score, relative for costs); None where the night before lacks the run."""
-    now = part[part["night"] == latest].sort_values("score", ascending=False, na_position="last")
+def _latest_rows(part: pd.DataFrame, latest: Date, previous: Date | None, higher_is_better: bool = True) -> list[dict]:
+    """The latest night's rows of a task, best first (the lowest score first where lower is better),
+    each with its change since the night before (absolute for the score, relative for costs); None
+    where the night before lacks the run."""
+    now = part[part["night"] == latest].sort_values("score", ascending=not higher_is_better, na_position="last")
     before = {tuple(r[k] for k in TREND_KEYS): r for _, r in part[part["night"] == previous].iterrows()}
     rows = []
     for _, r in now.iterrows():

@@ -1,7 +1,7 @@
 """The result row: one flat, typed record per run, and its Parquet schema.
 
 Bump SCHEMA_VERSION when a column changes meaning or type; adding a nullable column
-at the end is backward compatible (readers fill it with nulls for old files).
+is backward compatible (readers match columns by name and fill it with nulls for old files).
 Units are in the column names: *_bytes, *_seconds, *_ms, *_per_s.
 """
 
@@ -49,7 +49,17 @@ COLUMNS: tuple[Column, ...] = (
     Column("traceback", pa.string(), "traceback of a failed run"),
     # quality
     Column("metric", pa.string(), "name of the task's primary metric"),
-    Column("score", pa.float64(), "value of the primary metric on the evaluation split (higher is better)"),
+    Column(
+        "score",
+        pa.float64(),
+        "value of the primary metric on the evaluation split; higher_is_better says which way is better",
+    ),
+    Column(
+        "higher_is_better",
+        pa.bool_(),
+        "whether a higher score is better (False for perplexities, where lower is better); null in rows written "
+        "before it existed means True",
+    ),
     Column("metrics", pa.string(), "JSON object of every metric computed"),
     Column("eval_split", pa.string(), "split(s) evaluated"),
     Column("eval_samples", pa.int64(), "examples evaluated (first split)"),
@@ -176,14 +186,32 @@ COLUMNS: tuple[Column, ...] = (
     Column(
         "train_data",
         pa.string(),
-        "training set given by hub id instead of the task's own (e.g. meta-math/MetaMathQA); null: the task's",
+        "training set given instead of the task's own: a hub id (e.g. meta-math/MetaMathQA) or lm-eval task names; null: the task's",
+    ),
+    Column(
+        "train_format",
+        pa.string(),
+        "causal-LM training: JSON of the prompt template (or the lm-eval tasks whose format was used), the "
+        "sources of the examples, and where the loss is taken (answer, or prompt and answer)",
     ),
     Column("train_tokens", pa.int64(), "non-padding input tokens processed in training"),
     Column("num_fewshot", pa.int64(), "generative evaluation: few-shot examples in each prompt"),
     Column(
+        "retention",
+        pa.string(),
+        "lm-eval suite: JSON per retention task of its primary metric before the method, after it, and the "
+        "change (signed so that forgetting is negative)",
+    ),
+    Column(
+        "retention_change",
+        pa.float64(),
+        "mean over the retention tasks of the change in their primary metric (negative: adapting cost that much)",
+    ),
+    Column("retention_seconds", pa.float64(), "wall time of scoring the retention tasks, before and after the method"),
+    Column(
         "eval_settings",
         pa.string(),
-        "generative evaluation: JSON of the evaluator's settings (lm-eval version, task version, few-shot, limit, generation kwargs, max new tokens, batch size, filters)",
+        "lm-eval evaluation: JSON of the evaluator's settings (lm-eval version, tasks and their versions, few-shot, limit, generation kwargs, max new tokens, batch size, filters, where each task's data came from)",
     ),
     Column(
         "ttft_bs1_p50_ms",

@@ -55,6 +55,29 @@ def test_the_pick_is_the_best_selection_score_ties_to_the_default_then_the_lower
     assert pick(group, {"h0": 0.9, "h1": 0.8}) is None  # not every trial has a row yet
 
 
+def test_the_pick_of_a_lower_is_better_score_is_the_lowest_with_the_same_tie_breaks():
+    group = _group([{"lr": 1e-4}, {"lr": 1e-3}, {"lr": 1e-2}])
+    perplexities = {"h0": 30.0, "h1": 25.0, "h2": 40.0}
+    assert pick(group, perplexities, higher_is_better=False) == {"lr": 1e-3}
+    assert pick(group, perplexities) == {"lr": 1e-2}  # read as higher-is-better: the worst
+    assert pick(group, {"h0": 20.0, "h1": 20.0, "h2": 20.0}, higher_is_better=False) == {"lr": 1e-3}
+    assert pick(group, {"h0": 20.0, "h1": 30.0, "h2": 20.0}, higher_is_better=False) == {"lr": 1e-4}
+    assert pick(group, {"h0": 20.0, "h1": None, "h2": 10.0}, higher_is_better=False) == {"lr": 1e-2}
+
+
+def test_a_groups_direction_comes_from_its_trials_rows(tmp_path):
+    from harness.execution.tune import trial_directions
+    from harness.results.store import write_row
+    from tests.support import full_row
+
+    perplexity, accuracy, old = _group([{"lr": 1e-4}]), _group([{"lr": 1e-3}]), _group([{"lr": 1e-2}])
+    for group, job, direction in ((perplexity, "p0", False), (accuracy, "a0", True), (old, "o0", None)):
+        group.id, group.results_dir = job, str(tmp_path)
+        group.trials[0].job.job_hash = job
+        write_row(full_row(job_hash=job, run_id="r1", status="ok", higher_is_better=direction), tmp_path)
+    assert trial_directions([perplexity, accuracy, old]) == {"p0": False, "a0": True, "o0": True}
+
+
 class InProcess:
     """An executor running each job in this process (the local one starts a process per job)."""
 

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-from tests.support import DEVICE, MODEL, full_row, resolved, run_row, store
-
-import itertools
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from harness.results.compare import REGRESSION, compare_stores
-from harness.spec.run import ResolvedRun
 from harness.core.errors import HarnessError
-from harness.results.store import write_row
-from tests.support import full_row
-
-
-
-
-
-
-
+from harness.results.compare import REGRESSION, compare_stores
+from tests.support import DEVICE, MODEL, run_row, store
 
 
 def found(comparison):
@@ -275,3 +263,47 @@ def test_tolerances_must_be_finite_and_not_negative(tmp_path, capsys, flag, valu
     assert len(err.splitlines()) == 1 and flag in err
     with pytest.raises(HarnessError, match="finite"):
         compare_stores(base, base, **{flag[2:].replace("-", "_"): float(value)})
+
+
+def _perplexity(scores, **columns):
+    """Seeds of one configuration scored by a perplexity: lower is better."""
+    return _seeds(scores, metric="word_perplexity", higher_is_better=False, **columns)
+
+
+def test_a_rise_in_perplexity_is_the_regression_and_a_fall_the_improvement(tmp_path):
+    base = store(tmp_path / "base", *_perplexity([20.0]))
+    worse = compare_stores(base, store(tmp_path / "worse", *_perplexity([20.5])), metric_tolerance=0.1)
+    [change] = worse.changes
+    assert (change.kind, change.column, change.base, change.new) == (REGRESSION, "score", 20.0, 20.5)
+    assert change.note == "word_perplexity up more than 0.1 (lower is better)"
+    better = compare_stores(base, store(tmp_path / "better", *_perplexity([19.5])), metric_tolerance=0.1)
+    assert [(c.kind, c.column) for c in better.changes] == [("improvement", "score")]
+    # Within the tolerance either way: nothing.
+    assert compare_stores(base, store(tmp_path / "same", *_perplexity([20.05])), metric_tolerance=0.1).changes == []
+
+
+def test_the_seed_mean_of_a_perplexity_regresses_when_it_rises(tmp_path):
+    """Every seed's perplexity rises by 1 (SE 0): one regression of the configuration; falls: an improvement."""
+    base = store(tmp_path / "base", *_perplexity([20.0, 21.0, 22.0]))
+    [change] = compare_stores(base, store(tmp_path / "worse", *_perplexity([21.0, 22.0, 23.0]))).changes
+    assert (change.kind, change.run) == (REGRESSION, f"glue/sst2 lora:r=8 {MODEL} seeds 0,1,2")
+    assert (change.base, change.new) == pytest.approx((21.0, 22.0))
+    assert "mean of 3 seeds up 1" in change.note and change.note.endswith("(lower is better)")
+    [change] = compare_stores(base, store(tmp_path / "better", *_perplexity([19.0, 20.0, 21.0]))).changes
+    assert change.kind == "improvement"
+
+
+def test_rows_without_a_direction_compare_as_higher_is_better(tmp_path):
+    """Rows written before the column (null there) gate as before: a drop is the regression."""
+    old = _seeds([0.90], higher_is_better=None)
+    [change] = compare_stores(store(tmp_path / "base", *old), store(tmp_path / "new", *_seeds([0.80]))).changes
+    assert (change.kind, change.note) == (REGRESSION, "accuracy down more than 0.005")
+    rise = compare_stores(store(tmp_path / "b2", *old), store(tmp_path / "n2", *_seeds([0.95], higher_is_better=None)))
+    assert [c.kind for c in rise.changes] == ["improvement"]
+
+
+def test_rows_that_disagree_on_the_direction_are_not_compared(tmp_path):
+    base = store(tmp_path / "base", *_seeds([0.90]))
+    new = store(tmp_path / "new", *_seeds([0.50], higher_is_better=False))
+    [change] = compare_stores(base, new).changes
+    assert change.kind == "info" and "higher_is_better differs" in change.note

@@ -50,6 +50,27 @@ def test_pareto_front_hand_worked():
     assert pareto_mask(costs, scores).tolist() == [True, True, False, True, True, False]
 
 
+def test_pareto_front_of_a_lower_is_better_score_hand_worked():
+    """Perplexities: the cheap point with the lowest perplexity is optimal, a dearer one only if lower still."""
+    costs = [1, 2, 3, 4, 2]
+    perplexities = [20.0, 15.0, 18.0, 10.0, 15.0]
+    # (1,20) cheapest; (2,15) twice, both optimal; (3,18) dominated by (2,15); (4,10) lowest
+    assert pareto_mask(costs, perplexities, higher_is_better=False).tolist() == [True, True, False, True, True]
+    # Read as higher-is-better, only the cheapest point (20, the "best") would be on the front.
+    assert pareto_mask(costs, perplexities).tolist() == [True, False, False, False, False]
+
+
+def test_pareto_of_a_lower_is_better_score_matches_brute_force():
+    rng = np.random.default_rng(1)
+    costs = rng.integers(0, 20, 300).astype(float)
+    scores = rng.integers(0, 20, 300).astype(float)
+    brute = [
+        not any((c2 <= c and s2 <= s and (c2 < c or s2 < s)) for c2, s2 in zip(costs, scores))
+        for c, s in zip(costs, scores)
+    ]
+    assert pareto_mask(costs, scores, higher_is_better=False).tolist() == brute
+
+
 def test_pareto_ignores_nan_and_handles_empty():
     assert pareto_mask([1, np.nan, 3], [0.1, 0.9, 0.5]).tolist() == [True, False, True]
     assert pareto_mask([], []).tolist() == []

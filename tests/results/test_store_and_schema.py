@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from tests.support import full_row
-
-import json
-from datetime import datetime, timezone
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness.spec.schema import COLUMNS, SCHEMA, SCHEMA_VERSION, to_table
 from harness.results.store import read_results, result_files, write_row
-
-
+from harness.spec.schema import COLUMNS, SCHEMA, SCHEMA_VERSION, to_table
+from tests.support import full_row
 
 
 def test_every_column_is_documented_and_typed():
@@ -54,6 +48,30 @@ def test_older_files_missing_columns_read_with_nulls(tmp_path):
     write_row(full_row(run_id="r2"), tmp_path)
     df = read_results(tmp_path)
     assert len(df) == 2 and df["latency_timer"].isna().sum() == 1
+
+
+def test_higher_is_better_is_a_boolean_beside_the_score_and_null_in_older_files(tmp_path):
+    names = [c.name for c in COLUMNS]
+    assert names.index("higher_is_better") == names.index("score") + 1
+    assert SCHEMA.field("higher_is_better").type == pa.bool_()
+    assert b"higher is better" not in SCHEMA.field("score").metadata[b"doc"].replace(b"higher_is_better", b"")
+    old = to_table([full_row()]).drop_columns(["higher_is_better"])
+    (tmp_path / "glue" / "sst2").mkdir(parents=True)
+    pq.write_table(old, tmp_path / "glue" / "sst2" / "old.parquet")
+    write_row(full_row(run_id="r2", higher_is_better=False), tmp_path)
+    df = read_results(tmp_path).sort_values("run_id")
+    assert [None if v is None else bool(v) for v in df["higher_is_better"]] == [None, False]
+
+
+def test_a_rows_direction_is_higher_unless_it_says_otherwise():
+    from harness.core.errors import HarnessError
+    from harness.results.values import higher_is_better, score_direction
+
+    assert [higher_is_better(v) for v in (None, float("nan"), True, False)] == [True, True, True, False]
+    assert score_direction([]) is True and score_direction([None, True]) is True
+    assert score_direction([False, False]) is False
+    with pytest.raises(HarnessError, match="glue/sst2: some rows say a higher score is better"):
+        score_direction([False, None], "glue/sst2")
 
 
 def test_empty_store_reads_as_empty_frame_with_all_columns(tmp_path):
