@@ -89,11 +89,16 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lm_config(tiny_gsm8k):
-    """The lm-eval task config the gsm8k suite evaluates with, on the tiny gsm8k mirror."""
-    from harness.spec.run import RunSpec
-    from harness.suites.base import SUITES
+    """lm-eval's own gsm8k config pointed at the tiny mirror by hand, as a user would call lm-eval
+    directly: the reference the harness's evaluation is compared with."""
+    from tests.support import reference_config
 
-    suite = SUITES.get("gsm8k")()
-    task = suite.get_task("gsm8k")
-    ((_, _, lm_set),) = suite.load_eval(task, suite.locate(task, tiny_gsm8k), RunSpec(suite="gsm8k", method="none"))
-    return lm_set.config
+    return reference_config("gsm8k", tiny_gsm8k, {"train": "train", "test": "test"}, "openai/gsm8k/main")
+
+
+@pytest.fixture(scope="module")
+def lm_tasks(tiny_gsm8k):
+    """The gsm8k task as the harness builds it from the tiny mirror."""
+    from harness.evaluation.lm_eval_tasks import build
+
+    return build("gsm8k", tiny_gsm8k)

@@ -43,7 +43,7 @@ def mirror_root(data_dir: str | os.PathLike | None) -> Path | None:
     return root
 
 
-def _split_files(base: Path, config: str | None, split: str) -> tuple[list[str], list[str]]:
+def split_files(base: Path, config: str | None, split: str) -> tuple[list[str], list[str]]:
     folder = base / config if config else base
     patterns = [str(folder / f"{split}-*.parquet"), str(folder / split / "*.parquet"), str(folder / f"{split}.parquet")]
     for pattern in patterns:
@@ -72,7 +72,7 @@ def locate_split(hub_id: str, config: str | None, split: str, data_dir: str | os
     tried: list[str] = []
     root = mirror_root(data_dir)
     if root is not None:
-        files, patterns = _split_files(root / hub_id, config, split)
+        files, patterns = split_files(root / hub_id, config, split)
         if files:
             return DataSource(hub_id, config, split, tuple(files))
         tried += patterns
@@ -82,11 +82,31 @@ def locate_split(hub_id: str, config: str | None, split: str, data_dir: str | os
             f"add it there, or drop --data-dir to use the hub"
         )
     if Path(hub_id).expanduser().is_dir():
-        files, patterns = _split_files(Path(hub_id).expanduser(), config, split)
+        files, patterns = split_files(Path(hub_id).expanduser(), config, split)
         if files:
             return DataSource(hub_id, config, split, tuple(files))
         raise HarnessError(f"split {split!r} not found under {hub_id!r} (tried {', '.join(patterns)})")
     return DataSource(hub_id, config, split)
+
+
+def check_files(source: DataSource) -> None:
+    """A split's local Parquet files are readable and hold rows, from their footers alone (no
+    data read): one line naming the file instead of a reader's traceback mid-run."""
+    import pyarrow.parquet as pq
+
+    if not source.files:
+        return  # the hub: its loader says what went wrong
+    name = "/".join(p for p in (source.hub_id, source.config) if p)
+    rows = 0
+    for file in source.files:
+        try:
+            rows += pq.ParquetFile(file).metadata.num_rows
+        except Exception as exc:  # noqa: BLE001 - truncated, foreign or unreadable: all the same to the user
+            raise HarnessError(
+                f"could not read split {source.split!r} of {name} from {file}: {first_line(exc)}"
+            ) from None
+    if rows == 0:
+        raise HarnessError(f"split {source.split!r} of {name} has no examples ({', '.join(source.files)})")
 
 
 def load_split(source: DataSource):

@@ -25,7 +25,7 @@ from harness.core import environment
 from harness.core.devices import fp32_uses_tf32, mfu
 from harness.core.errors import HarnessError, first_line
 from harness.data.resolve import gguf_origin, model_load_error
-from harness.engine.loop import check_precision, first_batch, sample_batches, total_steps, train
+from harness.engine.loop import NO_TRAINING_DATA, check_precision, first_batch, sample_batches, total_steps, train
 from harness.engine.profiling import profile_inference, profile_training, write_kernel_tables
 from harness.engine.resolve import resolve
 from harness.evaluation.base import choose, current
@@ -198,7 +198,7 @@ def _execute(
         datasets.disable_progress_bars()
         hf_logging.disable_progress_bar()
 
-    train_ds, selection_ds = suite.split_training(task, suite.load(sources[task.train_split]), run)
+    train_ds, selection_ds = suite.split_training(task, suite.load_train(task, sources, run), run)
     if run.evaluate_on == "selection":  # a tuning trial: scored on held-out training data only
         suite.check_split(task, "selection", selection_ds)
         eval_sets = [("selection", "", selection_ds)]
@@ -211,12 +211,16 @@ def _execute(
     except (OSError, ValueError) as exc:  # missing files, no network, not a checkpoint
         raise model_load_error(run.model_ref(), exc) from None
     suite.check_inputs(processor, task, eval_sets, run, model)
+    suite.before_method(model, processor, task, eval_sets, run, device, show_progress, backend)
     if run.gradient_checkpointing:
         enable_gradient_checkpointing(model)
 
-    train_data = suite.prepare_train(train_ds, processor, task, run)
+    if suite.prepares_on_use:
+        train_data = PreparedOnUse(lambda: suite.prepare_train(train_ds, processor, task, run), len(train_ds))
+    else:
+        train_data = suite.prepare_train(train_ds, processor, task, run)
     steps = total_steps(
-        len(train_data.dataset),
+        len(train_ds),
         run.batch_size,
         run.epochs,
         run.max_steps,
@@ -241,6 +245,8 @@ def _execute(
     # On the job's device before the steps apply: calibration (Wanda, GPTQ) runs where training does.
     model = pipeline.apply(model.to(device), ctx).to(device)
     trainable, total = count_parameters(model)
+    if trainable and len(train_ds) == 0:
+        raise HarnessError(NO_TRAINING_DATA.format(what="trains"))
 
     stats = train(
         model,
@@ -295,7 +301,7 @@ def _execute(
         "eval_seconds": evaluation.seconds,
         "model_origin": gguf_origin(run.model_location),
         "train_data": run.suite_options.get("train_data"),  # a suite option (gsm8k): another training set
-        "train_samples": len(train_data.dataset),
+        "train_samples": len(train_ds),
         "train_steps": stats.steps,
         "train_seconds": stats.seconds,
         "train_samples_per_s": stats.samples / stats.seconds if stats.seconds else None,
@@ -343,6 +349,27 @@ def _execute(
         else (profiles["inference"].top_category if "inference" in profiles else None),
     }
     return columns, evaluation.examples
+
+
+class PreparedOnUse:
+    """The training split as model inputs, prepared when first used (`Suite.prepares_on_use`): a run
+    that neither trains nor calibrates (an evaluation, a data-free compression) never prepares it,
+    which for an lm-eval suite's pool of tens of thousands of documents is minutes."""
+
+    def __init__(self, prepare, examples: int):
+        self._prepare, self._prepared, self.examples = prepare, None, examples
+
+    def _get(self):
+        if self._prepared is None:
+            self._prepared = self._prepare()
+            if len(self._prepared.dataset) != self.examples:  # preparing encodes; it never drops
+                raise RuntimeError(f"{self.examples} training examples became {len(self._prepared.dataset)}")
+        return self._prepared
+
+    def __getattr__(self, name: str):  # dataset, collate, references, token_labels
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._get(), name)
 
 
 def tuning_role(run: ResolvedRun) -> str | None:

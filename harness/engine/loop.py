@@ -108,6 +108,14 @@ def _forever(loader: DataLoader):
         yield from loader
 
 
+# Said when a run needs training examples and its suite has none for it (an lm-eval task with no
+# training split, e.g. wikitext in the mirror).
+NO_TRAINING_DATA = (
+    "the method {what}, and this run has no training examples (the task has no training split here); "
+    "give the suite training data, e.g. --set train_data=arc_easy (lm-eval tasks) or a hub data set id"
+)
+
+
 def first_batch(data: Prepared, batch_size: int) -> dict:
     """The first `batch_size` examples of a prepared split, collated: fixed measuring inputs."""
     return data.collate([data.dataset[i] for i in range(min(batch_size, len(data.dataset)))])
@@ -115,6 +123,8 @@ def first_batch(data: Prepared, batch_size: int) -> dict:
 
 def sample_batches(data: Prepared, batch_size: int, n: int, seed: int):
     """n shuffled training batches (on CPU) for methods that calibrate or initialise from data."""
+    if len(data.dataset) == 0:
+        raise HarnessError(NO_TRAINING_DATA.format(what="calibrates or initialises from data"))
     loader = DataLoader(
         data.dataset,
         batch_size=batch_size,

@@ -25,7 +25,7 @@ EVAL_BACKENDS: Registry[type["EvalBackend"]] = Registry(
 # What a backend evaluates, by kind.
 KINDS = {
     "forward": "forward passes over batches of a classification or regression model, scored by the suite",
-    "generate": "lm-eval generation tasks on a causal language model",
+    "generate": "lm-eval tasks (generation, multiple choice, perplexity) on a causal language model",
 }
 
 
@@ -76,7 +76,7 @@ class ForwardBackend(EvalBackend):
 
 
 class GenerateBackend(EvalBackend):
-    """lm-eval generation tasks: the task's own prompts, stop sequences and answer extraction."""
+    """lm-eval tasks: each task's own prompts, stop sequences, answer extraction and metrics."""
 
     kind = "generate"
 
@@ -84,15 +84,17 @@ class GenerateBackend(EvalBackend):
         self,
         model: torch.nn.Module,
         tokenizer,
-        config: dict[str, Any],
+        tasks,
         *,
         num_fewshot: int,
         limit: int | None,
         batch_size: int,
         max_new_tokens: int,
+        max_length: int | None = None,
         show_progress: bool = True,
     ):
-        """lm-eval's scores of `model` as the method left it (harness.evaluation.lm_eval.LmEvalResult)."""
+        """lm-eval's scores of `model` as the method left it on `tasks` (harness.evaluation.lm_eval_tasks
+        .LmEvalTasks): a harness.evaluation.lm_eval.LmEvalResult."""
         raise NotImplementedError
 
     def costs(self, model: torch.nn.Module, tokenizer, data, run, device: torch.device) -> dict[str, Any]:

@@ -16,48 +16,15 @@ import json
 import logging
 import numbers
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 from unittest import mock
 
 import torch
 
 from harness.core.errors import HarnessError
-from harness.data.resolve import DataSource
 from harness.evaluation.base import EVAL_BACKENDS, GenerateBackend
 from harness.evaluation.latency import lm_costs
-
-
-def task_config(name: str, sources: dict[str, DataSource]) -> dict[str, Any]:
-    """lm-eval's config of task `name`, reading its splits from `sources` where they are files.
-
-    `sources` maps the task's split names (e.g. train, test) to located splits; a split
-    that resolved to the hub is left to lm-eval's own `dataset_path`."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    entry = task_manager().task_index.get(name)
-    if entry is None or entry.yaml_path is None:
-        raise HarnessError(f"lm-eval has no task {name!r} (lm-eval {lm_eval_version()})")
-    config = load_yaml(entry.yaml_path)
-    files = {split: list(source.files) for split, source in sources.items() if source.files}
-    if files:
-        # The mirror holds the hub's Parquet files: lm-eval loads them with the parquet builder.
-        config.update(dataset_path="parquet", dataset_name=None, dataset_kwargs={"data_files": files})
-    return config
-
-
-@lru_cache(maxsize=1)
-def task_manager():
-    """lm-eval's task index, built once per process (it parses every task's YAML: seconds)."""
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager()
-
-
-def lm_eval_version() -> str:
-    from importlib.metadata import version
-
-    return version("lm_eval")
+from harness.evaluation.lm_eval_tasks import LmEvalTasks, lm_eval_version, metric_name, task_manager
 
 
 def context_window(model: torch.nn.Module, tokenizer) -> int:
@@ -69,11 +36,13 @@ def context_window(model: torch.nn.Module, tokenizer) -> int:
 
 @dataclass
 class LmEvalResult:
-    metrics: dict[str, float]  # "<metric>,<filter>" -> value, as lm-eval names them
-    samples: list[dict[str, Any]]  # lm-eval's per-document log: prompt, response, filtered answers
+    metrics: dict[str, float]  # row metric names (harness.evaluation.lm_eval_tasks.metric_name), per task
+    samples: dict[str, list[dict[str, Any]]]  # lm-eval's per-document log of each task
     settings: dict[str, Any]  # what a reader needs to reproduce the call
-    # Per document, filter and metric: doc_id, filter, metric ("<metric>,<filter>"), score, response, target.
+    # One record per task, document, filter and metric: task, doc_id, metric (a row metric name),
+    # score, response, target.
     examples: list[dict[str, Any]] = field(default_factory=list)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)  # row metric -> its direction
 
 
 def _quiet_lm_eval() -> None:
@@ -82,7 +51,7 @@ def _quiet_lm_eval() -> None:
 
 
 def _evaluate(
-    lm, config: dict[str, Any], num_fewshot: int, limit: int | None, gen_kwargs: dict | None, show_progress: bool = True
+    lm, tasks: LmEvalTasks, num_fewshot: int, limit: int | None, gen_kwargs: dict | None, show_progress: bool = True
 ):
     from lm_eval import simple_evaluate
 
@@ -94,7 +63,7 @@ def _evaluate(
     with mock.patch("lm_eval.evaluator.get_git_commit_hash", lambda: None), silence:
         return simple_evaluate(
             model=lm,
-            tasks=[dict(config)],
+            tasks=tasks.fresh(),
             num_fewshot=num_fewshot,
             limit=limit,
             gen_kwargs=gen_kwargs,
@@ -104,106 +73,164 @@ def _evaluate(
         )
 
 
-def prompts(config: dict[str, Any], num_fewshot: int, limit: int | None) -> list[str]:
-    """The exact prompts lm-eval will generate from (few-shot examples included), without a model:
-    a recording stand-in answers every request with an empty string."""
+@dataclass
+class Requests:
+    """What lm-eval asks a model, recorded without one (see `requests`)."""
+
+    generate: list[str] = field(default_factory=list)  # generation contexts
+    choices: list[tuple[str, str]] = field(default_factory=list)  # (context, continuation) scored
+    rolling: list[str] = field(default_factory=list)  # texts scored whole (perplexity)
+
+    @property
+    def prompts(self) -> list[str]:
+        """Model inputs to time the forward pass on: contexts, else the texts scored whole."""
+        return self.generate or list(dict.fromkeys(c for c, _ in self.choices)) or self.rolling
+
+
+def requests(tasks: LmEvalTasks, num_fewshot: int, limit: int | None) -> Requests:
+    """The exact requests lm-eval will send the model (few-shot examples included), without a
+    model: a recording stand-in answers each with a placeholder."""
     from lm_eval.api.model import LM
 
+    recorded = Requests()
+
     class Recorder(LM):
-        def __init__(self):
-            super().__init__()
-            self.contexts: list[str] = []
+        def generate_until(self, batch, disable_tqdm: bool = False):
+            recorded.generate.extend(request.args[0] for request in batch)
+            return ["" for _ in batch]
 
-        def generate_until(self, requests, disable_tqdm: bool = False):
-            self.contexts += [request.args[0] for request in requests]
-            return ["" for _ in requests]
+        def loglikelihood(self, batch, disable_tqdm: bool = False):
+            recorded.choices.extend((request.args[0], request.args[1]) for request in batch)
+            return [(0.0, False) for _ in batch]
 
-        def loglikelihood(self, requests, disable_tqdm: bool = False):
-            return [(0.0, False) for _ in requests]
+        def loglikelihood_rolling(self, batch, disable_tqdm: bool = False):
+            recorded.rolling.extend(request.args[0] for request in batch)
+            return [0.0 for _ in batch]
 
-        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            return [0.0 for _ in requests]
-
-    recorder = Recorder()
-    _evaluate(recorder, config, num_fewshot, limit, None, show_progress=False)
-    return recorder.contexts
+    _evaluate(Recorder(), tasks, num_fewshot, limit, None, show_progress=False)
+    return recorded
 
 
 def check_prompts_fit(
-    contexts: list[str], tokenizer, window: int, max_new_tokens: int, num_fewshot: int, task: str
+    recorded: Requests, tokenizer, window: int, max_new_tokens: int, num_fewshot: int, task: str
 ) -> None:
-    """A prompt that with the generated tokens overflows the context window would be cut on
-    the left by lm-eval without a word: bad input, said before any training."""
-    lengths = [len(ids) for ids in tokenizer(contexts)["input_ids"]] if contexts else [0]
-    longest = max(lengths)
-    if longest + max_new_tokens > window:
-        raise HarnessError(
-            f"the longest {task} prompt ({num_fewshot}-shot, doc {lengths.index(longest)}) is {longest} tokens; "
-            f"with --max-new-tokens {max_new_tokens} it exceeds the model's context window of {window}; "
-            f"lower --num-fewshot or --max-new-tokens"
-        )
+    """A prompt that with what is generated or scored overflows the context window would be cut
+    on the left by lm-eval without a word: bad input, said before any training. (Texts scored
+    whole are cut into windows by lm-eval's rolling log-likelihood by design.)"""
+    if recorded.generate:
+        lengths = [len(ids) for ids in tokenizer(recorded.generate)["input_ids"]]
+        longest = max(lengths)
+        if longest + max_new_tokens > window:
+            raise HarnessError(
+                f"the longest {task} prompt ({num_fewshot}-shot, doc {lengths.index(longest)}) is {longest} tokens; "
+                f"with --max-new-tokens {max_new_tokens} it exceeds the model's context window of {window}; "
+                f"lower --num-fewshot or --max-new-tokens"
+            )
+    if recorded.choices:
+        joined = [context + continuation for context, continuation in recorded.choices]
+        lengths = [len(ids) for ids in tokenizer(joined)["input_ids"]]
+        longest = max(lengths)
+        if longest > window:
+            raise HarnessError(
+                f"the longest {task} prompt with its answer ({num_fewshot}-shot) is {longest} tokens, over the model's "
+                f"context window of {window}; lower --num-fewshot"
+            )
 
 
 def evaluate(
     model: torch.nn.Module,
     tokenizer,
-    config: dict[str, Any],
+    tasks: LmEvalTasks,
     *,
     num_fewshot: int,
     limit: int | None,
     batch_size: int,
     max_new_tokens: int,
+    max_length: int | None = None,
     show_progress: bool = True,
 ) -> LmEvalResult:
-    """lm-eval's `simple_evaluate` on `model` as it is (a peft model, a merged or compressed one)."""
+    """lm-eval's `simple_evaluate` on `model` as it is (a peft model, a merged or compressed one);
+    `max_length`: HFLM's window (None: the model's context window)."""
     from lm_eval.models.huggingface import HFLM
 
     _quiet_lm_eval()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    return score(lm, config, num_fewshot, limit, max_new_tokens, {"batch_size": batch_size}, show_progress)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    settings = {"batch_size": batch_size, "max_length": lm.max_length}
+    return score(lm, tasks, num_fewshot, limit, max_new_tokens, settings, show_progress)
+
+
+def row_metric(task: str, key: str, tasks: LmEvalTasks) -> str:
+    """The row's name of lm-eval's "<metric>,<filter>" of `task`: plain for a task run alone,
+    "<task>/<metric>" among several."""
+    name = metric_name(key)
+    return name if tasks.single else f"{task}/{name}"
 
 
 def score(
     lm,
-    config: dict[str, Any],
+    tasks: LmEvalTasks,
     num_fewshot: int,
     limit: int | None,
     max_new_tokens: int,
     settings: dict[str, Any],
     show_progress: bool = True,
 ) -> LmEvalResult:
-    """lm-eval's scores of the task with the lm-eval model `lm`, and the settings of the call
+    """lm-eval's scores of the tasks with the lm-eval model `lm`, and the settings of the call
     (`settings`: what the caller adds, e.g. its batch size)."""
     # As `lm_eval --gen_kwargs max_gen_toks=N` sets it, so that call reproduces this one.
-    out = _evaluate(lm, config, num_fewshot, limit, {"max_gen_toks": max_new_tokens}, show_progress)
-    task = config["task"]
-    metrics = {
-        k: float(v) for k, v in out["results"][task].items() if isinstance(v, (int, float)) and k != "sample_len"
-    }
-    task_config_used = out["configs"][task]
+    out = _evaluate(lm, tasks, num_fewshot, limit, {"max_gen_toks": max_new_tokens}, show_progress)
+    metrics: dict[str, float] = {}
+    directions: dict[str, bool] = {}
+    for name, values in out["results"].items():
+        higher = out.get("higher_is_better", {}).get(name, {})
+        for key, value in values.items():
+            if "," not in key or isinstance(value, (bool, str)) or not isinstance(value, numbers.Real):
+                continue  # alias, sample_len, and "N/A" standard errors
+            metrics[row_metric(name, key, tasks)] = float(value)
+            metric = key.partition(",")[0]
+            if metric in higher:
+                directions[row_metric(name, key, tasks)] = bool(higher[metric])
+    leaves = [leaf.task_name for leaf in tasks.leaves]
+    configs = {name: out["configs"][name] for name in leaves}
+    first = configs[leaves[0]]
     recorded = {
         "harness": "lm-eval",
         "lm_eval_version": lm_eval_version(),
-        "task": task,
-        "task_version": out.get("versions", {}).get(task),
-        "num_fewshot": out["n-shot"][task],
+        "task": tasks.spec,
+        "tasks": leaves,
+        "task_versions": {name: out.get("versions", {}).get(name) for name in leaves},
+        "num_fewshot": {name: out["n-shot"].get(name) for name in leaves},
         "limit": limit,
-        "generation_kwargs": task_config_used.get("generation_kwargs"),
+        "generation_kwargs": first.get("generation_kwargs"),
         "max_gen_toks": max_new_tokens,
         **settings,
         "fewshot_seed": out["config"].get("fewshot_seed"),
-        "filters": [f["name"] for f in task_config_used.get("filter_list") or []],
+        "filters": {name: [f["name"] for f in configs[name].get("filter_list") or []] for name in leaves},
+        "data": tasks.data_note(),
     }
-    samples = out["samples"][task]
-    return LmEvalResult(metrics, samples, recorded, sample_records(samples, task_config_used))
+    if len(leaves) == 1:  # a task alone: as its one value, as rows recorded before groups existed
+        (name,) = leaves
+        recorded.update(task_version=recorded.pop("task_versions")[name], filters=recorded["filters"][name])
+        recorded["num_fewshot"] = recorded["num_fewshot"][name]
+    samples = {name: out["samples"][name] for name in leaves}
+    examples = []
+    for leaf in tasks.leaves:
+        for record in sample_records(samples[leaf.task_name], leaf):
+            record["task"] = leaf.task_name
+            record["metric"] = row_metric(leaf.task_name, record["metric"], tasks)
+            examples.append(record)
+    return LmEvalResult(metrics, samples, recorded, examples, directions)
 
 
-def sample_records(samples: list[dict[str, Any]], config: dict[str, Any]) -> list[dict[str, Any]]:
-    """lm-eval's per-sample log as records: one per document, filter and metric, with the filtered
-    response, the target and the document's value of the metric. The value is a score only where
-    lm-eval aggregates the metric by its mean (exact match), so that the mean of the scores is the
-    task's value; a corpus-level metric's per-document item is no score (null)."""
-    means = {m["metric"] for m in config.get("metric_list") or [] if m.get("aggregation", "mean") == "mean"}
+def sample_records(samples: list[dict[str, Any]], task) -> list[dict[str, Any]]:
+    """lm-eval's per-sample log of one task as records: one per document, filter and metric, with
+    the filtered response, the target and the document's value of the metric. The value is a score
+    only where lm-eval aggregates the metric by its mean (accuracy, exact match), so that the mean of
+    the scores is the task's value; a corpus-level metric's per-document item (a perplexity's
+    log-likelihood and length) is no score (null)."""
+    from lm_eval.api.metrics import mean
+
+    means = {metric for metric, aggregate in task.aggregation().items() if aggregate is mean}
     records = []
     for sample in sorted(samples, key=lambda s: (s["filter"], s["doc_id"])):
         responses = sample["filtered_resps"]
@@ -225,9 +252,9 @@ def sample_records(samples: list[dict[str, Any]], config: dict[str, Any]) -> lis
     return records
 
 
-def documents(samples: list[dict[str, Any]]) -> int:
-    """Documents evaluated: lm-eval logs one sample per document and filter."""
-    return len({s["doc_id"] for s in samples})
+def documents(samples: dict[str, list[dict[str, Any]]]) -> int:
+    """Documents evaluated, over every task: lm-eval logs one sample per document and filter."""
+    return sum(len({s["doc_id"] for s in task_samples}) for task_samples in samples.values())
 
 
 @EVAL_BACKENDS.register("lm-eval-hf")
@@ -236,8 +263,8 @@ class LmEvalHF(GenerateBackend):
 
     current = True
 
-    def evaluate(self, model, tokenizer, config, **settings) -> LmEvalResult:
-        return evaluate(model, tokenizer, config, **settings)
+    def evaluate(self, model, tokenizer, tasks, **settings) -> LmEvalResult:
+        return evaluate(model, tokenizer, tasks, **settings)
 
     def costs(self, model, tokenizer, data, run, device) -> dict[str, Any]:
         return lm_costs(model, tokenizer, data, run, device)

@@ -131,11 +131,23 @@ class Vllm(GenerateBackend):
         return None
 
     def evaluate(
-        self, model, tokenizer, config, *, num_fewshot, limit, batch_size, max_new_tokens, show_progress=True
+        self,
+        model,
+        tokenizer,
+        tasks,
+        *,
+        num_fewshot,
+        limit,
+        batch_size,
+        max_new_tokens,
+        max_length=None,
+        show_progress=True,
     ) -> LmEvalResult:
         with tempfile.TemporaryDirectory(prefix="harness-vllm-") as folder:
             checkpoint = write_checkpoint(model, tokenizer, Path(folder))
             args = model_args(checkpoint, batch_size, max_new_tokens)
+            if max_length is not None:  # lm-eval's VLLM takes it as the engine's max_model_len
+                args["max_length"] = max_length
             lm = lm_class()(**args)
             try:
                 settings = {
@@ -144,8 +156,9 @@ class Vllm(GenerateBackend):
                     "batch_size": batch_size,
                     "dtype": checkpoint.dtype,
                     "lora_request": checkpoint.adapter is not None,
+                    "max_length": max_length,
                 }
-                return score(lm, config, num_fewshot, limit, max_new_tokens, settings, show_progress)
+                return score(lm, tasks, num_fewshot, limit, max_new_tokens, settings, show_progress)
             finally:  # the engine's GPU memory back before the costs are measured
                 del lm
                 gc.collect()

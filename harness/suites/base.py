@@ -17,7 +17,7 @@ import torch
 from harness.core.errors import HarnessError, first_line
 from harness.core.registry import Registry, summary_of
 from harness.data.models import MODELS, ModelAlias
-from harness.data.resolve import DataSource, load_split, locate_split
+from harness.data.resolve import DataSource, check_files, load_split, locate_split
 from harness.spec.options import SUITE_OPTIONS, SuiteOptions
 from harness.spec.subsets import DATA_SEED, fixed_subset, training_and_selection
 
@@ -105,26 +105,6 @@ def row_count(source: DataSource) -> int | None:
         return None
     check_files(source)
     return sum(pq.ParquetFile(f).metadata.num_rows for f in source.files)
-
-
-def check_files(source: DataSource) -> None:
-    """A split's local Parquet files are readable and hold rows, from their footers alone (no
-    data read): one line naming the file instead of a reader's traceback mid-run."""
-    import pyarrow.parquet as pq
-
-    if not source.files:
-        return  # the hub: its loader says what went wrong
-    name = "/".join(p for p in (source.hub_id, source.config) if p)
-    rows = 0
-    for file in source.files:
-        try:
-            rows += pq.ParquetFile(file).metadata.num_rows
-        except Exception as exc:  # noqa: BLE001 - truncated, foreign or unreadable: all the same to the user
-            raise HarnessError(
-                f"could not read split {source.split!r} of {name} from {file}: {first_line(exc)}"
-            ) from None
-    if rows == 0:
-        raise HarnessError(f"split {source.split!r} of {name} has no examples ({', '.join(source.files)})")
 
 
 def check_labels(where: str, dataset, column: str, classes: int | None) -> None:
@@ -233,10 +213,13 @@ class Suite:
     # Short names of the models the suite uses (`--model NAME` in any suite), collected in MODELS.
     model_aliases: ClassVar[dict[str, ModelAlias]] = {}
     # What evaluates the suite's models (harness/evaluation/base.py KINDS): "forward" scores batches,
-    # "generate" runs lm-eval generation tasks. The job picks a backend of this kind.
+    # "generate" runs lm-eval tasks. The job picks a backend of this kind.
     eval_kind: ClassVar[str] = "forward"
     # The data's own column of example ids (GLUE's idx); without one, examples are numbered by row.
     id_column: ClassVar[str | None] = None
+    # The training split is prepared when first used (a run that neither trains nor calibrates never
+    # prepares it): for a suite whose preparing is slow and checks nothing that must come first.
+    prepares_on_use: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -326,6 +309,10 @@ class Suite:
         """The suite's own selection split (see `own_selection`)."""
         raise NotImplementedError
 
+    def load_train(self, task: Task, sources: dict[str, DataSource], run: "ResolvedRun"):
+        """The training split, read (the pool the training subset and a selection split are drawn from)."""
+        return self.load(sources[task.train_split])
+
     def load_eval(self, task: Task, sources: dict[str, DataSource], run: "ResolvedRun") -> list[tuple[str, str, Any]]:
         """(split, suffix, data set) of every evaluation split, loaded before any training."""
         sets = [
@@ -363,6 +350,12 @@ class Suite:
 
     def check_inputs(self, processor, task: Task, eval_sets, run: "ResolvedRun", model: torch.nn.Module) -> None:
         """Bad input found once the model and its processor are loaded, before training."""
+
+    def before_method(
+        self, model, processor, task: Task, eval_sets, run: "ResolvedRun", device, show_progress: bool, backend=None
+    ) -> None:
+        """What the suite measures on the model as loaded, before the method changes it (the lm-eval
+        suite's retention tasks), kept in its eval sets for `evaluate`."""
 
     def evaluate(
         self,

@@ -42,12 +42,15 @@ def encode_example(tokenizer, prompt: str, answer: str, max_length: int, delimit
     return join_example(prompt_ids, answer_ids, tokenizer.eos_token_id, max_length)
 
 
-def join_example(prompt_ids: list[int], answer_ids: list[int], eos_id: int, max_length: int) -> dict[str, list[int]]:
+def join_example(
+    prompt_ids: list[int], answer_ids: list[int], eos_id: int, max_length: int, train_on_prompt: bool = False
+) -> dict[str, list[int]]:
     answer_ids = answer_ids + [eos_id]
     if len(prompt_ids) >= max_length:
         raise PromptTooLong(len(prompt_ids), max_length)
     input_ids = (prompt_ids + answer_ids)[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
+    masked = prompt_ids if train_on_prompt else [IGNORE_INDEX] * len(prompt_ids)
+    labels = (masked + answer_ids)[:max_length]
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
 
@@ -84,9 +87,10 @@ def prepare_examples(
     packing: bool,
     delimiter: str = " ",
     what: str = "training",
+    train_on_prompt: bool = False,
 ) -> Prepared:
     """Encode (prompt, answer) pairs; a prompt too long for `max_length` is a one-line error
-    that names the example."""
+    that names the example. `train_on_prompt`: the loss covers the prompt's tokens too."""
     from datasets import Dataset
 
     columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": []}
@@ -94,7 +98,7 @@ def prepare_examples(
     answer_ids = tokenizer([delimiter + a for a in answers], add_special_tokens=False)["input_ids"]
     for i, (p_ids, a_ids) in enumerate(zip(prompt_ids, answer_ids)):
         try:
-            encoded = join_example(p_ids, a_ids, tokenizer.eos_token_id, max_length)
+            encoded = join_example(p_ids, a_ids, tokenizer.eos_token_id, max_length, train_on_prompt)
         except PromptTooLong as exc:
             raise HarnessError(
                 f"{what} example {i}: its prompt is {exc.tokens} tokens, and --max-length is {exc.limit}; "

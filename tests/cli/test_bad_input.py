@@ -114,7 +114,7 @@ def test_booleans_are_not_numbers_and_numbers_are_not_booleans(values, pattern):
 def test_a_suite_option_is_checked_by_the_suite_that_declares_it():
     with pytest.raises(HarnessError, match=r"^--packing=1: Input should be a valid boolean$"):
         RunSpec.build(suite="gsm8k", method="lora", packing=1)
-    with pytest.raises(HarnessError, match=r"^--packing=True: an option of gsm8k, not of suite 'glue'"):
+    with pytest.raises(HarnessError, match=r"^--packing=True: an option of gsm8k, lm-eval, not of suite 'glue'"):
         RunSpec.build(suite="glue", method="lora", packing=True)
 
 
@@ -213,7 +213,7 @@ def _sweep(tmp_path, tiny_model, tiny_glue, results_dir, body: str) -> Path:
         ("grid:\n  suite: glue\n  task: sst2\n  method: 'lora:dropout=.nan'\n", r"dropout='.nan'"),
         (
             "grid:\n  suite: glue\n  task: sst2\n  method: lora\n  packing: true\n",
-            r"sweep.yaml:10: grid.packing: an option of gsm8k, not of suite 'glue' \(glue's options: none\)",
+            r"sweep.yaml:10: grid.packing: an option of gsm8k, lm-eval, not of suite 'glue' \(glue's options: none\)",
         ),
         (
             "grid:\n  suite: glue\n  task: sst2\n  method: lora\nresources:\n  timeout: .inf\n",

@@ -108,8 +108,8 @@ def test_a_suites_options_are_flags_of_that_suite(captured):
         (["--set", "seed=1", "--set", "seed=2"], r"--set seed is given twice"),
         (["--lr", "1e-3", "--set", "lr=2e-3"], r"--lr and --set lr are both given; pass one"),
         (["--latency-warmup", "1"], r"--latency-warmup is not a flag of `harness run`; pass --set latency_warmup="),
-        (["--num-fewshot", "2"], r"--num-fewshot: an option of gsm8k, not of suite 'glue' \(glue's options: none\)"),
-        (["--set", "num_fewshot=2"], r"--set num_fewshot=2: an option of gsm8k, not of suite 'glue'"),
+        (["--num-fewshot", "2"], r"--num-fewshot: an option of gsm8k, lm-eval, not of suite 'glue' \(glue's options: none\)"),
+        (["--set", "num_fewshot=2"], r"--set num_fewshot=2: an option of gsm8k, lm-eval, not of suite 'glue'"),
         (["stray"], r"unexpected argument 'stray'"),
     ],
 )
@@ -154,7 +154,7 @@ def test_list_options_shows_every_option_and_each_suites_own(capsys):
     rows = {line.split()[0]: line.split()[1:3] for line in out.splitlines()[1:] if line[:1].strip()}
     assert set(RUN_OPTIONS) <= set(rows)
     assert rows["latency_warmup"] == ["all", "--set"] and rows["lr"] == ["all", "--lr"]
-    assert rows["num_fewshot"] == ["gsm8k", "--num-fewshot,"]
+    assert rows["num_fewshot"] == ["lm-eval", "--num-fewshot,"]  # the last of the suites that declare it
     assert "[env: HARNESS_DATA_DIR]" in " ".join(out.split())  # help text as written, not read as markup
 
 
@@ -163,7 +163,7 @@ def test_list_models_names_the_suite_of_each_alias(capsys):
     rows = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:] if line[:1].strip()}
     assert (rows["roberta-base"], rows["smollm2-135m"], rows["resnet20-cifar10"], rows["vit-tiny"]) == (
         "glue",
-        "gsm8k",
+        "lm-eval",
         "cifar",
         "imagenet",
     )

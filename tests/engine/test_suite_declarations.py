@@ -53,7 +53,7 @@ def test_a_new_suite_option_keeps_the_hash_at_its_default_and_changes_it_away(
 def test_resolve_checks_the_suite_options_of_a_spec_made_without_validation(tiny_model, tiny_glue, tmp_path):
     spec = _spec(tiny_model, tiny_glue, tmp_path)
     smuggled = RunSpec.model_construct(**{**dict(spec), "suite_options": {"packing": True}})
-    with pytest.raises(HarnessError, match=r"^--packing=True: an option of gsm8k, not of suite 'glue'"):
+    with pytest.raises(HarnessError, match=r"^--packing=True: an option of gsm8k, lm-eval, not of suite 'glue'"):
         resolve(smuggled)
 
 
@@ -70,10 +70,10 @@ ALIASES = {
     "roberta-large": ("FacebookAI/roberta-large", "glue"),
     "deberta-v3-base": ("microsoft/deberta-v3-base", "glue"),
     "bert-base": ("google-bert/bert-base-uncased", "glue"),
-    "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "gsm8k"),
-    "smollm2-360m": ("HuggingFaceTB/SmolLM2-360M-Instruct", "gsm8k"),
-    "llama-3.2-1b": ("meta-llama/Llama-3.2-1B", "gsm8k"),
-    "llama-3.2-3b": ("meta-llama/Llama-3.2-3B", "gsm8k"),
+    "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "lm-eval"),
+    "smollm2-360m": ("HuggingFaceTB/SmolLM2-360M-Instruct", "lm-eval"),
+    "llama-3.2-1b": ("meta-llama/Llama-3.2-1B", "lm-eval"),
+    "llama-3.2-3b": ("meta-llama/Llama-3.2-3B", "lm-eval"),
     "resnet20-cifar10": ("resnet20-cifar10", "cifar"),
     "vit-base": ("google/vit-base-patch16-224", "imagenet"),
     "deit-tiny": ("facebook/deit-tiny-patch16-224", "imagenet"),

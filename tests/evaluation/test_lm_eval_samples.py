@@ -9,17 +9,17 @@ from tests.support import scripted_gsm8k_lm
 pytest.importorskip("lm_eval")
 
 
-def test_records_carry_each_filters_response_and_exact_match(lm_config):
+def test_records_carry_each_filters_response_and_exact_match(lm_tasks):
     from harness.evaluation.lm_eval import score
 
     result = score(
-        scripted_gsm8k_lm(), lm_config, num_fewshot=0, limit=5, max_new_tokens=16, settings={}, show_progress=False
+        scripted_gsm8k_lm(), lm_tasks, num_fewshot=0, limit=5, max_new_tokens=16, settings={}, show_progress=False
     )
     by_filter = {}
     for record in result.examples:
         by_filter.setdefault(record["metric"], []).append(record)
-    assert set(by_filter) == {"exact_match,strict-match", "exact_match,flexible-extract"}
-    strict, flexible = by_filter["exact_match,strict-match"], by_filter["exact_match,flexible-extract"]
+    assert set(by_filter) == {"exact_match_strict", "exact_match_flexible"}
+    strict, flexible = by_filter["exact_match_strict"], by_filter["exact_match_flexible"]
     assert [r["doc_id"] for r in strict] == [r["doc_id"] for r in flexible] == [0, 1, 2, 3, 4]
     assert [r["score"] for r in strict] == [1.0, 0.0, 0.0, 0.0, 1.0]
     assert [r["score"] for r in flexible] == [1.0, 1.0, 0.0, 1.0, 0.0]

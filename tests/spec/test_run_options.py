@@ -89,7 +89,7 @@ def test_suite_options_are_given_as_keys_like_run_options():
     assert spec.suite_options == {"packing": True, "num_fewshot": 5}
     assert RunSpec(suite="gsm8k", method="lora", suite_options={"packing": True, "num_fewshot": 5}) == spec
     assert RunSpec.model_validate_json(spec.model_dump_json()) == spec  # the trip to a worker
-    with pytest.raises(ValidationError, match="an option of gsm8k, not of suite 'glue'"):  # checked there too
+    with pytest.raises(ValidationError, match="an option of gsm8k, lm-eval, not of suite 'glue'"):  # checked there too
         RunSpec.model_validate_json(spec.model_dump_json().replace('"gsm8k"', '"glue"'))
     assert spec.given() == {"suite": "gsm8k", "method": "lora", "packing": True, "num_fewshot": 5}
 
@@ -102,7 +102,7 @@ def test_suite_options_are_given_as_keys_like_run_options():
         (
             dict(suite="glue", num_fewshot=5),
             "num_fewshot",
-            "an option of gsm8k, not of suite 'glue' (glue's options: none)",
+            "an option of gsm8k, lm-eval, not of suite 'glue' (glue's options: none)",
         ),
         (
             dict(suite="GLUE", sead=1),
@@ -113,7 +113,8 @@ def test_suite_options_are_given_as_keys_like_run_options():
             dict(suite="gsm8k", packng=True),
             "packng",
             "unknown setting for suite 'gsm8k'; did you mean packing? "
-            "(gsm8k's options: packing, train_data, num_fewshot, max_new_tokens)",
+            "(gsm8k's options: packing, train_data, train_on_prompt, num_fewshot, max_new_tokens, context_length, "
+            "retention_tasks)",
         ),
     ],
 )
