@@ -108,7 +108,10 @@ def test_a_suites_options_are_flags_of_that_suite(captured):
         (["--set", "seed=1", "--set", "seed=2"], r"--set seed is given twice"),
         (["--lr", "1e-3", "--set", "lr=2e-3"], r"--lr and --set lr are both given; pass one"),
         (["--latency-warmup", "1"], r"--latency-warmup is not a flag of `harness run`; pass --set latency_warmup="),
-        (["--num-fewshot", "2"], r"--num-fewshot: an option of gsm8k, lm-eval, not of suite 'glue' \(glue's options: none\)"),
+        (
+            ["--num-fewshot", "2"],
+            r"--num-fewshot: an option of gsm8k, lm-eval, not of suite 'glue' \(glue's options: none\)",
+        ),
         (["--set", "num_fewshot=2"], r"--set num_fewshot=2: an option of gsm8k, lm-eval, not of suite 'glue'"),
         (["stray"], r"unexpected argument 'stray'"),
     ],
