@@ -59,8 +59,14 @@ def _evaluate(
     # lm-eval draws its progress bars on sys.stderr; without progress they go nowhere.
     silence = contextlib.nullcontext() if show_progress else contextlib.redirect_stderr(io.StringIO())
     # lm-eval asks git for the working directory's commit, and git prints an error outside a
-    # repository; the row records the harness's own commit, so the lookup is skipped.
-    with mock.patch("lm_eval.evaluator.get_git_commit_hash", lambda: None), silence:
+    # repository; it also attaches torch's environment report, which runs `pip list` and other
+    # subprocesses (about 0.6 s, paid by the pre-flight and the scoring alike). The row records
+    # the harness's own commit and environment (harness/core/environment.py), so both are skipped.
+    with (
+        mock.patch("lm_eval.evaluator.get_git_commit_hash", lambda: None),
+        mock.patch("lm_eval.evaluator.add_env_info", lambda results: None),
+        silence,
+    ):
         return simple_evaluate(
             model=lm,
             tasks=tasks.fresh(),

@@ -30,3 +30,22 @@ def test_records_carry_each_filters_response_and_exact_match(lm_tasks):
     assert flexible[4]["response"] == "999" and flexible[3]["response"] == f"${numbers[3]}"
     for metric, records in by_filter.items():
         assert sum(r["score"] for r in records) / len(records) == result.metrics[metric]
+
+
+def test_evaluation_does_not_collect_the_machines_environment(lm_tasks, monkeypatch):
+    """lm-eval's results carry torch's environment report, which runs `pip list` and other
+    subprocesses (about 0.6 s a call, the pre-flight and the scoring each paying it). The harness
+    records its own environment in the row, so neither call may collect it."""
+    import torch.utils.collect_env
+
+    from harness.evaluation.lm_eval import requests, score
+
+    collected = []  # lm-eval swallows errors from the report, so calls are counted, not refused
+    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", lambda: collected.append(1) or "")
+    recorded = requests(lm_tasks, num_fewshot=0, limit=2)
+    assert len(recorded.generate) == 2
+    result = score(
+        scripted_gsm8k_lm(), lm_tasks, num_fewshot=0, limit=2, max_new_tokens=16, settings={}, show_progress=False
+    )
+    assert [r["doc_id"] for r in result.examples if r["metric"] == "exact_match_strict"] == [0, 1]
+    assert collected == []
